@@ -1,0 +1,169 @@
+"""Reading and writing 3D images with their physical geometry.
+
+Arrays are numpy order (z, y, x); `ImageGeometry` keeps SimpleITK's (x, y, z) spacing/origin/direction so an
+image can be written back exactly. NIfTI, NRRD and MHA/MHD go through SimpleITK; a NIfTI whose affine
+SimpleITK rejects (non-orthonormal direction cosines, a common scanner-export quirk) is read with nibabel;
+a folder is read as a DICOM series.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from mass_nn.errors import ImageReadError
+from mass_nn.io.atomic import atomic_path
+
+SUPPORTED_FILE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+@dataclass(frozen=True)
+class ImageGeometry:
+    """Physical placement of a 3D image, in SimpleITK (x, y, z) order."""
+
+    spacing_xyz: tuple[float, float, float]
+    origin_xyz: tuple[float, float, float]
+    direction: tuple[float, ...]  # 9 values, row-major 3x3, as SimpleITK's GetDirection()
+    size_xyz: tuple[int, int, int]
+
+    @property
+    def spacing_zyx(self) -> tuple[float, float, float]:
+        """Spacing in numpy array axis order."""
+        return tuple(float(s) for s in self.spacing_xyz[::-1])
+
+    @property
+    def shape_zyx(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.size_xyz[::-1])
+
+    def to_dict(self) -> dict:
+        return {"spacing_xyz": list(self.spacing_xyz), "origin_xyz": list(self.origin_xyz),
+                "direction": list(self.direction), "size_xyz": list(self.size_xyz)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ImageGeometry":
+        return cls(spacing_xyz=tuple(float(v) for v in d["spacing_xyz"]),
+                   origin_xyz=tuple(float(v) for v in d["origin_xyz"]),
+                   direction=tuple(float(v) for v in d["direction"]),
+                   size_xyz=tuple(int(v) for v in d["size_xyz"]))
+
+    @classmethod
+    def from_sitk(cls, image: sitk.Image) -> "ImageGeometry":
+        return cls(spacing_xyz=tuple(image.GetSpacing()), origin_xyz=tuple(image.GetOrigin()),
+                   direction=tuple(image.GetDirection()), size_xyz=tuple(image.GetSize()))
+
+    def apply_to(self, image: sitk.Image) -> sitk.Image:
+        image.SetSpacing(self.spacing_xyz)
+        image.SetOrigin(self.origin_xyz)
+        image.SetDirection(self.direction)
+        return image
+
+    def differences(self, other: "ImageGeometry", tol: float = 1e-3) -> list[str]:
+        """Human-readable list of what differs between two geometries (empty when they match)."""
+        out = []
+        if tuple(self.size_xyz) != tuple(other.size_xyz):
+            out.append(f"shape {self.size_xyz} vs {other.size_xyz}")
+        for name in ("spacing_xyz", "origin_xyz", "direction"):
+            a, b = np.asarray(getattr(self, name)), np.asarray(getattr(other, name))
+            scale = 1.0 if name == "direction" else np.maximum(1.0, np.abs(a))
+            if a.shape != b.shape or np.any(np.abs(a - b) > tol * scale):
+                out.append(f"{name.split('_')[0]} {tuple(np.round(a, 4))} vs {tuple(np.round(b, 4))}")
+        return out
+
+
+def is_supported_image_path(path: Path) -> bool:
+    return path.is_dir() or any(path.name.endswith(e) for e in SUPPORTED_FILE_ENDINGS)
+
+
+def _read_dicom_series(folder: Path) -> sitk.Image:
+    reader = sitk.ImageSeriesReader()
+    series_ids = reader.GetGDCMSeriesIDs(str(folder))
+    if not series_ids:
+        raise ImageReadError(f"{folder}: no DICOM series found in this folder; point to a folder that holds "
+                             f"the .dcm files of exactly one series")
+    if len(series_ids) > 1:
+        raise ImageReadError(f"{folder}: {len(series_ids)} DICOM series in one folder; move each series into "
+                             f"its own folder")
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder), series_ids[0]))
+    return reader.Execute()
+
+
+def _read_nifti_with_nibabel(path: Path) -> sitk.Image:
+    """Read a NIfTI whose affine SimpleITK refuses; direction is orthonormalised (polar decomposition)."""
+    import nibabel as nib
+    img = nib.load(str(path))
+    data = np.asanyarray(img.dataobj)
+    affine = img.affine
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    u, _, vt = np.linalg.svd(affine[:3, :3] / zooms)
+    direction_ras = u @ vt
+    lps = np.diag([-1.0, -1.0, 1.0])  # NIfTI is RAS, ITK is LPS
+    image = sitk.GetImageFromArray(np.ascontiguousarray(np.transpose(data, (2, 1, 0))))
+    image.SetSpacing(tuple(float(z) for z in zooms))
+    image.SetOrigin(tuple(float(v) for v in lps @ affine[:3, 3]))
+    image.SetDirection(tuple(float(v) for v in (lps @ direction_ras).ravel()))
+    return image
+
+
+def read_sitk_image(path: str | os.PathLike) -> sitk.Image:
+    """Read an image file or DICOM series folder as a SimpleITK image (errors name the file)."""
+    path = Path(path)
+    if not path.exists():
+        raise ImageReadError(f"{path}: file not found; check the path (and the case/channel naming)")
+    if path.is_dir():
+        return _read_dicom_series(path)
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as err:
+        if path.name.endswith((".nii", ".nii.gz")) and "orthonormal" in str(err):
+            return _read_nifti_with_nibabel(path)
+        raise ImageReadError(f"{path}: cannot be read ({str(err).strip().splitlines()[-1]}); replace it with a "
+                             f"valid NIfTI/NRRD/MHA file") from err
+
+
+def read_image(path: str | os.PathLike, dtype=np.float32) -> tuple[np.ndarray, ImageGeometry]:
+    """Read a 3D image as a (z, y, x) array of `dtype` plus its geometry.
+
+    Raises ImageReadError for unreadable files, multi-component (e.g. RGB) images and non-3D images.
+    """
+    image = read_sitk_image(path)
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise ImageReadError(f"{path}: has {image.GetNumberOfComponentsPerPixel()} components per voxel; store "
+                             f"each channel as its own file (<case>_0000, <case>_0001, ...)")
+    if image.GetDimension() != 3:
+        raise ImageReadError(f"{path}: is {image.GetDimension()}D (size {image.GetSize()}); mass_nn needs 3D "
+                             f"volumes: convert 2D/4D data into 3D images first")
+    array = sitk.GetArrayFromImage(image)
+    return array.astype(dtype, copy=False), ImageGeometry.from_sitk(image)
+
+
+def read_geometry(path: str | os.PathLike) -> ImageGeometry:
+    """Read only the header (no voxel data) of an image file; DICOM folders are read in full."""
+    path = Path(path)
+    if path.is_dir():
+        return ImageGeometry.from_sitk(read_sitk_image(path))
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return ImageGeometry.from_sitk(read_sitk_image(path))
+    return ImageGeometry(spacing_xyz=tuple(reader.GetSpacing()), origin_xyz=tuple(reader.GetOrigin()),
+                         direction=tuple(reader.GetDirection()), size_xyz=tuple(reader.GetSize()))
+
+
+def write_image(array: np.ndarray, geometry: ImageGeometry, path: str | os.PathLike,
+                compress: bool = True) -> None:
+    """Write a (z, y, x) array with `geometry` atomically; the format follows the file ending."""
+    array = np.asarray(array)
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8)
+    if array.dtype == np.float64:
+        array = array.astype(np.float32)
+    if array.shape != geometry.shape_zyx:
+        raise ValueError(f"array shape {array.shape} does not match geometry shape {geometry.shape_zyx}")
+    image = geometry.apply_to(sitk.GetImageFromArray(np.ascontiguousarray(array)))
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=compress)
