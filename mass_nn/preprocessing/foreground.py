@@ -1,0 +1,69 @@
+"""The foreground region of an unlabelled volume and the crop box around it.
+
+Definition (also recorded in the fingerprint): for a CT channel, the body = voxels above -500 HU, holes filled
+slice by slice (so the lungs and bowel gas count as body), largest 3D connected component (drops the table);
+for any other channel, the nonzero voxels. A multi-channel case takes the union over channels.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from mass_nn.planning.modality import CT
+
+BODY_THRESHOLD_HU = -500.0
+FOREGROUND_DEFINITIONS = {
+    CT: f"body: CT > {BODY_THRESHOLD_HU:g} HU, holes filled per axial slice, largest connected component",
+    "default": "nonzero voxels",
+}
+
+
+def foreground_definition(modality: str) -> str:
+    return FOREGROUND_DEFINITIONS.get(modality, FOREGROUND_DEFINITIONS["default"])
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    labels, count = ndimage.label(mask)
+    if count <= 1:
+        return mask
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return labels == int(np.argmax(sizes))
+
+
+def ct_body_mask(volume_hu: np.ndarray) -> np.ndarray:
+    """Body mask of a (z, y, x) CT volume in HU; falls back to all voxels when nothing exceeds the threshold."""
+    mask = volume_hu > BODY_THRESHOLD_HU
+    if not mask.any():
+        return np.ones_like(mask)
+    mask = _largest_component(mask)
+    for z in range(mask.shape[0]):
+        if mask[z].any():
+            mask[z] = ndimage.binary_fill_holes(mask[z])
+    return mask
+
+
+def foreground_mask(channels: np.ndarray, modalities: list[str]) -> np.ndarray:
+    """Union over channels of each channel's foreground; `channels` is (c, z, y, x)."""
+    mask = np.zeros(channels.shape[1:], dtype=bool)
+    for volume, modality in zip(channels, modalities):
+        mask |= ct_body_mask(volume) if modality == CT else (volume != 0)
+    if not mask.any():
+        mask[:] = True
+    return mask
+
+
+def bounding_box(mask: np.ndarray) -> list[list[int]]:
+    """[[start, stop], ...] per axis of the True voxels (the whole array when none)."""
+    box = []
+    for axis in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        hits = np.flatnonzero(mask.any(axis=other))
+        box.append([int(hits[0]), int(hits[-1]) + 1] if hits.size else [0, mask.shape[axis]])
+    return box
+
+
+def crop_to_box(array: np.ndarray, box: list[list[int]]) -> np.ndarray:
+    """Crop the last len(box) axes of `array` to `box`."""
+    lead = (slice(None),) * (array.ndim - len(box))
+    return array[lead + tuple(slice(a, b) for a, b in box)]
