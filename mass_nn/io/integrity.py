@@ -15,6 +15,18 @@ from mass_nn.parallel import run_per_item
 logger = logging.getLogger(__name__)
 
 
+def _nonfinite_count(path: Path, array: np.ndarray) -> int:
+    """NaN/inf voxels. SimpleITK's NIfTI reader turns NaN into 0, so float NIfTI files are checked with nibabel."""
+    if path.name.endswith((".nii", ".nii.gz")):
+        import nibabel as nib
+        image = nib.load(str(path))
+        if not np.issubdtype(image.get_data_dtype(), np.floating):
+            return 0
+        data = np.asanyarray(image.dataobj)
+        return int(data.size - np.isfinite(data).sum())
+    return int(array.size - np.isfinite(array).sum())
+
+
 def _check_image(path: Path) -> tuple[list[str], object, np.ndarray | None]:
     """Problems of one image file (unreadable, non-3D, NaN/inf), its geometry and voxels (None if unreadable)."""
     try:
@@ -22,10 +34,10 @@ def _check_image(path: Path) -> tuple[list[str], object, np.ndarray | None]:
     except MassError as err:
         return [f"{err}"], None, None
     problems = []
-    finite = np.isfinite(array)
-    if not finite.all():
-        problems.append(f"{path}: {int(array.size - finite.sum())} NaN/inf voxel(s); replace them (e.g. with the "
-                        f"image minimum) and save the image again")
+    nonfinite = _nonfinite_count(path, array) if path.is_file() else int(array.size - np.isfinite(array).sum())
+    if nonfinite:
+        problems.append(f"{path}: {nonfinite} NaN/inf voxel(s); replace them (e.g. with the image minimum) and "
+                        f"save the image again")
     return problems, geometry, array
 
 
