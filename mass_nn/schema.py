@@ -36,14 +36,13 @@ def _convert(value, hint, path: str, error_cls):
         options = get_args(hint)
         if value is None and type(None) in options:
             return None
-        errors = []
         for option in options:
             if option is type(None):
                 continue
             try:
                 return _convert(value, option, path, error_cls)
-            except error_cls as err:
-                errors.append(str(err))
+            except error_cls:
+                continue
         _fail(path, f"value {value!r} matches none of {hint}", error_cls)
     if origin is typing.Literal:
         if value not in get_args(hint):
