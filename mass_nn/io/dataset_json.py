@@ -151,7 +151,8 @@ def find_dataset_name(id_or_name: str | int, search_roots: list[Path]) -> str:
         return names.pop()
     from mass_nn.errors import DatasetNotFoundError
     where = ", ".join(str(r) for r in search_roots)
+    expected = f"Dataset{int(text):03d}_<Name>" if text.isdigit() else text
     if not names:
         raise DatasetNotFoundError(f"no dataset {text!r} in {where}; check the id, or set MASS_raw (or --raw) to "
-                                   f"the folder that holds Dataset{text if not text.isdigit() else f'{int(text):03d}'}_<Name>")
+                                   f"the folder that holds {expected}")
     raise DatasetNotFoundError(f"dataset id {text} is ambiguous: {sorted(names)} in {where}; rename one of them")

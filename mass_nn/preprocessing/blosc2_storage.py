@@ -19,6 +19,10 @@ from mass_nn.io.atomic import atomic_path
 MAX_BLOCK_BYTES = 128 * 1024
 MAX_CHUNK_BYTES = 4 * 1024 * 1024
 CLEVEL = 5
+# float data keep 12 of float32's 23 mantissa bits (truncated): relative error < 2**-12 (2.4e-4), i.e. < 0.3 HU
+# on a z-scored CT (|x| < 7 std), below CT's 1 HU quantisation; the zeroed low bits make resampled data
+# compress ~40 % smaller
+FLOAT_MANTISSA_BITS = 12
 
 
 def _floor_pow2(n: int) -> int:
@@ -48,7 +52,10 @@ def chunk_and_block_shape(array_shape, patch_size_zyx, itemsize: int) -> tuple[t
 
 def _cparams(array: np.ndarray) -> blosc2.CParams:
     # SHUFFLE groups the bytes of float/int16 values by significance: smaller files for smooth image data
-    return blosc2.CParams(codec=blosc2.Codec.ZSTD, clevel=CLEVEL, filters=[blosc2.Filter.SHUFFLE],
+    filters, meta = [blosc2.Filter.SHUFFLE], [0]
+    if np.issubdtype(array.dtype, np.floating):
+        filters, meta = [blosc2.Filter.TRUNC_PREC, *filters], [FLOAT_MANTISSA_BITS, *meta]
+    return blosc2.CParams(codec=blosc2.Codec.ZSTD, clevel=CLEVEL, filters=filters, filters_meta=meta,
                           typesize=array.dtype.itemsize, nthreads=1)
 
 

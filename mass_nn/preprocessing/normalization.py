@@ -1,6 +1,7 @@
 """Per-channel intensity normalisation, stored as an invertible affine map so raw intensities (HU, MR units,
-SUV) stay recoverable from the preprocessed arrays: raw = normalised * scale + offset, exact inside
-[clip_lower, clip_upper] (CT only; the windows of the plans lie inside that range by construction)."""
+SUV) stay recoverable from the preprocessed arrays: raw = normalised * scale + offset, exact (up to the storage
+precision of blosc2_storage) inside [clip_lower, clip_upper] (CT only; the windows of the plans lie inside that
+range by construction)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
