@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.measure import folder_bytes, machine_description, replace_section, run_measured  # noqa: E402
 
-DATASET_KEY = "lung_ct_tumour"  # STS CT + pyradiomics lung CT, tumour labels
+DATASET_KEY = "ct_tumour"  # STS CT + pyradiomics lung CT, tumour labels
 
 
 def build_dataset(shared: Path, raw_root: Path) -> Path:

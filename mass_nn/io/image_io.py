@@ -69,8 +69,12 @@ class ImageGeometry:
             a, b = np.asarray(getattr(self, name)), np.asarray(getattr(other, name))
             scale = 1.0 if name == "direction" else np.maximum(1.0, np.abs(a))
             if a.shape != b.shape or np.any(np.abs(a - b) > tol * scale):
-                out.append(f"{name.split('_')[0]} {tuple(np.round(a, 4))} vs {tuple(np.round(b, 4))}")
+                out.append(f"{name.split('_')[0]} {_rounded(a)} vs {_rounded(b)}")
         return out
+
+
+def _rounded(values) -> tuple:
+    return tuple(round(float(v), 4) for v in np.ravel(values))
 
 
 def is_supported_image_path(path: Path) -> bool:
