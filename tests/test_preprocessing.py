@@ -121,3 +121,23 @@ def test_properties_record_mask_axis_and_interval(tmp_path):
         assert props.mask_axis == 0
         assert props.seed_slice_interval == {"3d_paper": 10, "3d_cpu": 5}[config]
         assert props.label_voxel_counts["1"] > 0 and len(props.label_bboxes_zyx["1"]) == 3
+
+
+def test_thick_slices_are_resampled_nearest_and_map_back_exactly(tmp_path):
+    dataset = make_raw_dataset(tmp_path / "raw", num_cases=1, shape_zyx=(8, 24, 24), spacing_xyz=(1.5, 1.5, 6.0))
+    plans = _plan(dataset, ["3d_paper"])  # 1.5 mm: in-plane unchanged, 6 mm slices -> 4 copies each
+    cases, folders, _ = _preprocess(dataset, plans, tmp_path / "pre")
+    output = CaseOutput(folders["3d_paper"], cases[0].case_id)
+    props = load_properties(output.properties)
+    assert props.nearest_resampling_axis == 0
+    data = load_array(output.data)[0]
+    assert data.shape[0] == 4 * props.shape_after_crop_zyx[0]
+    assert np.array_equal(data[0], data[1]), "no slice is invented between two thick slices"
+    original, _ = read_image(cases[0].images[0])
+    restored = to_original_grid(raw_intensities(data[None], props)[0], props, is_label=False)
+    box = tuple(slice(a, b) for a, b in props.crop_box_zyx)
+    norm = props.normalization[0]
+    inside_clip = (original[box] > norm.clip_lower) & (original[box] < norm.clip_upper)
+    assert inside_clip.mean() > 0.9
+    assert np.allclose(restored[box][inside_clip], original[box][inside_clip], atol=0.3), \
+        "nearest down and up returns the original slices (HU within the storage precision)"

@@ -127,33 +127,39 @@ def read_sitk_image(path: str | os.PathLike) -> sitk.Image:
                              f"valid NIfTI/NRRD/MHA file") from err
 
 
+def _require_3d_scalar(path, dimension: int, components: int, size) -> None:
+    if components != 1:
+        raise ImageReadError(f"{path}: has {components} components per voxel; store each channel as its own file "
+                             f"(<case>_0000, <case>_0001, ...)")
+    if dimension != 3:
+        raise ImageReadError(f"{path}: is {dimension}D (size {tuple(size)}); mass_nn needs 3D volumes: convert "
+                             f"2D/4D data into 3D images first")
+
+
 def read_image(path: str | os.PathLike, dtype=np.float32) -> tuple[np.ndarray, ImageGeometry]:
     """Read a 3D image as a (z, y, x) array of `dtype` plus its geometry.
 
     Raises ImageReadError for unreadable files, multi-component (e.g. RGB) images and non-3D images.
     """
     image = read_sitk_image(path)
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise ImageReadError(f"{path}: has {image.GetNumberOfComponentsPerPixel()} components per voxel; store "
-                             f"each channel as its own file (<case>_0000, <case>_0001, ...)")
-    if image.GetDimension() != 3:
-        raise ImageReadError(f"{path}: is {image.GetDimension()}D (size {image.GetSize()}); mass_nn needs 3D "
-                             f"volumes: convert 2D/4D data into 3D images first")
+    _require_3d_scalar(path, image.GetDimension(), image.GetNumberOfComponentsPerPixel(), image.GetSize())
     array = sitk.GetArrayFromImage(image)
     return array.astype(dtype, copy=False), ImageGeometry.from_sitk(image)
 
 
 def read_geometry(path: str | os.PathLike) -> ImageGeometry:
-    """Read only the header (no voxel data) of an image file; DICOM folders are read in full."""
+    """Read only the header (no voxel data) of an image file, with the same checks as read_image; DICOM folders
+    and files SimpleITK reads only in full are read in full."""
     path = Path(path)
     if path.is_dir():
-        return ImageGeometry.from_sitk(read_sitk_image(path))
+        return read_image(path)[1]
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
         reader.ReadImageInformation()
     except RuntimeError:
-        return ImageGeometry.from_sitk(read_sitk_image(path))
+        return read_image(path)[1]
+    _require_3d_scalar(path, reader.GetDimension(), reader.GetNumberOfComponents(), reader.GetSize())
     return ImageGeometry(spacing_xyz=tuple(reader.GetSpacing()), origin_xyz=tuple(reader.GetOrigin()),
                          direction=tuple(reader.GetDirection()), size_xyz=tuple(reader.GetSize()))
 

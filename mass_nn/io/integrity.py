@@ -7,34 +7,36 @@ from pathlib import Path
 
 import numpy as np
 
-from mass_nn.errors import DatasetIntegrityError, MassError
+from mass_nn.errors import DatasetIntegrityError, ImageReadError, MassError
 from mass_nn.io.dataset_json import CHANNEL_SUFFIX, CaseFiles, DatasetJson, list_cases, load_dataset_json
-from mass_nn.io.image_io import read_image
+from mass_nn.io.image_io import ImageGeometry, read_geometry, read_image
 from mass_nn.parallel import run_per_item
 
 logger = logging.getLogger(__name__)
 
 
-def _nonfinite_count(path: Path, array: np.ndarray) -> int:
-    """NaN/inf voxels. SimpleITK's NIfTI reader turns NaN into 0, so float NIfTI files are checked with nibabel."""
-    if path.name.endswith((".nii", ".nii.gz")):
+def _read_voxels_for_check(path: Path) -> tuple[ImageGeometry, np.ndarray]:
+    """Geometry and voxels with one decompression. NIfTI voxels come from nibabel (SimpleITK's NIfTI reader
+    turns NaN into 0, which would hide them); the array order then differs, which counting does not mind."""
+    if path.is_file() and path.name.endswith((".nii", ".nii.gz")):
         import nibabel as nib
-        image = nib.load(str(path))
-        if not np.issubdtype(image.get_data_dtype(), np.floating):
-            return 0
-        data = np.asanyarray(image.dataobj)
-        return int(data.size - np.isfinite(data).sum())
-    return int(array.size - np.isfinite(array).sum())
+        geometry = read_geometry(path)
+        try:
+            return geometry, np.asanyarray(nib.load(str(path)).dataobj)
+        except Exception as err:  # nibabel's errors have no common base class
+            raise ImageReadError(f"{path}: cannot be read ({err}); replace it with a valid NIfTI file") from err
+    array, geometry = read_image(path)
+    return geometry, array
 
 
-def _check_image(path: Path) -> tuple[list[str], object, np.ndarray | None]:
+def _check_image(path: Path) -> tuple[list[str], ImageGeometry | None, np.ndarray | None]:
     """Problems of one image file (unreadable, non-3D, NaN/inf), its geometry and voxels (None if unreadable)."""
     try:
-        array, geometry = read_image(path)
+        geometry, array = _read_voxels_for_check(path)
     except MassError as err:
         return [f"{err}"], None, None
     problems = []
-    nonfinite = _nonfinite_count(path, array) if path.is_file() else int(array.size - np.isfinite(array).sum())
+    nonfinite = int(array.size - np.isfinite(array).sum()) if np.issubdtype(array.dtype, np.floating) else 0
     if nonfinite:
         problems.append(f"{path}: {nonfinite} NaN/inf voxel(s); replace them (e.g. with the image minimum) and "
                         f"save the image again")

@@ -17,6 +17,8 @@ from mass_nn.planning.windows import IntensityWindow
 from mass_nn.schema import from_dict, to_dict
 
 PLANS_FORMAT_VERSION = 1
+# bump when preprocessing code changes its output for the same plans: finished cases are then redone
+PREPROCESSING_ALGORITHM_VERSION = 2
 
 
 @dataclass
@@ -120,7 +122,7 @@ class Plans:
     def preprocessing_hash(self, configuration: str) -> str:
         """Digest of everything that changes a preprocessed case of `configuration` (used to skip finished work)."""
         config = self.configuration(configuration)
-        relevant = {"channels": to_dict(self.channels), "spacing": config.target_spacing_zyx_mm,
+        relevant = {"algorithm": PREPROCESSING_ALGORITHM_VERSION, "channels": to_dict(self.channels), "spacing": config.target_spacing_zyx_mm,
                     "patch": config.patch_size_zyx, "interp": [config.image_interpolation, config.label_interpolation],
                     "seed_slice_distance_mm": self.mask_generation.seed_slice_distance_mm,
                     "isotropy_ratio": self.mask_generation.isotropy_ratio}

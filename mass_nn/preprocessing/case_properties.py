@@ -31,6 +31,7 @@ class CaseProperties:
     original_spacing_zyx_mm: list[float]
     target_spacing_zyx_mm: list[float]
     shape_after_resampling_zyx: list[int]
+    nearest_resampling_axis: int | None  # thick-slice axis resampled nearest-neighbour (images), see resampling.py
     normalization: list[ChannelNormalization]
     foreground_fraction: float  # of the cropped volume
     mask_axis: int  # SAM2 slice axis from this case's original spacing (numpy order)

@@ -31,16 +31,26 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == int(np.argmax(sizes))
 
 
+def fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
+    """Fill the holes of every axis-0 slice of a 3D mask in one pass: background regions (in-plane
+    connectivity only) that do not touch a slice's in-plane border are holes."""
+    in_plane = np.zeros((3, 3, 3), dtype=bool)
+    in_plane[1] = ndimage.generate_binary_structure(2, 1)
+    background, _ = ndimage.label(~mask, structure=in_plane)
+    border = np.concatenate([background[:, 0, :].ravel(), background[:, -1, :].ravel(),
+                             background[:, :, 0].ravel(), background[:, :, -1].ravel()])
+    outside = np.zeros(background.max() + 1, dtype=bool)
+    outside[border] = True
+    outside[0] = True  # label 0 is the mask itself
+    return mask | ~outside[background]
+
+
 def ct_body_mask(volume_hu: np.ndarray) -> np.ndarray:
     """Body mask of a (z, y, x) CT volume in HU; falls back to all voxels when nothing exceeds the threshold."""
     mask = volume_hu > BODY_THRESHOLD_HU
     if not mask.any():
         return np.ones_like(mask)
-    mask = _largest_component(mask)
-    for z in range(mask.shape[0]):
-        if mask[z].any():
-            mask[z] = ndimage.binary_fill_holes(mask[z])
-    return mask
+    return fill_holes_per_slice(_largest_component(mask))
 
 
 def foreground_mask(channels: np.ndarray, modalities: list[str]) -> np.ndarray:

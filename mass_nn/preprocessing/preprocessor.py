@@ -25,7 +25,8 @@ from mass_nn.preprocessing.blosc2_storage import save_array
 from mass_nn.preprocessing.case_properties import CaseProperties, load_properties, save_properties
 from mass_nn.preprocessing.foreground import bounding_box, crop_to_box, foreground_mask
 from mass_nn.preprocessing.normalization import normalize_channel
-from mass_nn.preprocessing.resampling import resample_images, resample_label, shape_at_spacing
+from mass_nn.preprocessing.resampling import (nearest_resampling_axis, resample_images, resample_label,
+                                               shape_at_spacing)
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +93,8 @@ def _write_configuration(case: CaseFiles, cropped: _CroppedCase, plans: Plans, c
     spacing = cropped.geometry.spacing_zyx
     new_shape = shape_at_spacing(cropped.data.shape[1:], spacing, config.target_spacing_zyx_mm)
     output = CaseOutput(out_folder, case.case_id)
-    save_array(resample_images(cropped.data, new_shape), output.data, config.patch_size_zyx)
+    nearest_axis = nearest_resampling_axis(spacing)
+    save_array(resample_images(cropped.data, new_shape, nearest_axis), output.data, config.patch_size_zyx)
     counts, bboxes = {}, {}
     if cropped.label is not None:
         seg = resample_label(cropped.label, new_shape)
@@ -105,7 +107,8 @@ def _write_configuration(case: CaseFiles, cropped: _CroppedCase, plans: Plans, c
         original_geometry=cropped.geometry.to_dict(), shape_before_crop_zyx=list(cropped.geometry.shape_zyx),
         crop_box_zyx=cropped.box, shape_after_crop_zyx=list(cropped.data.shape[1:]),
         original_spacing_zyx_mm=list(spacing), target_spacing_zyx_mm=list(config.target_spacing_zyx_mm),
-        shape_after_resampling_zyx=list(new_shape), normalization=cropped.normalization,
+        shape_after_resampling_zyx=list(new_shape), nearest_resampling_axis=nearest_axis,
+        normalization=cropped.normalization,
         foreground_fraction=cropped.foreground_fraction, mask_axis=axis,
         seed_slice_interval=seed_slice_interval(config.target_spacing_zyx_mm[axis],
                                                 plans.mask_generation.seed_slice_distance_mm),

@@ -24,7 +24,8 @@ def to_original_grid(array: np.ndarray, props: CaseProperties, is_label: bool, f
     if is_label:
         cropped = resample_label(array, props.shape_after_crop_zyx)
     else:
-        cropped = resample_images(array[None].astype(np.float32), props.shape_after_crop_zyx)[0]
+        cropped = resample_images(array[None].astype(np.float32), props.shape_after_crop_zyx,
+                                  props.nearest_resampling_axis)[0]
     full = np.full(props.shape_before_crop_zyx, fill_value, dtype=cropped.dtype)
     full[tuple(slice(a, b) for a, b in props.crop_box_zyx)] = cropped
     return full
