@@ -21,7 +21,8 @@ import SimpleITK as sitk
 from mass_nn.errors import MassError
 from mass_nn.io.atomic import atomic_path
 from mass_nn.io.dataset_json import DatasetJson, dataset_folder_name, save_dataset_json
-from mass_nn.io.image_io import ImageGeometry, read_geometry, read_sitk_image, write_image
+from mass_nn.io.image_io import (ImageGeometry, read_geometry, read_sitk_image, require_3d_scalar_image,
+                                 write_image)
 
 logger = logging.getLogger(__name__)
 
@@ -124,12 +125,6 @@ def to_integer_labels(labels: np.ndarray, source: str) -> np.ndarray:
     return labels.astype(dtype)
 
 
-def _require_3d_scalar(image: sitk.Image, source: str) -> None:
-    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-        raise MassError(f"{source}: is {image.GetDimension()}D with {image.GetNumberOfComponentsPerPixel()} "
-                        f"component(s) per voxel; the converter expects one 3D scalar volume per file")
-
-
 def _sitk_image(source: Path | Volume | sitk.Image) -> sitk.Image:
     if isinstance(source, sitk.Image):
         return source
@@ -163,7 +158,7 @@ def label_array_on_grid(source: Path | Volume | sitk.Image, geometry: ImageGeome
     `geometry` with nearest neighbour by physical position; `mapping` (old value -> new value) is applied last.
     """
     label = _sitk_image(source)
-    _require_3d_scalar(label, name)
+    require_3d_scalar_image(label, name)
     differences = ImageGeometry.from_sitk(label).differences(geometry)
     if differences:
         logger.info("%s: label grid differs from its image (%s); resampling it onto the image grid", name,
@@ -203,7 +198,7 @@ def write_image_channel(source: ImageSource, target: Path) -> ImageGeometry:
         copy_file_atomic(source, target)
         return read_geometry(source)
     image = read_sitk_image(source)
-    _require_3d_scalar(image, str(source))
+    require_3d_scalar_image(image, source)
     geometry = ImageGeometry.from_sitk(image)
     write_image(sitk.GetArrayFromImage(image), geometry, target)
     return geometry

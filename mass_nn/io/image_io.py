@@ -17,8 +17,6 @@ import SimpleITK as sitk
 from mass_nn.errors import ImageReadError
 from mass_nn.io.atomic import atomic_path
 
-SUPPORTED_FILE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-
 
 @dataclass(frozen=True)
 class ImageGeometry:
@@ -77,10 +75,6 @@ def _rounded(values) -> tuple:
     return tuple(round(float(v), 4) for v in np.ravel(values))
 
 
-def is_supported_image_path(path: Path) -> bool:
-    return path.is_dir() or any(path.name.endswith(e) for e in SUPPORTED_FILE_ENDINGS)
-
-
 def _read_dicom_series(folder: Path) -> sitk.Image:
     reader = sitk.ImageSeriesReader()
     series_ids = reader.GetGDCMSeriesIDs(str(folder))
@@ -136,13 +130,18 @@ def _require_3d_scalar(path, dimension: int, components: int, size) -> None:
                              f"2D/4D data into 3D images first")
 
 
+def require_3d_scalar_image(image: sitk.Image, source) -> None:
+    """Raise ImageReadError (naming `source`) unless `image` is one 3D scalar volume."""
+    _require_3d_scalar(source, image.GetDimension(), image.GetNumberOfComponentsPerPixel(), image.GetSize())
+
+
 def read_image(path: str | os.PathLike, dtype=np.float32) -> tuple[np.ndarray, ImageGeometry]:
     """Read a 3D image as a (z, y, x) array of `dtype` plus its geometry.
 
     Raises ImageReadError for unreadable files, multi-component (e.g. RGB) images and non-3D images.
     """
     image = read_sitk_image(path)
-    _require_3d_scalar(path, image.GetDimension(), image.GetNumberOfComponentsPerPixel(), image.GetSize())
+    require_3d_scalar_image(image, path)
     array = sitk.GetArrayFromImage(image)
     return array.astype(dtype, copy=False), ImageGeometry.from_sitk(image)
 

@@ -17,7 +17,7 @@ from scipy import ndimage
 
 from mass_nn.errors import MassError
 from mass_nn.io.dataset_json import CaseFiles
-from mass_nn.io.image_io import read_geometry, read_image
+from mass_nn.io.image_io import ImageGeometry, read_geometry, read_image
 from mass_nn.parallel import run_per_item
 from mass_nn.planning.mask_slicing import mask_generation_axis, seed_slice_interval
 from mass_nn.planning.plans import Plans
@@ -66,7 +66,7 @@ def _label_summary(seg: np.ndarray) -> tuple[dict[str, int], dict[str, list[list
 class _CroppedCase:
     """A case after reading, cropping and normalising: shared by every configuration."""
 
-    geometry: object
+    geometry: ImageGeometry
     box: list[list[int]]
     data: np.ndarray  # (c, z, y, x) normalised, cropped
     label: np.ndarray | None  # (z, y, x) int16, cropped
