@@ -1,0 +1,33 @@
+"""Name -> class lookups for things users pick by name (mask generators; later trainers and networks).
+
+Entries are "module:Class" strings imported on first use: choosing one generator never imports the others
+(sam2 loads only when asked for), and nothing is found by scanning packages.
+"""
+from __future__ import annotations
+
+import importlib
+
+from mass_nn.errors import MassError
+
+
+class Registry:
+    def __init__(self, kind: str, entries: dict[str, str]):
+        self.kind = kind
+        self._entries = dict(entries)
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def get(self, name: str):
+        """The class registered as `name`; an unknown name lists the known ones."""
+        if name not in self._entries:
+            raise MassError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}")
+        module_name, class_name = self._entries[name].split(":")
+        return getattr(importlib.import_module(module_name), class_name)
+
+
+MASK_GENERATORS = Registry("mask generator", {
+    "supervoxel": "mass_nn.masks.generators.supervoxel:SupervoxelGenerator",
+    "sam2": "mass_nn.masks.generators.sam2_generator:Sam2Generator",
+    "labels": "mass_nn.masks.generators.labels:LabelsGenerator",
+})
