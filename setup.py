@@ -34,7 +34,7 @@ setup(
         "matplotlib>=3.7",
         "psutil>=5.9",
     ],
-    extras_require={"test": ["pytest>=7"], "benchmark": ["nnunetv2>=2.6"]},
+    extras_require={"test": ["pytest>=7"], "benchmark": ["nnunetv2>=2.6", "h5py>=3.8"]},
     entry_points={
         "console_scripts": [
             "mass_plan_and_preprocess=mass_nn.cli.plan_and_preprocess:main",
