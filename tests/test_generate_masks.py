@@ -118,3 +118,15 @@ def test_masks_equal_the_label_components(paths):
     assert sorted(wholes) == sorted(int(v) for v in np.unique(label) if v > 0)
     for value, index in wholes.items():
         assert np.array_equal(bank.read(index), label == value)
+
+
+def test_sam2_without_checkpoint_stops_before_any_work(paths, monkeypatch, capsys):
+    monkeypatch.delenv("MASS_SAM2_CHECKPOINT", raising=False)
+    roots = ["--raw", str(paths.raw), "--preprocessed", str(paths.preprocessed), "--results", str(paths.results)]
+    assert cli.main(["-d", "990", "-g", "sam2", *roots]) == 1
+    err = capsys.readouterr().err
+    assert "needs a checkpoint" in err and "-g supervoxel" in err
+    assert not (paths.preprocessed / "Dataset990_PhantomCT" / "MassPlans_3d_cpu" / "masks_sam2").exists()
+    monkeypatch.setenv("MASS_SAM2_CHECKPOINT", str(paths.raw / "missing_sam2.1_hiera_tiny.pt"))
+    assert cli.main(["-d", "990", *roots]) == 1, "a configured checkpoint makes sam2 the default generator"
+    assert "missing_sam2.1_hiera_tiny.pt" in capsys.readouterr().err
