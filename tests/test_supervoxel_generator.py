@@ -4,6 +4,7 @@ import json
 import numpy as np
 import pytest
 
+from mass_nn.errors import MassError
 from mass_nn.masks.generators.supervoxel import SupervoxelGenerator, block_mean, upsample_mask, working_factors
 from mass_nn.masks.proposal import CaseInput
 from mass_nn.masks.quality import mask_quality
@@ -47,7 +48,7 @@ def test_distinct_blobs_are_recovered_almost_exactly():
     image, label = _blob_volume()
     proposals = SupervoxelGenerator().generate(_ct_case(image, (2.0, 2.0, 2.0)))
     best = mask_quality(proposals, label).best_per_class
-    assert min(best["1"], best["2"], best["3"]) > 90 and best["4"] > 70, best  # measured 99.6, 96.2, 96.0, 81.8
+    assert min(best.values()) > 90, best  # measured 99.6, 99.8, 100, 100
 
 
 def test_phantom_masks_span_granularities_and_sources(phantom):
@@ -76,7 +77,7 @@ def test_every_mask_is_a_nonempty_crop_inside_the_volume(phantom):
 def test_phantom_quality_above_floor(phantom):
     _, label, proposals = phantom
     report = mask_quality(proposals, label)
-    assert report.best > 50.0, report.to_dict()  # measured 62.0 (Best / Avg / %>40 = 62.0 / 7.3 / 4.3)
+    assert report.best > 55.0, report.to_dict()  # measured Best / Avg / %>40 = 68.8 / 10.2 / 7.7 (913 masks)
 
 
 def test_output_is_deterministic(phantom):
@@ -93,9 +94,9 @@ def test_parameters_and_registry():
     assert parameters["max_masks"] == 50 and parameters["band_opening"] == "opened"
     assert SupervoxelGenerator(**json.loads(json.dumps(parameters))).parameters() == parameters
     assert MASK_GENERATORS.get("supervoxel") is SupervoxelGenerator
-    with pytest.raises(ValueError, match="band_opening"):
+    with pytest.raises(MassError, match="band_opening"):
         SupervoxelGenerator(band_opening="sometimes")
-    with pytest.raises(ValueError):
+    with pytest.raises(MassError, match="band_fraction"):
         SupervoxelGenerator(band_fraction=1.5)
 
 
@@ -132,4 +133,4 @@ def test_example_ct_quality_beats_the_slic_anchor():
     label = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "example_seg_fast_force_split.nii.gz")))
     case = _ct_case(sitk.GetArrayFromImage(image).astype(np.float32), image.GetSpacing()[::-1], "example_ct")
     report = mask_quality(SupervoxelGenerator().generate(case), label)
-    assert report.best > 50.0, report.to_dict()  # measured 57.9 with 1000 masks
+    assert report.best > 50.0, report.to_dict()  # measured 57.5 (Avg 6.3, %>40 3.8) with 1000 masks

@@ -22,6 +22,7 @@ import time
 
 import numpy as np
 
+from mass_nn.errors import MassError
 from mass_nn.masks.generators.base import MaskGenerator
 from mass_nn.masks.generators.supervoxel_bands import BandSettings, band_components, select_components
 from mass_nn.masks.generators.supervoxel_merging import build_hierarchy, gradient_magnitude, node_masks, \
@@ -43,14 +44,17 @@ class SupervoxelGenerator(MaskGenerator):
     def __init__(self, max_masks: int = 1000, band_fraction: float = 0.3, nms_iou: float = 0.5,
                  min_volume_mm3: float = 1000.0, max_volume_fraction: float = 0.5,
                  seed_spacing_mm: float = 12.0, gradient_sigma_mm: float = 1.5, max_merge_rounds: int = 300,
-                 band_levels: int = 8, band_smoothing_mm: float = 2.0, band_opening: str = "both",
+                 min_border_gradient: float = 2.0,
+                 band_levels: int = 6, band_smoothing_mm: float = 1.0, band_opening: str = "both",
                  max_working_voxels: int = 3_000_000):
         if band_opening not in OPENINGS:
-            raise ValueError(f"band_opening must be one of {sorted(OPENINGS)}, got {band_opening!r}")
+            raise MassError(f"supervoxel: band_opening must be one of {sorted(OPENINGS)}, got {band_opening!r}")
         if not 0.0 <= band_fraction <= 1.0 or not 0.0 < nms_iou <= 1.0:
-            raise ValueError("band_fraction must be in [0, 1] and nms_iou in (0, 1]")
-        if max_masks < 1 or band_levels < 2 or max_merge_rounds < 1 or max_working_voxels < 1:
-            raise ValueError("max_masks, max_merge_rounds and max_working_voxels must be >= 1, band_levels >= 2")
+            raise MassError(f"supervoxel: band_fraction must be in [0, 1] and nms_iou in (0, 1], got "
+                            f"{band_fraction} and {nms_iou}")
+        if min(max_masks, max_merge_rounds, max_working_voxels) < 1 or band_levels < 2:
+            raise MassError("supervoxel: max_masks, max_merge_rounds and max_working_voxels must be >= 1 and "
+                            "band_levels >= 2")
         self.max_masks = int(max_masks)
         self.band_fraction = float(band_fraction)
         self.nms_iou = float(nms_iou)
@@ -59,6 +63,7 @@ class SupervoxelGenerator(MaskGenerator):
         self.seed_spacing_mm = float(seed_spacing_mm)
         self.gradient_sigma_mm = float(gradient_sigma_mm)
         self.max_merge_rounds = int(max_merge_rounds)
+        self.min_border_gradient = float(min_border_gradient)
         self.band_levels = int(band_levels)
         self.band_smoothing_mm = float(band_smoothing_mm)
         self.band_opening = band_opening
@@ -68,7 +73,8 @@ class SupervoxelGenerator(MaskGenerator):
         return {"max_masks": self.max_masks, "band_fraction": self.band_fraction, "nms_iou": self.nms_iou,
                 "min_volume_mm3": self.min_volume_mm3, "max_volume_fraction": self.max_volume_fraction,
                 "seed_spacing_mm": self.seed_spacing_mm, "gradient_sigma_mm": self.gradient_sigma_mm,
-                "max_merge_rounds": self.max_merge_rounds, "band_levels": self.band_levels,
+                "max_merge_rounds": self.max_merge_rounds, "min_border_gradient": self.min_border_gradient,
+                "band_levels": self.band_levels,
                 "band_smoothing_mm": self.band_smoothing_mm, "band_opening": self.band_opening,
                 "max_working_voxels": self.max_working_voxels}
 
@@ -96,7 +102,9 @@ class SupervoxelGenerator(MaskGenerator):
         hierarchy = build_hierarchy(supervoxels(gradient, spacing, self.seed_spacing_mm), gradient,
                                     self.max_merge_rounds)
         size, border = hierarchy.size, hierarchy.mean_border_gradient()
-        candidates = np.flatnonzero((size >= min_voxels) & (size <= max_voxels) & (border > 0))
+        # no border contrast, no object: watershed borders inside flat regions (air) are arbitrary
+        visible = (border > 0) & (border >= self.min_border_gradient)
+        candidates = np.flatnonzero((size >= min_voxels) & (size <= max_voxels) & visible)
         # a strong outer border marks an object; the log-size weight keeps whole organs ahead of their parts
         nodes = select_nodes(hierarchy, border * np.log(size), candidates, self.nms_iou, budget)
         return [(box, crop, {"source": "merge", "merge_round": int(hierarchy.merge_round[node]),
@@ -146,12 +154,13 @@ def block_mean(windowed: np.ndarray, factors) -> np.ndarray:
     """(3, z, y, x) uint8 averaged over blocks of `factors` voxels (edge blocks padded by replication)."""
     if tuple(factors) == (1, 1, 1):
         return windowed
-    pad = [(0, 0)] + [(0, -n % f) for n, f in zip(windowed.shape[1:], factors)]
-    padded = np.pad(windowed, pad, mode="edge").astype(np.float32)
-    c, z, y, x = padded.shape
-    fz, fy, fx = factors
-    blocks = padded.reshape(c, z // fz, fz, y // fy, fy, x // fx, fx)
-    return np.rint(blocks.mean(axis=(2, 4, 6))).astype(np.uint8)
+    pad = [(0, -n % f) for n, f in zip(windowed.shape[1:], factors)]
+    out = []
+    for channel in windowed:  # one at a time: the float copy of a large volume is the memory peak
+        padded = np.pad(channel, pad, mode="edge").astype(np.float32)
+        (z, y, x), (fz, fy, fx) = padded.shape, factors
+        out.append(np.rint(padded.reshape(z // fz, fz, y // fy, fy, x // fx, fx).mean(axis=(1, 3, 5))))
+    return np.stack(out).astype(np.uint8)
 
 
 def upsample_mask(box: Box, crop: np.ndarray, factors, shape) -> tuple[Box, np.ndarray]:
