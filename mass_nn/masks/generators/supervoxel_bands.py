@@ -4,7 +4,7 @@ structures (ribs, vessels, lesions) that supervoxels are too coarse for.
 Each window is lightly smoothed and quantised into `levels` equal grey-level bins. Every contiguous range of
 bins [lo, hi) is a band; its 6-connected components (optionally after a binary opening, which cuts thin bridges
 between touching structures) are candidates. A component is scored by its stability: its size divided by the
-size of the component containing it when the band is widened by one bin on either side. An object separated
+size of the larger of the components containing it in the two bands one bin wider. An object separated
 from its surroundings by an intensity gap keeps its size (stability near 1); a patch of a smooth ramp or of a
 larger region grows (stability near 0). This is the maximally-stable-extremal-region idea applied to bands.
 """
