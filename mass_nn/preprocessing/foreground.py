@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from mass_nn.masks.proposal import tight_box
 from mass_nn.planning.modality import CT
 
 BODY_THRESHOLD_HU = -500.0
@@ -64,13 +65,9 @@ def foreground_mask(channels: np.ndarray, modalities: list[str]) -> np.ndarray:
 
 
 def bounding_box(mask: np.ndarray) -> list[list[int]]:
-    """[[start, stop], ...] per axis of the True voxels (the whole array when none)."""
-    box = []
-    for axis in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != axis)
-        hits = np.flatnonzero(mask.any(axis=other))
-        box.append([int(hits[0]), int(hits[-1]) + 1] if hits.size else [0, mask.shape[axis]])
-    return box
+    """[[start, stop], ...] per axis of the True voxels of a 3D mask (the whole array when none)."""
+    box = tight_box(mask)
+    return [list(b) for b in box] if box is not None else [[0, n] for n in mask.shape]
 
 
 def crop_to_box(array: np.ndarray, box: list[list[int]]) -> np.ndarray:
