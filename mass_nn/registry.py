@@ -31,3 +31,11 @@ MASK_GENERATORS = Registry("mask generator", {
     "sam2": "mass_nn.masks.generators.sam2_generator:Sam2Generator",
     "labels": "mass_nn.masks.generators.labels:LabelsGenerator",
 })
+
+TRAINERS = Registry("trainer", {
+    "MASSPretrainer": "mass_nn.training.pretrain.mass_pretrainer:MASSPretrainer",
+})
+
+NETWORKS = Registry("network", {
+    "InContextSegmenter": "mass_nn.networks.in_context_model:InContextSegmenter",
+})

@@ -69,3 +69,28 @@ def mass_roots(tmp_path):
     """Separate raw/preprocessed/results roots inside tmp_path."""
     from mass_nn.paths import MassPaths
     return MassPaths(raw=tmp_path / "raw", preprocessed=tmp_path / "preprocessed", results=tmp_path / "results")
+
+
+@pytest.fixture(scope="session")
+def phantom_with_masks(tmp_path_factory):
+    """A 6-case phantom, preprocessed (3d_cpu) with weight-free masks: what pretraining reads. Shared by the
+    session: tests must not write into its raw or preprocessed folders (use `pretraining_roots`)."""
+    from dataset_conversion.phantom import write_phantom_dataset
+    from mass_nn.masks.generate import MaskGenerationOptions, generate_masks
+    from mass_nn.paths import MassPaths
+    from mass_nn.planning.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess
+    root = tmp_path_factory.mktemp("phantom_masks")
+    paths = MassPaths(raw=root / "raw", preprocessed=root / "pre", results=root / "res")
+    write_phantom_dataset(paths.raw, 990, num_cases=6, seed=3)
+    plan_and_preprocess(990, paths, PlanAndPreprocessOptions(preset="cpu_only", num_processes=1, progress=False))
+    generate_masks(990, paths, MaskGenerationOptions(generator="supervoxel", configuration="3d_cpu",
+                                                     num_processes=1, progress=False))
+    return paths
+
+
+@pytest.fixture
+def pretraining_roots(phantom_with_masks, tmp_path):
+    """The shared phantom with masks, and a fresh results root for this test."""
+    from mass_nn.paths import MassPaths
+    return MassPaths(raw=phantom_with_masks.raw, preprocessed=phantom_with_masks.preprocessed,
+                     results=tmp_path / "results")

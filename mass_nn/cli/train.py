@@ -1,13 +1,99 @@
-"""mass_train: placeholder until step 3 (pretraining) lands."""
+"""mass_train: train a model by trainer name (PRETRAIN now; FINETUNE arrives with step 4).
+
+Examples:
+  mass_train PRETRAIN -d 990                          # MASSPretrainer, 3d_cpu on CPU / 3d_paper on GPU
+  mass_train PRETRAIN -d 990 --epochs 2 --iters-per-epoch 50 --tag short
+  mass_train PRETRAIN -d 990 --continue               # resume the run exactly where it stopped
+  torchrun --nproc_per_node 4 -m mass_nn.cli.train PRETRAIN -d 990   # DistributedDataParallel
+"""
 from __future__ import annotations
 
+import argparse
+import os
 import sys
 
-from mass_nn.cli.common import not_implemented_yet
+from mass_nn.cli.common import add_common_arguments, add_path_arguments, paths_from_args, run_cli
+from mass_nn.errors import MassError
+from mass_nn.training.options import TrainingOptions
+
+
+def _parse_setting(text: str) -> tuple[str, object]:
+    import json
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"{text!r}: use KEY=VALUE, e.g. num_tasks=8")
+    key, value = text.split("=", 1)
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def _add_pretrain_parser(subparsers) -> None:
+    p = subparsers.add_parser("PRETRAIN", help="self-supervised pretraining (MASSPretrainer by default)",
+                              description="Self-supervised pretraining on preprocessed datasets and their masks.")
+    p.add_argument("-d", "--datasets", nargs="+", required=True, help="dataset id(s) or name(s)")
+    p.add_argument("-tr", "--trainer", default="MASSPretrainer", help="trainer class name (default: %(default)s)")
+    p.add_argument("-c", "--configuration", help="plans configuration (default: 3d_paper on CUDA, 3d_cpu otherwise)")
+    p.add_argument("-p", "--plans", dest="plans_name", default="MassPlans", help="plans name (default: %(default)s)")
+    p.add_argument("--epochs", type=int, help="epochs (trainer default: 100)")
+    p.add_argument("--iters-per-epoch", type=int, help="optimiser steps per epoch (trainer default: 1000)")
+    p.add_argument("--batch-size", type=int, help="per-process batch size (default: the plans')")
+    p.add_argument("--lr", type=float, help="peak learning rate (trainer default: 2e-3)")
+    p.add_argument("--seed", type=int, default=0, help="seed of weights and batch order (default: %(default)s)")
+    p.add_argument("--continue", dest="continue_training", action="store_true",
+                   help="resume the run in the output folder from checkpoint_latest.pt")
+    p.add_argument("--tag", default="", help="suffix of the output folder, to keep runs apart")
+    p.add_argument("--num-workers", type=int, help="data loading processes (default: from the machine)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: %(default)s")
+    p.add_argument("--masks", help="mask generator whose banks to use (default: the only one present)")
+    p.add_argument("--val-dataset", help="labelled dataset for in-context Dice validation (default: loss on "
+                                         "held-out auto masks)")
+    p.add_argument("--val-every", type=int, default=1, help="validate every N epochs (default: %(default)s)")
+    p.add_argument("--val-batches", type=int, default=4, help="held-out batches per validation (default: %(default)s)")
+    p.add_argument("--schedule", default="poly", choices=["poly", "onecycle"], help="default: %(default)s")
+    p.add_argument("--dice", default="adaptive_tversky", choices=["adaptive_tversky", "soft_dice"],
+                   help="Dice term of the loss (default: %(default)s)")
+    p.add_argument("-s", "--setting", action="append", type=_parse_setting, default=[], metavar="KEY=VALUE",
+                   help="trainer-specific setting (repeatable), e.g. -s num_tasks=8")
+    add_path_arguments(p)
+    add_common_arguments(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mass_train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    subparsers = parser.add_subparsers(dest="mode", required=True, metavar="MODE")
+    _add_pretrain_parser(subparsers)
+    return parser
+
+
+def options_from_args(args) -> TrainingOptions:
+    return TrainingOptions(mode=args.mode, datasets=[str(d) for d in args.datasets], trainer=args.trainer,
+                           configuration=args.configuration, plans_name=args.plans_name, epochs=args.epochs,
+                           iters_per_epoch=args.iters_per_epoch, batch_size=args.batch_size, lr=args.lr,
+                           seed=args.seed, tag=args.tag, continue_training=args.continue_training,
+                           num_workers=args.num_workers, device=args.device, masks=args.masks,
+                           val_dataset=args.val_dataset, val_every=args.val_every, val_batches=args.val_batches,
+                           schedule=args.schedule, dice=args.dice, extra=dict(args.setting))
+
+
+def _run(args) -> int:
+    from mass_nn.training.run_training import run_training
+    if args.val_every < 1:
+        raise MassError("--val-every must be at least 1")
+    summary = run_training(options_from_args(args), paths_from_args(args))
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
+        return 0
+    state = "stopped early (resume with --continue)" if summary["stopped_early"] else "finished"
+    best = (f", best {summary['best_metric_key']} {summary['best_metric']:.4f}"
+            if summary["best_metric"] is not None else "")
+    print(f"{state}: {summary['epochs_done']} epochs, {summary['global_step']} steps{best} -> "
+          f"{summary['output_folder']}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    return not_implemented_yet("mass_train", "step 3 (pretraining)")
+    return run_cli(build_parser(), _run, argv)
 
 
 if __name__ == "__main__":

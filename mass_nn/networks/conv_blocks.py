@@ -1,0 +1,66 @@
+"""3D convolutional building blocks of the ResUNet: pre-activation convs, residual blocks, fp32 trilinear resizing.
+
+Every norm is InstanceNorm3d without affine parameters or running statistics and every conv is bias-free, as in the
+released Iris/MASS network; this is what makes the parameter counts match the paper.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def autocast_disabled(device: torch.device):
+    """A context that turns autocast off on `device` (a no-op where autocast does not exist, e.g. meta)."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def resize_trilinear(x: Tensor, size: tuple[int, int, int] | list[int]) -> Tensor:
+    """Trilinear (align_corners=True) resize of [B, C, D, H, W] to `size`, computed in fp32, returned in x's dtype.
+
+    Under bf16 autocast the interpolation would otherwise run in bf16, which visibly blurs upsampled features.
+    """
+    with autocast_disabled(x.device):
+        resized = F.interpolate(x.float(), size=tuple(size), mode="trilinear", align_corners=True)
+    return resized.to(x.dtype)
+
+
+class PreActConv3d(nn.Sequential):
+    """InstanceNorm3d(affine=False) → ReLU → Conv3d(kernel, padding kernel // 2, no bias)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
+                 eps: float = 1e-4):
+        super().__init__(
+            nn.InstanceNorm3d(in_channels, eps=eps),
+            nn.ReLU(),
+            nn.Conv3d(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2, bias=False),
+        )
+
+
+class ResBlock3d(nn.Module):
+    """Pre-activation residual block: two 3×3×3 `PreActConv3d` plus a shortcut, with no activation after the sum.
+
+    The shortcut is itself a pre-activation 3×3×3 conv when the channels or the stride change, else the identity.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, eps: float = 1e-4):
+        super().__init__()
+        self.conv1 = PreActConv3d(in_channels, out_channels, 3, stride, eps)
+        self.conv2 = PreActConv3d(out_channels, out_channels, 3, 1, eps)
+        needs_projection = in_channels != out_channels or stride != 1
+        self.shortcut = PreActConv3d(in_channels, out_channels, 3, stride, eps) if needs_projection else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        """[B, in, D, H, W] → [B, out, D / stride, H / stride, W / stride]."""
+        return self.conv2(self.conv1(x)) + self.shortcut(x)
+
+
+def res_blocks(in_channels: int, out_channels: int, count: int, eps: float) -> nn.Sequential:
+    """`count` ResBlock3d: the first maps in → out channels, the rest keep out channels."""
+    blocks = [ResBlock3d(in_channels, out_channels, eps=eps)]
+    blocks += [ResBlock3d(out_channels, out_channels, eps=eps) for _ in range(count - 1)]
+    return nn.Sequential(*blocks)

@@ -1,0 +1,191 @@
+"""The task encoder: turns reference features and reference masks into task embeddings, one per prior stage.
+
+For each task (mask) k and each prior stage, a set of m learnable query tokens plus one foreground token (the
+masked mean of the reference features) attend to "context" tokens, in which the mask has been fused with the
+features at full resolution through sub-pixel convolution. Tasks are processed as independent rows (B·K), so the
+embedding of task k never depends on the other tasks.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mass_nn.networks.attention import TaskQueryBlock
+from mass_nn.networks.config import InContextNetworkConfig
+from mass_nn.networks.conv_blocks import autocast_disabled, resize_trilinear
+from mass_nn.networks.pixel_shuffle import pixel_shuffle_3d, pixel_unshuffle_3d
+
+TaskEmbedding = list[Tensor]
+
+
+def trilinear_interpolation_matrix(in_size: int, out_size: int, device: torch.device) -> Tensor:
+    """The [out_size, in_size] fp32 matrix of 1D linear interpolation with align_corners=True.
+
+    Trilinear upsampling is the separable product of three such matrices, one per axis.
+    """
+    scale = (in_size - 1) / (out_size - 1) if out_size > 1 else 0.0
+    positions = torch.arange(out_size, dtype=torch.float32, device=device) * scale
+    lower = positions.floor().long().clamp(max=in_size - 1)
+    upper = (lower + 1).clamp(max=in_size - 1)
+    weight_upper = positions - lower.float()
+    rows = torch.arange(out_size, device=device)
+    matrix = torch.zeros(out_size, in_size, dtype=torch.float32, device=device)
+    matrix.index_put_((rows, lower), 1.0 - weight_upper, accumulate=True)
+    matrix.index_put_((rows, upper), weight_upper, accumulate=True)
+    return matrix
+
+
+def trilinear_upsample_adjoint(volumes: Tensor, low_size: tuple[int, ...] | list[int]) -> Tensor:
+    """Apply the adjoint (transpose) of trilinear align_corners=True upsampling low_size → volumes' size.
+
+    volumes [B, K, D, H, W] → [B, K, d, h, w] in fp32, such that
+    ⟨upsample(z), volumes⟩ = ⟨z, adjoint(volumes)⟩ for every z of size low_size.
+    """
+    out = volumes.float()
+    for axis, low in zip(range(2, 5), low_size):
+        matrix = trilinear_interpolation_matrix(low, out.shape[axis], out.device)
+        out = (out.movedim(axis, -1) @ matrix).movedim(-1, axis)
+    return out
+
+
+def foreground_pool(features: Tensor, masks: Tensor, method: str = "adjoint") -> Tensor:
+    """Masked mean of the trilinearly upsampled features: [B, C, d, h, w] × [B, K, D, H, W] → [B, K, C].
+
+    The voxel count is clamped to at least 1, so an empty mask gives a zero vector. "upsample" materialises the
+    full-resolution features (C·D·H·W values per image); "adjoint" moves the mask to the feature grid instead, which
+    is exactly equivalent because upsampling is linear, and needs only K·D·H·W extra values.
+    """
+    with autocast_disabled(features.device):
+        masks = masks.float()
+        counts = masks.flatten(2).sum(-1).clamp(min=1.0)
+        if method == "upsample":
+            weights, values = masks, resize_trilinear(features.float(), masks.shape[2:])
+        elif method == "adjoint":
+            weights, values = trilinear_upsample_adjoint(masks, features.shape[2:]), features.float()
+        else:
+            raise ValueError(f"unknown foreground pool {method!r}; use 'upsample' or 'adjoint'")
+        sums = torch.bmm(weights.flatten(2), values.flatten(2).transpose(1, 2))
+        return (sums / counts.unsqueeze(-1)).to(features.dtype)
+
+
+def _pre_act_conv(in_channels: int, out_channels: int, kernel_size: int, eps: float) -> nn.Sequential:
+    """InstanceNorm → ReLU → Conv3d with bias (the task encoder's convs, unlike the backbone's, have biases)."""
+    return nn.Sequential(nn.InstanceNorm3d(in_channels, eps=eps), nn.ReLU(),
+                         nn.Conv3d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=True))
+
+
+class MaskMerge(nn.Module):
+    """Per task, IN → ReLU → Conv3d(2 → 1, 3×3×3, bias) of the two-channel map [shared map; task mask].
+
+    InstanceNorm and convolution act channel by channel, so the shared map's part is computed once per image and
+    broadcast over the K tasks instead of being copied K times: same result, K× less work and memory for it, and
+    no gradient computation for the mask channel.
+    """
+
+    def __init__(self, eps: float = 1e-4):
+        super().__init__()
+        self.eps = eps
+        self.conv = nn.Conv3d(2, 1, 3, padding=1, bias=True)
+
+    def forward(self, shared: Tensor, masks: Tensor) -> Tensor:
+        """shared [B, 1, D, H, W], masks [B, K, D, H, W] → merged [B·K, 1, D, H, W]."""
+        weight = self.conv.weight
+        shared_part = F.conv3d(self._norm_act(shared), weight[:, :1], self.conv.bias, padding=1)
+        mask_part = F.conv3d(self._norm_act(masks.flatten(0, 1).unsqueeze(1).to(shared.dtype)), weight[:, 1:],
+                             padding=1)
+        return (mask_part.unflatten(0, masks.shape[:2]) + shared_part.unsqueeze(1)).flatten(0, 1)
+
+    def _norm_act(self, x: Tensor) -> Tensor:
+        return F.relu(F.instance_norm(x, eps=self.eps))
+
+
+class TaskEncoderStage(nn.Module):
+    """Task embedding at one feature level: features [B, C, d, h, w] at 1/scale of the masks [B, K, D, H, W]
+    → [B, K, num_queries + 1, C]; token num_queries (the last) starts as the foreground token.
+
+    Context stream: expand C → scale³ channels, pixel-shuffle to one full-resolution map, merge it with each
+    task's mask into one channel (`MaskMerge`), add the learnable positional map (sliced to D, H, W),
+    pixel-unshuffle, squeeze back to C channels and add the features. Masks may not exceed positional_size.
+    """
+
+    def __init__(self, dim: int, scale: int, num_queries: int, depth: int, head_dim: int, mlp_ratio: int,
+                 positional_size: list[int], eps: float = 1e-4, foreground_pool: str = "adjoint"):
+        super().__init__()
+        self.scale = scale
+        self.foreground_pool = foreground_pool
+        self.queries = nn.Parameter(torch.empty(num_queries, dim))
+        nn.init.xavier_uniform_(self.queries)
+        self.positional_map = nn.Parameter(torch.randn(1, 1, *positional_size))
+        self.expand = _pre_act_conv(dim, scale ** 3, 1, eps)
+        self.merge = MaskMerge(eps)
+        self.squeeze = _pre_act_conv(scale ** 3, dim, 1, eps)
+        self.norm_query = nn.LayerNorm(dim)
+        self.norm_foreground = nn.LayerNorm(dim)
+        self.norm_combined = nn.LayerNorm(dim)
+        self.blocks = nn.ModuleList(TaskQueryBlock(dim, head_dim, mlp_ratio) for _ in range(depth))
+        self.norm_post = nn.LayerNorm(dim)
+
+    def forward(self, features: Tensor, masks: Tensor) -> Tensor:
+        """features [B, C, d, h, w], masks [B, K, d·s, h·s, w·s] → task embedding [B, K, num_queries + 1, C]."""
+        self.check_sizes(features, masks)
+        batch, num_tasks = masks.shape[:2]
+        tokens = self.initial_tokens(self.foreground_tokens(features, masks))
+        context = self.context_tokens(features, masks)
+        for block in self.blocks:
+            tokens = block(tokens, context)
+        tokens = self.norm_post(tokens)
+        return tokens.reshape(batch, num_tasks, *tokens.shape[1:])
+
+    def check_sizes(self, features: Tensor, masks: Tensor) -> None:
+        """Raise ValueError unless masks are `scale` times the features and fit the positional map."""
+        if features.dim() != 5 or masks.dim() != 5 or features.shape[0] != masks.shape[0]:
+            raise ValueError(f"expected features [B, C, d, h, w] and masks [B, K, D, H, W], got "
+                             f"{list(features.shape)} and {list(masks.shape)}")
+        expected = [side * self.scale for side in features.shape[2:]]
+        if list(masks.shape[2:]) != expected:
+            raise ValueError(f"masks of spatial size {list(masks.shape[2:])} must be {self.scale}× the features' "
+                             f"{list(features.shape[2:])}, i.e. {expected}")
+        limit = list(self.positional_map.shape[2:])
+        if any(side > most for side, most in zip(masks.shape[2:], limit)):
+            raise ValueError(f"reference of spatial size {list(masks.shape[2:])} is larger than the positional map "
+                             f"{limit} (the training patch, input_size_zyx) in at least one axis")
+
+    def foreground_tokens(self, features: Tensor, masks: Tensor) -> Tensor:
+        """Masked mean features per task, [B, K, C], before any LayerNorm (zero for an empty mask)."""
+        return foreground_pool(features, masks, self.foreground_pool)
+
+    def context_tokens(self, features: Tensor, masks: Tensor) -> Tensor:
+        """Reference features fused with each task's mask: [B·K, d·h·w, C]."""
+        batch, num_tasks, depth, height, width = masks.shape
+        shuffled = pixel_shuffle_3d(self.expand(features), self.scale)
+        merged = self.merge(shuffled, masks) + self.positional_map[:, :, :depth, :height, :width]
+        squeezed = self.squeeze(pixel_unshuffle_3d(merged, self.scale))
+        fused = squeezed.unflatten(0, (batch, num_tasks)) + features.unsqueeze(1)
+        return fused.flatten(3).transpose(-1, -2).flatten(0, 1)
+
+    def initial_tokens(self, foreground: Tensor) -> Tensor:
+        """[LN(queries); LN(foreground)] followed by a joint LayerNorm: [B, K, C] → [B·K, num_queries + 1, C]."""
+        foreground = self.norm_foreground(foreground.flatten(0, 1)).unsqueeze(1)
+        queries = self.norm_query(self.queries).expand(foreground.shape[0], -1, -1)
+        return self.norm_combined(torch.cat([queries, foreground.to(queries.dtype)], dim=1))
+
+
+class TaskEncoder(nn.Module):
+    """One `TaskEncoderStage` per prior stage: stage i works on the i-th deepest level with pixel-shuffle factor
+    16 / 2**i (16, 8, 4 for three stages)."""
+
+    def __init__(self, config: InContextNetworkConfig):
+        super().__init__()
+        self.stages = nn.ModuleList(
+            TaskEncoderStage(dim, 16 // 2 ** i, config.num_queries, config.task_depth, config.head_dim,
+                             config.mlp_ratio, list(config.input_size_zyx), config.norm_eps, config.foreground_pool)
+            for i, dim in enumerate(config.prior_channels())
+        )
+
+    def forward(self, features: list[Tensor], masks: Tensor) -> TaskEmbedding:
+        """Reference features (deepest first; only the first len(stages) are used) and float masks [B, K, D, H, W]
+        → task embedding: one [B, K, num_queries + 1, C_i] tensor per stage."""
+        if len(features) < len(self.stages):
+            raise ValueError(f"need at least {len(self.stages)} feature levels, got {len(features)}")
+        return [stage(level, masks) for stage, level in zip(self.stages, features)]

@@ -1,0 +1,1 @@
+"""MASS pretraining: data pipeline, losses, optimisation and the training loop."""

@@ -1,0 +1,160 @@
+"""Augmentation settings of the two views and the batchgenerators pipeline that applies them.
+
+Each view gets, in this order: one affine warp (per-axis scale, rotation, shear) that also centre-crops the
+margin away, then appearance transforms on the image only (multiplicative and additive brightness, gamma,
+contrast, blur, noise), each drawn independently per sample. The reference view is weakly and the query view
+strongly augmented (MASS release values, see the architecture note, section 3).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from batchgenerators.transforms.abstract_transforms import AbstractTransform, Compose
+from batchgenerators.transforms.color_transforms import (BrightnessMultiplicativeTransform, BrightnessTransform,
+                                                         ContrastAugmentationTransform, GammaTransform)
+from batchgenerators.transforms.noise_transforms import GaussianBlurTransform, GaussianNoiseTransform
+
+from mass_nn import schema
+from mass_nn.training.data.affine_transform import ViewAffineTransform
+
+# the release cuts (128 + 40)^3 crops for a 128^3 patch: 20 voxels of context per side, scaled with the patch
+MARGIN_PER_SIDE_FRACTION = 20 / 128
+
+VIEW_KEYS = {"reference": ("reference_image", "reference_masks"), "query": ("query_image", "query_masks")}
+
+
+@dataclass
+class ViewAugmentation:
+    """Augmentation of one view. Probabilities are per sample; ranges are (low, high)."""
+
+    affine_probability: float = 0.5
+    scale_range: tuple[float, float] = (0.7, 1 / 0.7)  # per axis, independently
+    rotation_degrees: float = 30.0  # each axis rotated by U(-r, r)
+    shear: float = 0.0  # each off-diagonal shear factor U(-s, s)
+    appearance_probability: float = 0.2  # each appearance transform separately
+    brightness_multiplier_range: tuple[float, float] = (0.9, 1.1)
+    brightness_additive_std: float = 0.1
+    gamma_range: tuple[float, float] = (0.8, 1.2)  # mean and std are kept
+    contrast_range: tuple[float, float] = (0.8, 1.2)  # clamped to the original intensity range
+    blur_sigma_range: tuple[float, float] = (0.8, 1.2)
+    noise_std: float = 0.02
+
+    @classmethod
+    def weak(cls) -> "ViewAugmentation":
+        """The release's reference-view augmentation."""
+        return cls()
+
+    @classmethod
+    def strong(cls) -> "ViewAugmentation":
+        """The release's query-view augmentation."""
+        return cls(affine_probability=0.8, shear=0.1, brightness_multiplier_range=(0.8, 1.3),
+                   brightness_additive_std=0.15, gamma_range=(0.8, 1.3), contrast_range=(0.8, 1.3),
+                   blur_sigma_range=(0.7, 1.5), noise_std=0.04)
+
+    @classmethod
+    def none(cls) -> "ViewAugmentation":
+        """No augmentation at all: the view is the centre of its crop (tests, debugging)."""
+        return cls(affine_probability=0.0, appearance_probability=0.0)
+
+    def to_dict(self) -> dict:
+        return schema.to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ViewAugmentation":
+        return schema.from_dict(cls, data)
+
+
+@dataclass
+class TwoViewSettings:
+    """How one pretraining sample is cut: patch, number of tasks, overlap of the views, and their augmentation."""
+
+    patch_size_zyx: tuple[int, int, int]
+    num_tasks: int = 13
+    everything_task: bool = True  # one channel is an all-ones "segment everything in view" task
+    overlap_ratio: float = 0.67  # crop starts differ by at most (1 - overlap) * crop size per axis
+    margin_voxels: tuple[int, int, int] | None = None  # context per side cut before the affine; None: 20/128 patch
+    prefer_masks_in_view: bool = True  # deviation: the release samples masks from the whole volume
+    reference: ViewAugmentation = field(default_factory=ViewAugmentation.weak)
+    query: ViewAugmentation = field(default_factory=ViewAugmentation.strong)
+
+    def __post_init__(self) -> None:
+        self.patch_size_zyx = tuple(int(p) for p in self.patch_size_zyx)
+        if len(self.patch_size_zyx) != 3 or min(self.patch_size_zyx) < 1:
+            raise ValueError(f"patch_size_zyx must be three positive sizes, got {self.patch_size_zyx}")
+        if self.num_tasks < 1 or not 0.0 <= self.overlap_ratio <= 1.0:
+            raise ValueError(f"need num_tasks >= 1 and overlap_ratio in [0, 1], got {self.num_tasks}, "
+                             f"{self.overlap_ratio}")
+
+    @property
+    def margin_zyx(self) -> tuple[int, int, int]:
+        """Context voxels per side and axis (the release's 20 at a 128 patch, scaled, unless set)."""
+        if self.margin_voxels is not None:
+            return tuple(int(m) for m in self.margin_voxels)
+        return tuple(int(round(MARGIN_PER_SIDE_FRACTION * p)) for p in self.patch_size_zyx)
+
+    @property
+    def crop_size_zyx(self) -> tuple[int, int, int]:
+        """Size of the crop read from the case: patch plus margin on both sides."""
+        return tuple(p + 2 * m for p, m in zip(self.patch_size_zyx, self.margin_zyx))
+
+    def to_dict(self) -> dict:
+        return schema.to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TwoViewSettings":
+        return schema.from_dict(cls, data)
+
+
+class FinaliseViews(AbstractTransform):
+    """Last step: images float32 and masks uint8, both C-contiguous (some appearance transforms return float64)."""
+
+    def __call__(self, **data_dict):
+        for image_key, masks_key in VIEW_KEYS.values():
+            data_dict[image_key] = np.ascontiguousarray(data_dict[image_key], dtype=np.float32)
+            data_dict[masks_key] = np.ascontiguousarray(data_dict[masks_key], dtype=np.uint8)
+        return data_dict
+
+
+def appearance_transforms(view: ViewAugmentation, image_key: str) -> list[AbstractTransform]:
+    """The image-only transforms of one view, in the release's order; masks are untouched."""
+    p = view.appearance_probability
+    if p <= 0:
+        return []
+    return [
+        BrightnessMultiplicativeTransform(view.brightness_multiplier_range, per_channel=True, data_key=image_key,
+                                          p_per_sample=p),
+        BrightnessTransform(0.0, view.brightness_additive_std, per_channel=True, data_key=image_key,
+                            p_per_sample=p),
+        GammaTransform(view.gamma_range, invert_image=False, per_channel=True, data_key=image_key,
+                       retain_stats=True, p_per_sample=p),
+        ContrastAugmentationTransform(view.contrast_range, preserve_range=True, per_channel=True,
+                                      data_key=image_key, p_per_sample=p),
+        GaussianBlurTransform(view.blur_sigma_range, different_sigma_per_channel=True, p_per_channel=1.0,
+                              p_per_sample=p, data_key=image_key),
+        # batchgenerators calls the noise "variance" but draws it as a standard deviation
+        GaussianNoiseTransform(noise_variance=(view.noise_std, view.noise_std), p_per_sample=p,
+                               data_key=image_key),
+    ]
+
+
+def view_transforms(view: ViewAugmentation, patch_size_zyx, image_key: str,
+                    masks_key: str) -> list[AbstractTransform]:
+    """Affine warp (image linear, masks nearest) to the patch, then the appearance transforms of one view."""
+    affine = ViewAffineTransform(patch_size_zyx, probability=view.affine_probability,
+                                 scale_range=view.scale_range, rotation_degrees=view.rotation_degrees,
+                                 shear=view.shear, image_key=image_key, masks_key=masks_key)
+    return [affine, *appearance_transforms(view, image_key)]
+
+
+def build_two_view_transform(settings: TwoViewSettings) -> Compose:
+    """The transform a batchgenerators augmenter applies to a raw two-view batch (crops with margin).
+
+    It turns `reference_*` and `query_*` crops of `settings.crop_size_zyx` into augmented patches of
+    `settings.patch_size_zyx`; all randomness comes from the global `np.random` (and `random`) state, which the
+    loader seeds per batch.
+    """
+    transforms = [*view_transforms(settings.reference, settings.patch_size_zyx, *VIEW_KEYS["reference"]),
+                  *view_transforms(settings.query, settings.patch_size_zyx, *VIEW_KEYS["query"]),
+                  FinaliseViews()]
+    return Compose(transforms)

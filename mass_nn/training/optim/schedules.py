@@ -1,0 +1,71 @@
+"""Learning-rate schedules for MASS pretraining, stepped once per optimiser iteration.
+
+"poly" (the paper): linear warm-up, then base_lr * (1 - progress)^power down to 0.
+"onecycle" (the released MASS config): torch's OneCycleLR, cosine warm-up to the base lr and cosine decay.
+
+Build the scheduler on the freshly built optimiser, then load the optimiser's and the scheduler's state dicts
+to resume; both schedules then continue exactly where they stopped.
+"""
+from __future__ import annotations
+
+import math
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
+
+LR_SCHEDULES = ("poly", "onecycle")
+DEFAULT_ONECYCLE_PCT_START = 0.05  # released MASS config: 5k warm-up steps of 100k
+
+
+class PolyWithWarmup:
+    """Multiplier of the base lr at iteration `step` (0-based): (step + 1) / (warmup_steps + 1) during warm-up,
+    so the first iteration already moves a little, then (1 - progress)^power, reaching 0 at total_steps.
+
+    A class rather than a closure so LambdaLR stores its settings in state_dict() as plain values.
+    """
+
+    def __init__(self, total_steps: int, warmup_steps: int, power: float) -> None:
+        self.total_steps = total_steps
+        self.warmup_steps = warmup_steps
+        self.power = power
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / (self.warmup_steps + 1)
+        progress = (step - self.warmup_steps) / (self.total_steps - self.warmup_steps)
+        return max(0.0, 1.0 - progress) ** self.power
+
+
+def _check_steps(total_steps: int, warmup_steps: int, power: float) -> None:
+    if total_steps < 1:
+        raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+    if not 0 <= warmup_steps < total_steps:
+        raise ValueError(f"warmup_steps must be in [0, total_steps={total_steps}), got {warmup_steps}")
+    if power <= 0:
+        raise ValueError(f"power must be > 0, got {power}")
+
+
+def build_lr_scheduler(optimizer: Optimizer, kind: str, total_steps: int, warmup_steps: int, power: float = 0.9,
+                       div_factor: float = 25.0, final_div_factor: float = 1000.0) -> LRScheduler:
+    """A scheduler to step once per iteration over `total_steps` iterations, starting from each param group's lr.
+
+    kind "poly": LambdaLR with PolyWithWarmup(total_steps, warmup_steps, power).
+    kind "onecycle": OneCycleLR peaking at the group's lr after warmup_steps (5% of the run when warmup_steps
+    is 0), starting at lr / div_factor and ending at lr / (div_factor * final_div_factor); momentum is not cycled.
+    """
+    _check_steps(total_steps, warmup_steps, power)
+    if kind == "poly":
+        return LambdaLR(optimizer, PolyWithWarmup(total_steps, warmup_steps, power))
+    if kind == "onecycle":
+        pct_start = warmup_steps / total_steps if warmup_steps > 0 else DEFAULT_ONECYCLE_PCT_START
+        if math.isclose(pct_start * total_steps, 1.0):
+            raise ValueError(f"onecycle cannot warm up over exactly 1 step (torch's OneCycleLR divides by zero; "
+                             f"total_steps={total_steps}, warmup_steps={warmup_steps}); use a warm-up of >= 2 steps")
+        # a group that already went through OneCycleLR (optimiser state loaded first) keeps its peak in "max_lr"
+        max_lrs = [group.get("max_lr", group["lr"]) for group in optimizer.param_groups]
+        # cycle_momentum=False: with Adam-style optimisers OneCycleLR cycles betas[0], i.e. LAMB's beta1 would
+        # swing between 0.85 and 0.95 instead of staying at the configured value
+        return OneCycleLR(optimizer, max_lr=max_lrs, total_steps=total_steps, pct_start=pct_start,
+                          anneal_strategy="cos", div_factor=div_factor, final_div_factor=final_div_factor,
+                          cycle_momentum=False)
+    raise ValueError(f"unknown lr schedule {kind!r}; options: {', '.join(LR_SCHEDULES)}")

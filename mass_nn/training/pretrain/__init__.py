@@ -1,0 +1,1 @@
+"""Pretraining trainers (MASS and, later, the baselines it is compared with)."""

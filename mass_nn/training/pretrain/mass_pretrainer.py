@@ -1,0 +1,107 @@
+"""MASSPretrainer: learn by in-context segmentation of automatically generated masks (the paper's method).
+
+Each step takes two overlapping views of one volume: the weakly augmented reference view with K masks defines
+K tasks, and the network must segment the same K masks in the strongly augmented query view. Loss = Dice
+(adaptive Tversky by default) + BCE per task channel, LAMB, poly decay with warm-up, EMA 0.99.
+"""
+from __future__ import annotations
+
+import logging
+from typing import ClassVar
+
+import torch
+
+from mass_nn.errors import MassError
+from mass_nn.networks.config import InContextNetworkConfig
+from mass_nn.networks.in_context_model import InContextSegmenter
+from mass_nn.parallel import default_num_processes
+from mass_nn.training.data.pretraining_loader import PretrainingCase, make_pretraining_loader
+from mass_nn.training.data.augmentation import TwoViewSettings
+from mass_nn.training.losses import SegmentationLoss
+from mass_nn.training.pretrain.pretraining_data import (cases_with_banks, default_configuration, mask_bank_folder,
+                                                        resolve_sources)
+from mass_nn.training.trainer import Trainer
+
+logger = logging.getLogger(__name__)
+
+# trainer-specific settings (-s KEY=VALUE) and their defaults
+MASS_SETTINGS = {"num_tasks": 13, "everything_task": True, "prefer_masks_in_view": True}
+
+
+def batch_to_device(batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
+    """The array entries of a loader batch as float32 tensors on `device`."""
+    keys = ("reference_image", "reference_masks", "query_image", "query_masks", "task_weights")
+    return {k: torch.as_tensor(batch[k]).to(device, dtype=torch.float32, non_blocking=True) for k in keys}
+
+
+class MASSPretrainer(Trainer):
+    """In-context segmentation pretraining on mask banks (mass_generate_masks output)."""
+
+    mode: ClassVar[str] = "PRETRAIN"
+    default_epochs: ClassVar[int] = 100
+    default_iters_per_epoch: ClassVar[int] = 1000
+    default_lr: ClassVar[float] = 2e-3
+
+    def resolve_data(self) -> None:
+        o = self.options
+        if o.configuration is None:
+            o.configuration = default_configuration(self.device.type)
+        self.sources = resolve_sources(o.datasets, self.paths, o.plans_name, o.configuration)
+        bank_folders = [mask_bank_folder(self.sources[0], o.masks)]
+        o.masks = bank_folders[0].name.removeprefix("masks_")
+        bank_folders += [mask_bank_folder(s, o.masks) for s in self.sources[1:]]
+        self.train_cases = [PretrainingCase(c, image, bank) for s, f in zip(self.sources, bank_folders)
+                            for c, image, bank in cases_with_banks(s, f, "train")]
+        self.val_cases = [PretrainingCase(c, image, bank) for s, f in zip(self.sources, bank_folders)
+                          for c, image, bank in cases_with_banks(s, f, "val")]
+        if not self.train_cases:
+            raise MassError(f"{self.sources[0].data_folder}: the train split has no cases; check splits.json")
+        first = self.sources[0]
+        self.plans, self.configuration_plan, self.dataset_name = first.plans, first.configuration, first.dataset_name
+
+    def setup(self) -> None:
+        o = self.options
+        unknown = sorted(set(o.extra) - set(MASS_SETTINGS))
+        if unknown:
+            raise MassError(f"unknown {self.name} setting(s) {unknown}; known: {sorted(MASS_SETTINGS)}")
+        o.extra = {**MASS_SETTINGS, **o.extra}
+        o.batch_size = o.batch_size or self.configuration_plan.batch_size
+        o.num_workers = o.num_workers if o.num_workers is not None else max(1, min(4, default_num_processes() - 1))
+        config = InContextNetworkConfig.from_configuration(self.configuration_plan, in_channels=len(self.plans.channels))
+        self.network = InContextSegmenter(config)
+        self.network_class_name, self.network_config = "InContextSegmenter", config.to_dict()
+        self.loss = SegmentationLoss(dice=o.dice)
+        self.sampler_settings = TwoViewSettings(patch_size_zyx=list(self.configuration_plan.patch_size_zyx),
+                                                num_tasks=int(o.extra["num_tasks"]),
+                                                everything_task=bool(o.extra["everything_task"]),
+                                                prefer_masks_in_view=bool(o.extra["prefer_masks_in_view"]))
+        self.validation = self._build_validation()
+        if self.validation is not None:
+            self.best_metric_key, self.best_metric_mode = self.validation.metric_key, self.validation.metric_mode
+
+    def _build_validation(self):
+        from mass_nn.training.pretrain.validation import AutoMaskValidation, InContextValidation
+        if self.options.val_dataset is not None:
+            return InContextValidation.from_dataset(self.options.val_dataset, self.paths, self.plans,
+                                                    self.options.plans_name, self.options.configuration)
+        if self.val_cases:
+            return AutoMaskValidation(self.val_cases, self.sampler_settings, self.options.batch_size,
+                                      self.options.val_batches, seed=self.options.seed, loss=self.loss)
+        logger.warning("no val cases in splits.json and no --val-dataset: training without validation")
+        return None
+
+    def make_train_loader(self, start_batch: int):
+        return make_pretraining_loader(self.train_cases, self.sampler_settings, self.options.batch_size,
+                                       seed=self.options.seed, num_workers=self.options.num_workers,
+                                       start_batch=start_batch, rank=self.context.rank,
+                                       world_size=self.context.world_size)
+
+    def compute_loss(self, batch) -> tuple[torch.Tensor, dict[str, float]]:
+        tensors = batch_to_device(batch, self.device)
+        logits = self.model(tensors["query_image"], tensors["reference_image"], tensors["reference_masks"])
+        return self.loss(logits, tensors["query_masks"], tensors["task_weights"])
+
+    def validate(self) -> dict[str, float]:
+        if self.validation is None:
+            return {}
+        return self.validation.run(self.ema.module, self.device)

@@ -1,0 +1,142 @@
+"""Validation during pretraining, run with the EMA weights on rank 0.
+
+- InContextValidation (with --val-dataset): in-context Dice on a labelled dataset with fixed references. One
+  reference case per label (the first train case containing it) is cropped to the patch around that label;
+  every val case is cropped around its labelled region and segmented for all labels in one pass. This is a
+  patch-level proxy of the full sliding-window protocol of mass_predict, cheap enough to run every epoch.
+- AutoMaskValidation (default): the training loss on fixed batches from the held-out (val split) cases and
+  their auto masks, plus the hard Dice of those masks.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from mass_nn.errors import MassError
+from mass_nn.io.dataset_json import load_dataset_json
+from mass_nn.paths import MassPaths
+from mass_nn.planning.plans import Plans
+from mass_nn.preprocessing.blosc2_storage import open_array
+from mass_nn.preprocessing.case_properties import load_properties
+from mass_nn.preprocessing.crop_pad import centered_start, crop_or_pad
+from mass_nn.training.plans_compatibility import plans_differences
+from mass_nn.training.pretrain.pretraining_data import resolve_source
+
+MAX_QUERY_CASES = 8
+
+
+def hard_dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Dice of (sigmoid(logits) > 0.5) against a binary target, per channel [B, K] (NaN where both are empty)."""
+    prediction = logits > 0
+    target = target > 0.5
+    dims = tuple(range(2, logits.ndim))
+    intersection = (prediction & target).sum(dims).double()
+    total = prediction.sum(dims).double() + target.sum(dims).double()
+    return torch.where(total > 0, 2 * intersection / total.clamp(min=1), torch.full_like(total, float("nan")))
+
+
+class AutoMaskValidation:
+    """Loss and mask Dice on fixed held-out batches (drawn once, with a seed apart from training's)."""
+
+    metric_key, metric_mode = "val_loss", "min"
+
+    def __init__(self, cases, sampler_settings, batch_size: int, num_batches: int, seed: int, loss):
+        self.cases, self.settings, self.batch_size = cases, sampler_settings, batch_size
+        self.num_batches, self.seed, self.loss = num_batches, seed + 1_000_003, loss
+        self._batches: list[dict] | None = None
+
+    def _fixed_batches(self) -> list[dict]:
+        if self._batches is None:
+            from mass_nn.training.data.pretraining_loader import make_pretraining_loader
+            loader = make_pretraining_loader(self.cases, self.settings, self.batch_size, seed=self.seed, num_workers=0)
+            try:
+                self._batches = [next(loader) for _ in range(self.num_batches)]
+            finally:
+                loader.close()
+        return self._batches
+
+    @torch.no_grad()
+    def run(self, network: torch.nn.Module, device: torch.device) -> dict[str, float]:
+        from mass_nn.training.pretrain.mass_pretrainer import batch_to_device
+        network.eval()
+        losses, dices = [], []
+        for batch in self._fixed_batches():
+            t = batch_to_device(batch, device)
+            logits = network(t["query_image"], t["reference_image"], t["reference_masks"]).float()
+            losses.append(float(self.loss(logits, t["query_masks"], t["task_weights"])[0]))
+            dice = hard_dice(logits, t["query_masks"])
+            valid = (t["task_weights"] > 0) & (t["query_masks"].flatten(2).amax(2) > 0)
+            dices.extend(dice[valid].tolist())
+        return {"val_loss": float(np.mean(losses)), "val_mask_dice": float(np.nanmean(dices)) if dices else float("nan")}
+
+
+def _label_crop(data_folder, case_id: str, label: int | None, patch) -> tuple[np.ndarray, np.ndarray]:
+    """(image crop, label-map crop) of `patch` centred on label `label`'s box (all labels when None)."""
+    props = load_properties(data_folder / f"{case_id}.json")
+    boxes = [b for key, b in props.label_bboxes_zyx.items() if label is None or key == str(label)]
+    if not boxes:
+        raise ValueError(f"{case_id} has no label {label}")
+    lo = np.min([[axis[0] for axis in b] for b in boxes], axis=0)
+    hi = np.max([[axis[1] for axis in b] for b in boxes], axis=0)
+    start = centered_start((lo + hi) / 2.0, patch)
+    image = crop_or_pad(open_array(data_folder / f"{case_id}.b2nd"), start, patch)
+    seg = crop_or_pad(open_array(data_folder / f"{case_id}_seg.b2nd"), start, patch)[0]
+    return image.astype(np.float32), seg
+
+
+class InContextValidation:
+    """In-context Dice per label with fixed references (see the module docstring)."""
+
+    metric_key, metric_mode = "val_dice", "max"
+
+    def __init__(self, references: dict[str, tuple[np.ndarray, np.ndarray]], queries: list[tuple[np.ndarray, np.ndarray]],
+                 label_values: dict[str, int]):
+        self.references, self.queries, self.label_values = references, queries, label_values
+
+    @classmethod
+    def from_dataset(cls, dataset: str, paths: MassPaths, plans: Plans, plans_name: str,
+                     configuration: str) -> "InContextValidation":
+        source = resolve_source(dataset, paths, plans_name, configuration)
+        differences = plans_differences(plans, configuration, source.plans, configuration, same_dataset=False)
+        if differences:
+            raise MassError(f"--val-dataset {dataset}: its plans do not match the pretraining data:\n  "
+                            + "\n  ".join(differences))
+        labels = {n: v for n, v in (load_dataset_json(paths.preprocessed / source.dataset_name).labels or {}).items()
+                  if v != 0}
+        patch = source.configuration.patch_size_zyx
+        references = {}
+        for name, value in labels.items():
+            for case_id in source.cases("train"):
+                if load_properties(source.data_folder / f"{case_id}.json").label_voxel_counts.get(str(value), 0) > 0:
+                    image, seg = _label_crop(source.data_folder, case_id, value, patch)
+                    references[name] = (image, (seg == value).astype(np.float32))
+                    break
+        query_ids = [c for c in (source.cases("val") or source.cases("test"))
+                     if load_properties(source.data_folder / f"{c}.json").label_bboxes_zyx][:MAX_QUERY_CASES]
+        if not references or not query_ids:
+            raise MassError(f"--val-dataset {dataset}: needs labels in its train split (references) and in its "
+                            f"val or test split (queries); found {len(references)} label(s), {len(query_ids)} "
+                            f"query case(s)")
+        queries = [_label_crop(source.data_folder, c, None, patch) for c in query_ids]
+        return cls(references, queries, {n: labels[n] for n in references})
+
+    @torch.no_grad()
+    def run(self, network: torch.nn.Module, device: torch.device) -> dict[str, float]:
+        from mass_nn.networks.task_ops import concat_task_embeddings
+        network.eval()
+        names = list(self.references)
+        embedding = concat_task_embeddings([
+            network.encode_task(torch.from_numpy(img)[None].to(device), torch.from_numpy(mask)[None, None].to(device))
+            for img, mask in (self.references[n] for n in names)])
+        per_label: dict[str, list[float]] = {n: [] for n in names}
+        for image, seg in self.queries:
+            logits = network.segment(torch.from_numpy(image)[None].to(device), embedding).float()
+            target = torch.stack([torch.from_numpy(seg == self.label_values[n]) for n in names])[None].to(device)
+            dice = hard_dice(logits, target.float())[0]
+            for name, value, present in zip(names, dice.tolist(), target.flatten(2).any(2)[0].tolist()):
+                if present:
+                    per_label[name].append(value)
+        means = {n: float(np.mean(v)) for n, v in per_label.items() if v}
+        result = {"val_dice": float(np.mean(list(means.values()))) if means else float("nan")}
+        result.update({f"val_dice_{n}": v for n, v in means.items()})
+        return result

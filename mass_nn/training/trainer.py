@@ -1,0 +1,322 @@
+"""The training loop every trainer shares: hooks, checkpoints, exact resume, logs, DDP, graceful stop.
+
+A trainer subclass supplies the data and the model through hooks (`setup`, `make_train_loader`,
+`compute_loss`, `validate`, optionally `build_optimizer` and `on_epoch_end`); this class owns the order of
+things. Resuming is exact because batch i of a run is a pure function of (seed, i) (see the loaders) and the
+checkpoint holds model, optimiser, scheduler, EMA, RNG state and the running sums of a half-finished epoch.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from mass_nn.errors import MassError
+from mass_nn.io.atomic import write_json_atomic
+from mass_nn.paths import MassPaths
+from mass_nn.planning.plans import ConfigurationPlan, Plans
+from mass_nn.training.checkpoint import (Checkpoint, CheckpointMeta, checkpoint_path, load_checkpoint,
+                                         save_checkpoint)
+from mass_nn.training.distributed import (DistributedContext, any_rank, init_distributed, mean_over_ranks,
+                                          parameter_checksums)
+from mass_nn.training.metrics_log import (RunLogFile, append_metrics, format_epoch_line, read_metrics,
+                                          truncate_metrics)
+from mass_nn.training.optim.ema import ModelEMA
+from mass_nn.training.optim.schedules import build_lr_scheduler
+from mass_nn.training.options import TrainingOptions, load_run_config, merge_for_continue, save_run_config
+from mass_nn.training.plans_compatibility import plans_differences
+from mass_nn.training.progress_plot import write_progress_plot
+from mass_nn.training.stop_signal import StopRequest
+
+logger = logging.getLogger(__name__)
+
+
+class Trainer:
+    """Base trainer. Subclasses set the class defaults and implement the hooks marked "subclass"."""
+
+    default_epochs: ClassVar[int] = 100
+    default_iters_per_epoch: ClassVar[int] = 1000
+    default_lr: ClassVar[float] = 2e-3
+    best_metric_key: ClassVar[str] = "val_loss"  # validate() may override per run through self.best_metric_key
+    best_metric_mode: ClassVar[str] = "min"
+
+    def __init__(self, options: TrainingOptions, paths: MassPaths):
+        self.options = options
+        self.paths = paths
+        self.context = DistributedContext()
+        self.plans: Plans | None = None
+        self.configuration_plan: ConfigurationPlan | None = None
+        self.dataset_name = ""
+        self.network: nn.Module | None = None
+        self.model: nn.Module | None = None  # the network, wrapped by DDP when distributed
+        self.network_class_name = ""
+        self.network_config: dict = {}
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler = None
+        self.ema: ModelEMA | None = None
+        self.global_step = 0
+        self.epoch = 0  # finished epochs
+        self.best_metric: float | None = None
+        self.output_folder: Path | None = None
+        self._epoch_sums: dict[str, float] = {}
+        self._epoch_steps = 0
+
+    # ----------------------------------------------------------------- hooks (subclass)
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    def resolve_data(self) -> None:
+        """Subclass: find the data and plans (self.plans, self.configuration_plan, self.dataset_name) and set
+        self.options.configuration; cheap, runs before the run folder is known."""
+        raise NotImplementedError
+
+    def setup(self) -> None:
+        """Subclass: fill in its option defaults (e.g. batch size), build self.network and set
+        self.network_class_name / self.network_config."""
+        raise NotImplementedError
+
+    def make_train_loader(self, start_batch: int):
+        """Subclass: an iterator of training batches starting at global batch `start_batch`, with close()."""
+        raise NotImplementedError
+
+    def compute_loss(self, batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """Subclass: the loss of one batch (called under autocast) and named parts for the logs."""
+        raise NotImplementedError
+
+    def validate(self) -> dict[str, float]:
+        """Subclass: validation metrics, named val_*; runs on rank 0 with the EMA weights."""
+        return {}
+
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        from mass_nn.training.optim.lamb import Lamb
+        return Lamb(self.network.parameters(), lr=self.options.lr, weight_decay=1e-5)
+
+    def on_epoch_end(self, record: dict) -> None:
+        """Subclass hook after each epoch's checkpoint and logs."""
+
+    # ----------------------------------------------------------------- helpers for subclasses
+    @property
+    def device(self) -> torch.device:
+        return self.context.device
+
+    def autocast(self):
+        """bf16 autocast on CUDA; full precision elsewhere (CPU bf16 is slow and not what the paper used)."""
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    @property
+    def total_steps(self) -> int:
+        return self.options.epochs * self.options.iters_per_epoch
+
+    # ----------------------------------------------------------------- the loop
+    def run(self) -> dict:
+        """Train (or resume) to the end or to a stop signal; returns a summary dict."""
+        self.context = init_distributed(self.options.device)
+        self.resolve_data()
+        self.output_folder = self._resolve_output_folder()
+        if self.options.continue_training and (self.output_folder / "run_config.json").is_file():
+            self.options = merge_for_continue(load_run_config(self.output_folder), self.options)
+        self._fill_defaults()
+        torch.manual_seed(self.options.seed)
+        self.setup()
+        self.network.to(self.device)
+        self.optimizer = self.build_optimizer()
+        self.scheduler = build_lr_scheduler(self.optimizer, self.options.schedule, total_steps=self.total_steps,
+                                           warmup_steps=self._warmup_steps())
+        self.ema = ModelEMA(self.network, decay=self.options.ema_decay)
+        self._resume_or_start()
+        self.model = self._wrap_distributed(self.network)
+        with StopRequest() as stop, RunLogFile(self.output_folder, enabled=self.context.is_main):
+            if self.context.is_main:
+                logger.info("%s on %s (%s, %s): epochs %d x %d steps, batch %d, lr %g, device %s, world %d -> %s",
+                            self.name, self.dataset_name, self.options.plans_name, self.options.configuration,
+                            self.options.epochs, self.options.iters_per_epoch, self.options.batch_size,
+                            self.options.lr, self.device, self.context.world_size, self.output_folder)
+            stopped = self._train_epochs(stop)
+            if self.context.is_main:
+                logger.info("%s", "stopped early; resume with --continue" if stopped else "training finished")
+        return self._summary(stopped)
+
+    def _fill_defaults(self) -> None:
+        o = self.options
+        o.epochs = o.epochs if o.epochs is not None else self.default_epochs
+        o.iters_per_epoch = o.iters_per_epoch if o.iters_per_epoch is not None else self.default_iters_per_epoch
+        o.lr = o.lr if o.lr is not None else self.default_lr
+        if o.epochs < 1 or o.iters_per_epoch < 1:
+            raise MassError(f"--epochs and --iters-per-epoch must be at least 1 (got {o.epochs}, {o.iters_per_epoch})")
+
+    def _warmup_steps(self) -> int:
+        """The warm-up length in steps, kept inside what both schedules accept on very short runs."""
+        steps = min(int(round(self.options.warmup_fraction * self.total_steps)), self.total_steps - 1)
+        if self.options.schedule == "onecycle" and steps < 2:
+            steps = 2 if self.total_steps > 2 else 0  # OneCycleLR divides by (warm-up - 1)
+        return max(steps, 0)
+
+    def _resolve_output_folder(self) -> Path:
+        from mass_nn.training.run_folder import run_folder
+        return run_folder(self.paths.results, self.dataset_name, self.name, self.options.plans_name,
+                          self.options.configuration, self.options.tag)
+
+    def _wrap_distributed(self, network: nn.Module) -> nn.Module:
+        if not self.context.is_distributed:
+            return network
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(network, device_ids=device_ids)
+
+    def _resume_or_start(self) -> None:
+        latest = checkpoint_path(self.output_folder, "latest")
+        if self.options.continue_training and latest.is_file():
+            self._restore(load_checkpoint(latest, map_location=self.device))
+            if self.context.is_main:
+                truncate_metrics(self.output_folder, self.epoch)
+                logger.info("resumed from %s at epoch %d, step %d", latest, self.epoch, self.global_step)
+        elif latest.is_file():
+            raise MassError(f"{self.output_folder} already holds a run (checkpoint_latest.pt); pass --continue to "
+                            f"resume it, or --tag NAME to start a separate run")
+        if self.context.is_main:
+            self.output_folder.mkdir(parents=True, exist_ok=True)
+            save_run_config(self.options, self.output_folder)
+
+    def _restore(self, checkpoint: Checkpoint) -> None:
+        differences = plans_differences(Plans.from_dict(checkpoint.meta.plans), checkpoint.meta.configuration,
+                                        self.plans, self.options.configuration)
+        if differences:
+            raise MassError(f"cannot continue: the plans changed since this run started "
+                            f"({self.output_folder}):\n  " + "\n  ".join(differences)
+                            + "\nre-run with the original plans, or start a new run with --tag")
+        self.network.load_state_dict(checkpoint.model)
+        self.optimizer.load_state_dict(checkpoint.optimizer)
+        self.scheduler.load_state_dict(checkpoint.scheduler)
+        self.ema.load_state_dict(checkpoint.ema)
+        state = checkpoint.trainer_state
+        self.global_step, self.epoch = checkpoint.meta.global_step, checkpoint.meta.epoch
+        self.best_metric = checkpoint.meta.best_metric
+        self._epoch_sums = dict(state.get("epoch_sums", {}))
+        self._epoch_steps = int(state.get("epoch_steps", 0))
+        if "torch_rng" in state:
+            torch.set_rng_state(state["torch_rng"])
+
+    def _make_checkpoint(self) -> Checkpoint:
+        meta = CheckpointMeta(trainer=self.name, network_class=self.network_class_name,
+                              network_config=self.network_config, plans=self.plans.to_dict(),
+                              configuration=self.options.configuration,
+                              encoder_key_prefix=getattr(self.network, "encoder_key_prefix", "encoder."),
+                              epoch=self.epoch, global_step=self.global_step, run_config=self.options.to_dict(),
+                              best_metric=self.best_metric)
+        state = {"epoch_sums": dict(self._epoch_sums), "epoch_steps": self._epoch_steps,
+                 "torch_rng": torch.get_rng_state()}
+        return Checkpoint(meta=meta, model=self.network.state_dict(), ema=self.ema.state_dict(),
+                          optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+                          trainer_state=state)
+
+    def save(self, kind: str) -> None:
+        if self.context.is_main:
+            save_checkpoint(self._make_checkpoint(), checkpoint_path(self.output_folder, kind))
+
+    def train_step(self, batch) -> dict[str, float]:
+        """One optimisation step: loss, backward, clip, optimiser, scheduler, EMA. Non-finite losses skip the
+        update (and are counted) instead of poisoning the weights."""
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.autocast():
+            loss, parts = self.compute_loss(batch)
+        if not torch.isfinite(loss):
+            logger.warning("non-finite loss at step %d; update skipped", self.global_step)
+            self.scheduler.step()
+            return {"skipped_steps": 1.0}
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.options.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.ema.update(self.network)
+        return {"loss": float(loss.detach()), **parts, "grad_norm": float(grad_norm)}
+
+    def _train_epochs(self, stop: StopRequest) -> bool:
+        """Runs the remaining epochs; returns True when a stop signal ended the run early."""
+        loader = self.make_train_loader(start_batch=self.global_step)
+        try:
+            while self.epoch < self.options.epochs:
+                epoch_start = time.time()
+                if self._train_one_epoch(loader, stop):
+                    self.save("latest")
+                    return True
+                self.epoch += 1
+                self._end_epoch(time.time() - epoch_start)
+        finally:
+            loader.close()
+        self._sync_check()
+        self.save("final")
+        return False
+
+    def _train_one_epoch(self, loader, stop: StopRequest) -> bool:
+        first = self.global_step - self.epoch * self.options.iters_per_epoch
+        bar = tqdm(range(first, self.options.iters_per_epoch), desc=f"epoch {self.epoch + 1}/{self.options.epochs}",
+                   disable=not self.context.is_main, leave=False, dynamic_ncols=True)
+        for _ in bar:
+            wait_start = time.time()
+            batch = next(loader)
+            step_start = time.time()
+            values = self.train_step(batch)
+            values.update(data_seconds=step_start - wait_start, step_seconds=time.time() - step_start)
+            for key, value in values.items():
+                self._epoch_sums[key] = self._epoch_sums.get(key, 0.0) + value
+            self._epoch_steps += 1
+            self.global_step += 1
+            if "loss" in values:
+                bar.set_postfix(loss=f"{values['loss']:.4f}")
+            if any_rank(stop.requested, self.context):
+                return True
+        return False
+
+    def _end_epoch(self, seconds: float) -> None:
+        steps = max(self._epoch_steps, 1)
+        train = {f"train_{k}" if not k.endswith("seconds") else k: v / steps for k, v in self._epoch_sums.items()
+                 if k != "skipped_steps"}
+        record = {"epoch": self.epoch, "global_step": self.global_step, **mean_over_ranks(train, self.context),
+                  "lr": self.optimizer.param_groups[0]["lr"], "epoch_seconds": seconds, "time": time.time()}
+        if "skipped_steps" in self._epoch_sums:
+            record["skipped_steps"] = self._epoch_sums["skipped_steps"]
+        self._epoch_sums, self._epoch_steps = {}, 0
+        if self.context.is_main and (self.epoch % self.options.val_every == 0 or self.epoch == self.options.epochs):
+            record.update(self.validate())
+            self._update_best(record)
+        self.save("latest")
+        if self.context.is_main:
+            append_metrics(self.output_folder, record)
+            write_progress_plot(read_metrics(self.output_folder), self.output_folder / "progress.png",
+                                title=f"{self.name} on {self.dataset_name}")
+            logger.info("%s", format_epoch_line(record))
+        self.on_epoch_end(record)
+
+    def _update_best(self, record: dict) -> None:
+        value = record.get(self.best_metric_key)
+        if value is None or not math.isfinite(value):
+            return
+        better = (self.best_metric is None or (value > self.best_metric if self.best_metric_mode == "max"
+                                               else value < self.best_metric))
+        if better:
+            self.best_metric = value
+            self.save("best")
+            logger.info("new best %s %.4f -> checkpoint_best.pt", self.best_metric_key, value)
+
+    def _sync_check(self) -> None:
+        """Record every rank's parameter checksum: replicas that drift apart are a bug, not noise."""
+        checksums = parameter_checksums(self.network, self.context)
+        if self.context.is_main:
+            write_json_atomic({"world_size": self.context.world_size, "parameter_checksums": checksums,
+                               "in_sync": max(checksums) - min(checksums) <= 1e-6 * max(1.0, abs(checksums[0]))},
+                              self.output_folder / "replica_sync.json")
+
+    def _summary(self, stopped: bool) -> dict:
+        return {"output_folder": str(self.output_folder), "epochs_done": self.epoch, "global_step": self.global_step,
+                "stopped_early": stopped, "best_metric": self.best_metric, "best_metric_key": self.best_metric_key}
+

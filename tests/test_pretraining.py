@@ -1,0 +1,150 @@
+"""mass_train PRETRAIN end to end on a tiny phantom: outputs, checkpoints, resume, stop signal, bad inputs."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+
+import pytest
+import torch
+
+from mass_nn.cli.train import main as train_main
+from mass_nn.errors import MassError
+from mass_nn.training.checkpoint import load_checkpoint
+from mass_nn.training.metrics_log import read_metrics
+from mass_nn.training.options import TrainingOptions
+from mass_nn.training.run_training import run_training
+
+RUN = "MASSPretrainer__MassPlans__3d_cpu"
+
+
+def options(**overrides) -> TrainingOptions:
+    values = dict(mode="PRETRAIN", datasets=["990"], configuration="3d_cpu", epochs=2, iters_per_epoch=3,
+                  batch_size=1, num_workers=0, device="cpu", val_batches=1, extra={"num_tasks": 4})
+    values.update(overrides)
+    return TrainingOptions(**values)
+
+
+def run_folder(paths, tag: str = ""):
+    return paths.results / "Dataset990_PhantomCT" / (RUN + (f"__{tag}" if tag else ""))
+
+
+def cli(paths, *args) -> int:
+    return train_main(["PRETRAIN", "-d", "990", "-c", "3d_cpu", "--raw", str(paths.raw), "--preprocessed",
+                       str(paths.preprocessed), "--results", str(paths.results), "--device", "cpu",
+                       "--num-workers", "0", "--batch-size", "1", "--val-batches", "1", "-s", "num_tasks=4", *args])
+
+
+def test_cli_writes_every_artifact(pretraining_roots):
+    assert cli(pretraining_roots, "--epochs", "2", "--iters-per-epoch", "2") == 0
+    folder = run_folder(pretraining_roots)
+    for name in ("run_config.json", "checkpoint_latest.pt", "checkpoint_best.pt", "checkpoint_final.pt",
+                 "metrics.jsonl", "progress.png", "training_log.txt", "replica_sync.json"):
+        assert (folder / name).is_file(), name
+    records = read_metrics(folder)
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert all(r["global_step"] == 2 * r["epoch"] for r in records)
+    for key in ("train_loss", "train_dice", "train_bce", "lr", "val_loss", "val_mask_dice"):
+        assert key in records[0], key
+    config = json.loads((folder / "run_config.json").read_text())
+    assert config["epochs"] == 2 and config["lr"] == 2e-3 and config["masks"] == "supervoxel"
+    assert config["extra"]["num_tasks"] == 4
+    final = load_checkpoint(folder / "checkpoint_final.pt")
+    assert final.meta.trainer == "MASSPretrainer" and final.meta.network_class == "InContextSegmenter"
+    assert final.meta.configuration == "3d_cpu" and final.meta.encoder_key_prefix == "encoder."
+    assert final.meta.plans["configurations"]["3d_cpu"]["patch_size_zyx"] == final.meta.network_config["input_size_zyx"]
+    assert final.meta.global_step == 4 and final.ema["num_updates"] == 4
+    assert any(k.startswith("encoder.") for k in final.model)
+    log = (folder / "training_log.txt").read_text()
+    assert "epoch 2" in log and "training finished" in log
+
+
+def _stop_at(step: int, monkeypatch):
+    """Make the trainer receive SIGTERM while computing the loss of global step `step`."""
+    from mass_nn.training.pretrain.mass_pretrainer import MASSPretrainer
+    original = MASSPretrainer.compute_loss
+
+    def compute_loss(self, batch):
+        if self.global_step == step:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, batch)
+    monkeypatch.setattr(MASSPretrainer, "compute_loss", compute_loss)
+
+
+def test_sigterm_then_continue_equals_an_uninterrupted_run(pretraining_roots, monkeypatch):
+    straight = run_training(options(tag="straight"), pretraining_roots)
+    assert not straight["stopped_early"] and straight["global_step"] == 6
+
+    _stop_at(4, monkeypatch)  # mid-way through epoch 2
+    stopped = run_training(options(tag="resumed"), pretraining_roots)
+    assert stopped["stopped_early"] and stopped["global_step"] == 5 and stopped["epochs_done"] == 1
+    assert not (run_folder(pretraining_roots, "resumed") / "checkpoint_final.pt").exists()
+    monkeypatch.undo()
+    resumed = run_training(options(tag="resumed", continue_training=True), pretraining_roots)
+    assert resumed["global_step"] == 6 and not resumed["stopped_early"]
+
+    a = load_checkpoint(run_folder(pretraining_roots, "straight") / "checkpoint_final.pt")
+    b = load_checkpoint(run_folder(pretraining_roots, "resumed") / "checkpoint_final.pt")
+    for key in a.model:
+        torch.testing.assert_close(a.model[key], b.model[key], rtol=0, atol=1e-6, msg=key)
+    for key in a.ema["module"]:
+        torch.testing.assert_close(a.ema["module"][key], b.ema["module"][key], rtol=0, atol=1e-6, msg=key)
+    assert a.scheduler["last_epoch"] == b.scheduler["last_epoch"]
+    metrics_a, metrics_b = read_metrics(run_folder(pretraining_roots, "straight")), read_metrics(
+        run_folder(pretraining_roots, "resumed"))
+    assert [r["epoch"] for r in metrics_b] == [1, 2]
+    assert metrics_a[1]["train_loss"] == pytest.approx(metrics_b[1]["train_loss"], abs=1e-5)
+
+
+def test_existing_run_needs_continue_and_keeps_its_options(pretraining_roots):
+    run_training(options(epochs=1, iters_per_epoch=1), pretraining_roots)
+    with pytest.raises(MassError, match="--continue"):
+        run_training(options(epochs=1, iters_per_epoch=1), pretraining_roots)
+    with pytest.raises(MassError, match="lr: run has 0.002"):
+        run_training(options(epochs=1, iters_per_epoch=1, lr=1e-3, continue_training=True), pretraining_roots)
+
+
+def test_continue_refuses_changed_plans(pretraining_roots, tmp_path):
+    run_training(options(epochs=1, iters_per_epoch=1), pretraining_roots)
+    preprocessed = tmp_path / "pre_copy"
+    shutil.copytree(pretraining_roots.preprocessed, preprocessed)
+    plans_file = preprocessed / "Dataset990_PhantomCT" / "MassPlans.json"
+    plans = json.loads(plans_file.read_text())
+    plans["configurations"]["3d_cpu"]["target_spacing_zyx_mm"] = [2.5, 2.5, 2.5]
+    plans_file.write_text(json.dumps(plans))
+    changed = type(pretraining_roots)(raw=pretraining_roots.raw, preprocessed=preprocessed,
+                                      results=pretraining_roots.results)
+    with pytest.raises(MassError, match=r"(?s)plans changed.*target spacing"):
+        run_training(options(epochs=2, iters_per_epoch=1, continue_training=True), changed)
+
+
+def test_corrupt_checkpoint_is_a_clear_error(pretraining_roots, capsys):
+    run_training(options(epochs=1, iters_per_epoch=1), pretraining_roots)
+    latest = run_folder(pretraining_roots) / "checkpoint_latest.pt"
+    latest.write_bytes(latest.read_bytes()[:1000])
+    assert cli(pretraining_roots, "--epochs", "1", "--iters-per-epoch", "1", "--continue") == 1
+    err = capsys.readouterr().err
+    assert "checkpoint_latest.pt: checkpoint cannot be read" in err and "Traceback" not in err
+
+
+def test_missing_masks_unknown_trainer_and_wrong_mode(pretraining_roots, tmp_path, capsys):
+    preprocessed = tmp_path / "pre_no_masks"
+    shutil.copytree(pretraining_roots.preprocessed, preprocessed, ignore=shutil.ignore_patterns("masks_*"))
+    no_masks = type(pretraining_roots)(raw=pretraining_roots.raw, preprocessed=preprocessed,
+                                       results=pretraining_roots.results)
+    with pytest.raises(MassError, match="no masks generated yet; run mass_generate_masks -d Dataset990_PhantomCT"):
+        run_training(options(), no_masks)
+    assert cli(pretraining_roots, "-tr", "NoSuchTrainer") == 1
+    assert "unknown trainer 'NoSuchTrainer'; known: MASSPretrainer" in capsys.readouterr().err
+    with pytest.raises(MassError, match="unknown MASSPretrainer setting"):
+        run_training(options(extra={"num_task": 3}), pretraining_roots)
+
+
+def test_in_context_validation_on_a_labelled_dataset(pretraining_roots):
+    summary = run_training(options(epochs=1, iters_per_epoch=1, val_dataset="990"), pretraining_roots)
+    record = read_metrics(run_folder(pretraining_roots))[0]
+    assert 0.0 <= record["val_dice"] <= 1.0
+    assert any(k.startswith("val_dice_") for k in record)
+    assert summary["best_metric_key"] == "val_dice"
+    assert load_checkpoint(run_folder(pretraining_roots) / "checkpoint_best.pt").meta.best_metric == record["val_dice"]
