@@ -22,6 +22,7 @@ class InContextSegmenter(nn.Module):
     """
 
     encoder_key_prefix = "encoder."
+    config_class = InContextNetworkConfig  # how checkpoints rebuild the network from its saved configuration
 
     def __init__(self, config: InContextNetworkConfig):
         super().__init__()

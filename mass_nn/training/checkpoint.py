@@ -91,8 +91,22 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                       scheduler=payload.get("scheduler"), trainer_state=payload.get("trainer_state") or {})
 
 
+def model_state_dict(checkpoint: Checkpoint, prefer_ema: bool = True) -> dict:
+    """The network weights: the EMA copy when the checkpoint has one and it is preferred."""
+    return checkpoint.ema["module"] if prefer_ema and checkpoint.ema is not None else checkpoint.model
+
+
 def encoder_state_dict(checkpoint: Checkpoint, prefer_ema: bool = True) -> dict:
     """The encoder's weights (EMA when saved and preferred) with the encoder key prefix removed."""
-    state = checkpoint.ema["module"] if prefer_ema and checkpoint.ema is not None else checkpoint.model
+    state = model_state_dict(checkpoint, prefer_ema)
     prefix = checkpoint.meta.encoder_key_prefix
     return {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+
+
+def load_network(path: str | Path, prefer_ema: bool = True, map_location: str | torch.device = "cpu"):
+    """(network with the checkpoint's weights — the EMA copy when saved and preferred — in eval mode, checkpoint)."""
+    from mass_nn.networks.build import build_network
+    checkpoint = load_checkpoint(path, map_location=map_location)
+    network = build_network(checkpoint.meta.network_class, checkpoint.meta.network_config)
+    network.load_state_dict(model_state_dict(checkpoint, prefer_ema))
+    return network.eval(), checkpoint

@@ -24,6 +24,7 @@ import numpy as np
 from mass_nn.errors import MassError
 from mass_nn.masks.mask_bank import MaskBank
 from mass_nn.masks.proposal import Box
+from mass_nn.preprocessing.crop_pad import crop_or_pad
 
 EVERYTHING = -1  # channel code of the all-ones task
 PADDING = -2  # channel code of an empty task with weight 0
@@ -62,16 +63,6 @@ def plan_view_starts(volume_shape, crop_size, overlap_ratio: float,
 def inside_box(start, size, volume_shape) -> Box:
     """The part of the box [start, start + size) that lies inside the volume (never empty for planned crops)."""
     return tuple((int(max(0, a)), int(min(s, a + n))) for a, n, s in zip(start, size, volume_shape))
-
-
-def read_padded_crop(image, start, size) -> np.ndarray:
-    """Crop (c, *size) float32 of a (c, z, y, x) array (numpy or blosc2) at `start`, zero outside the volume."""
-    box = inside_box(start, size, image.shape[1:])
-    out = np.zeros((image.shape[0], *size), dtype=np.float32)
-    source = tuple(slice(a, b) for a, b in box)
-    target = tuple(slice(a - s, b - s) for (a, b), s in zip(box, start))
-    out[(slice(None), *target)] = image[(slice(None), *source)]
-    return out
 
 
 def choose_tasks(bank: MaskBank, view_boxes: list[Box], num_tasks: int, everything_task: bool,
@@ -136,7 +127,7 @@ def sample_two_views(image, bank: MaskBank, crop_size, patch_size, num_tasks: in
     channels = choose_tasks(bank, visible, num_tasks, everything_task, prefer_in_view, rng)
     # each chosen mask is decoded once and pasted into both views
     crops = {int(code): bank.read_crop(int(code)) for code in channels if code >= 0}
-    images = [read_padded_crop(image, start, crop_size) for start in starts]
+    images = [crop_or_pad(image, start, crop_size).astype(np.float32, copy=False) for start in starts]
     masks = [view_masks(channels, crops, start, crop_size, volume_shape) for start in starts]
     return TwoViewSample(reference_image=images[0], reference_masks=masks[0], query_image=images[1],
                          query_masks=masks[1], task_weights=(channels != PADDING).astype(np.float32))
