@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from mass_nn.paths import MassPaths
 from mass_nn.training.metrics_log import read_metrics
@@ -11,6 +12,7 @@ from mass_nn.training.options import TrainingOptions
 from mass_nn.training.run_training import run_training
 
 
+@pytest.mark.slow
 def test_a_few_hundred_steps_lower_the_loss(tmp_path):
     from dataset_conversion.phantom import write_phantom_dataset
     from mass_nn.masks.generate import MaskGenerationOptions, generate_masks

@@ -70,12 +70,15 @@ def _run(args) -> int:
     print(f"      {masks['masks']} masks for {masks['cases']} cases in {masks['seconds']:.1f} s; against the phantom "
           f"labels: Best {quality['best']:.1f}, Avg {quality['avg']:.1f}, %>40 {quality['percent_above_40']:.1f}; "
           f"previews in {masks['folder']}/previews")
-    _pretrain(paths, args)
+    if not _pretrain(paths, args):
+        print("demo stopped during pretraining; run mass_demo again to resume where it stopped")
+        return 130
     print(f"demo finished in {time.time() - start:.0f} s; few-shot evaluation arrives with step 4")
     return 0
 
 
-def _pretrain(paths: MassPaths, args) -> None:
+def _pretrain(paths: MassPaths, args) -> bool:
+    """Pretrain (or resume pretraining); False when a stop signal ended it early."""
     from mass_nn.training.metrics_log import read_metrics
     from mass_nn.training.options import TrainingOptions
     from mass_nn.training.run_training import run_training
@@ -89,6 +92,7 @@ def _pretrain(paths: MassPaths, args) -> None:
         print(f"      epoch {record['epoch']}: loss {record['train_loss']:.3f}, in-context Dice on the val case "
               f"{record.get('val_dice', float('nan')):.3f}")
     print(f"      checkpoints, metrics.jsonl and progress.png in {summary['output_folder']}")
+    return not summary["stopped_early"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,6 +5,7 @@ A second signal restores the default behaviour, so pressing Ctrl-C twice still k
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 
@@ -18,8 +19,11 @@ class StopRequest:
         self.requested = False
         self.signal_name: str | None = None
         self._previous: dict[int, object] = {}
+        self._pid = os.getpid()
 
     def _handle(self, signum, frame) -> None:
+        if os.getpid() != self._pid:  # a forked data-loading worker: its parent stops it when it is done
+            return
         self.requested = True
         self.signal_name = signal.Signals(signum).name
         logger.warning("%s received: finishing the current step and saving checkpoint_latest.pt "
