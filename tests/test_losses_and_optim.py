@@ -81,11 +81,11 @@ def test_segmentation_loss_is_dice_plus_bce_and_rejects_unknown_dice():
     logits = torch.randn(2, 3, 4, 4, 4, generator=generator)
     target = torch.rand(2, 3, 4, 4, 4, generator=generator) > 0.6
     total, parts = SegmentationLoss()(logits, target)
-    assert parts["dice"] == pytest.approx(adaptive_tversky_loss(logits, target).mean().item(), abs=1e-6)
-    assert parts["bce"] == pytest.approx(bce_loss(logits, target).mean().item(), abs=1e-6)
-    assert total.item() == pytest.approx(parts["dice"] + parts["bce"], abs=1e-6)
+    assert parts["dice_loss"] == pytest.approx(adaptive_tversky_loss(logits, target).mean().item(), abs=1e-6)
+    assert parts["bce_loss"] == pytest.approx(bce_loss(logits, target).mean().item(), abs=1e-6)
+    assert total.item() == pytest.approx(parts["dice_loss"] + parts["bce_loss"], abs=1e-6)
     total, parts = SegmentationLoss(dice="soft_dice", dice_weight=2.0, bce_weight=0.5)(logits, target)
-    assert total.item() == pytest.approx(2.0 * parts["dice"] + 0.5 * parts["bce"], abs=1e-6)
+    assert total.item() == pytest.approx(2.0 * parts["dice_loss"] + 0.5 * parts["bce_loss"], abs=1e-6)
     with pytest.raises(ValueError, match="adaptive_tversky"):
         SegmentationLoss(dice="focal")
 
@@ -118,7 +118,7 @@ def test_zero_weight_channels_are_excluded():
 def test_all_zero_weights_give_zero_loss_that_backpropagates():
     logits = torch.randn(1, 2, 4, 4, requires_grad=True)
     total, parts = SegmentationLoss()(logits, torch.ones(1, 2, 4, 4), torch.zeros(1, 2))
-    assert total.item() == 0.0 and parts == {"dice": 0.0, "bce": 0.0}
+    assert total.item() == 0.0 and parts == {"dice_loss": 0.0, "bce_loss": 0.0}
     total.backward()
     assert torch.count_nonzero(logits.grad) == 0
 

@@ -45,7 +45,7 @@ def test_cli_writes_every_artifact(pretraining_roots):
     records = read_metrics(folder)
     assert [r["epoch"] for r in records] == [1, 2]
     assert all(r["global_step"] == 2 * r["epoch"] for r in records)
-    for key in ("train_loss", "train_dice", "train_bce", "lr", "val_loss", "val_mask_dice"):
+    for key in ("train_loss", "train_dice_loss", "train_bce_loss", "lr", "val_loss", "val_mask_dice"):
         assert key in records[0], key
     config = json.loads((folder / "run_config.json").read_text())
     assert config["epochs"] == 2 and config["lr"] == 2e-3 and config["masks"] == "supervoxel"
@@ -116,7 +116,7 @@ def test_continue_refuses_changed_plans(pretraining_roots, tmp_path):
     changed = type(pretraining_roots)(raw=pretraining_roots.raw, preprocessed=preprocessed,
                                       results=pretraining_roots.results)
     with pytest.raises(MassError, match=r"(?s)plans changed.*target spacing"):
-        run_training(options(epochs=2, iters_per_epoch=1, continue_training=True), changed)
+        run_training(options(epochs=1, iters_per_epoch=1, continue_training=True), changed)
 
 
 def test_corrupt_checkpoint_is_a_clear_error(pretraining_roots, capsys):
@@ -148,3 +148,15 @@ def test_in_context_validation_on_a_labelled_dataset(pretraining_roots):
     assert any(k.startswith("val_dice_") for k in record)
     assert summary["best_metric_key"] == "val_dice"
     assert load_checkpoint(run_folder(pretraining_roots) / "checkpoint_best.pt").meta.best_metric == record["val_dice"]
+
+
+def test_continue_checks_datasets_epochs_and_setting_types(pretraining_roots, capsys):
+    run_training(options(epochs=1, iters_per_epoch=1), pretraining_roots)
+    with pytest.raises(MassError, match="epochs: run has 1, command line asks 3"):
+        run_training(options(epochs=3, iters_per_epoch=1, continue_training=True), pretraining_roots)
+    with pytest.raises(MassError, match="setting everything_task='False': expected true or false"):
+        run_training(options(tag="typed", extra={"everything_task": "False"}), pretraining_roots)
+    stored = json.loads((run_folder(pretraining_roots) / "run_config.json").read_text())
+    from mass_nn.training.options import merge_for_continue
+    with pytest.raises(MassError, match=r"datasets: run has \['990'\], command line asks \['990', '991'\]"):
+        merge_for_continue(TrainingOptions.from_dict(stored), options(datasets=["990", "991"]))

@@ -29,8 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-cases", type=int, default=12, help="phantom training cases (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="phantom seed (default: %(default)s)")
     parser.add_argument("-np", "--num-processes", type=int, default=default_num_processes())
-    parser.add_argument("--epochs", type=int, default=4, help="pretraining epochs (default: %(default)s)")
-    parser.add_argument("--iters-per-epoch", type=int, default=25,
+    parser.add_argument("--epochs", type=int, default=3, help="pretraining epochs (default: %(default)s)")
+    parser.add_argument("--iters-per-epoch", type=int, default=10,
                         help="pretraining steps per epoch (default: %(default)s)")
     parser.add_argument("--clean", action="store_true", help="delete the workspace first")
     add_common_arguments(parser)

@@ -82,14 +82,15 @@ def _run(args) -> int:
     if args.val_every < 1:
         raise MassError("--val-every must be at least 1")
     summary = run_training(options_from_args(args), paths_from_args(args))
+    exit_code = 130 if summary["stopped_early"] else 0  # a scheduler can tell a stopped run from a finished one
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
-        return 0
+        return exit_code
     state = "stopped early (resume with --continue)" if summary["stopped_early"] else "finished"
     best = (f", best {summary['best_metric_key']} {summary['best_metric']:.4f}"
             if summary["best_metric"] is not None else "")
     print(f"{state}: {summary['epochs_done']} epochs, {summary['global_step']} steps{best} -> "
           f"{summary['output_folder']}")
-    return 0
+    return exit_code
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -104,7 +104,7 @@ def encoder_state_dict(checkpoint: Checkpoint, prefer_ema: bool = True) -> dict:
 
 
 def load_network(path: str | Path, prefer_ema: bool = True, map_location: str | torch.device = "cpu"):
-    """(network with the checkpoint's weights — the EMA copy when saved and preferred — in eval mode, checkpoint)."""
+    """(network in eval mode with the checkpoint's weights - the EMA copy when saved and preferred -, checkpoint)."""
     from mass_nn.networks.build import build_network
     checkpoint = load_checkpoint(path, map_location=map_location)
     network = build_network(checkpoint.meta.network_class, checkpoint.meta.network_config)

@@ -93,7 +93,7 @@ class SegmentationLoss(nn.Module):
 
     def forward(self, logits: Tensor, target: Tensor,
                 task_weights: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
-        """Return (total loss, {"dice": mean Dice-type term, "bce": mean BCE term}) for logits/target
+        """Return (total loss, {"dice_loss": mean Dice-type term, "bce_loss": mean BCE term}) for logits/target
         [B, K, *spatial]. `task_weights` [B, K] weights each channel; 0 marks a padding channel to ignore.
         """
         dice = self._dice_fn(logits, target)
@@ -108,4 +108,4 @@ class SegmentationLoss(nn.Module):
         dice_mean = weighted_channel_mean(dice, weights)
         bce_mean = weighted_channel_mean(bce, weights)
         total = self.dice_weight * dice_mean + self.bce_weight * bce_mean
-        return total, {"dice": float(dice_mean.detach()), "bce": float(bce_mean.detach())}
+        return total, {"dice_loss": float(dice_mean.detach()), "bce_loss": float(bce_mean.detach())}

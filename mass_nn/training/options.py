@@ -13,7 +13,7 @@ from mass_nn.io.atomic import read_json, write_json_atomic
 from mass_nn.schema import from_dict, to_dict
 
 # options that may change when a run is continued (they do not change what is computed)
-RESUMABLE_OVERRIDES = frozenset({"continue_training", "num_workers", "device", "epochs"})
+RESUMABLE_OVERRIDES = frozenset({"continue_training", "num_workers", "device"})
 
 
 @dataclass
@@ -73,8 +73,12 @@ def merge_for_continue(stored: TrainingOptions, requested: TrainingOptions) -> T
     conflicts = []
     merged = TrainingOptions.from_dict(stored.to_dict())
     defaults = TrainingOptions(mode=requested.mode, datasets=requested.datasets)
+    if [str(d) for d in requested.datasets] != [str(d) for d in stored.datasets]:
+        conflicts.append(f"datasets: run has {stored.datasets}, command line asks {requested.datasets}")
     for f in fields(TrainingOptions):
         new, old = getattr(requested, f.name), getattr(stored, f.name)
+        if f.name == "datasets":
+            continue
         if f.name == "extra":
             conflicts += [f"setting {k}: run has {old.get(k)!r}, command line asks {v!r}"
                           for k, v in new.items() if old.get(k) != v]

@@ -32,6 +32,7 @@ from mass_nn.training.optim.ema import ModelEMA
 from mass_nn.training.optim.schedules import build_lr_scheduler
 from mass_nn.training.options import TrainingOptions, load_run_config, merge_for_continue, save_run_config
 from mass_nn.training.plans_compatibility import plans_differences
+from mass_nn.training.pretrain.pretraining_data import default_configuration
 from mass_nn.training.progress_plot import write_progress_plot
 from mass_nn.training.stop_signal import StopRequest
 
@@ -67,6 +68,7 @@ class Trainer:
         self.output_folder: Path | None = None
         self._epoch_sums: dict[str, float] = {}
         self._epoch_steps = 0
+        self._start_message = ""
 
     # ----------------------------------------------------------------- hooks (subclass)
     @property
@@ -74,8 +76,8 @@ class Trainer:
         return type(self).__name__
 
     def resolve_data(self) -> None:
-        """Subclass: find the data and plans (self.plans, self.configuration_plan, self.dataset_name) and set
-        self.options.configuration; cheap, runs before the run folder is known."""
+        """Subclass: find the data and plans (self.plans, self.configuration_plan, self.dataset_name) for
+        self.options (final: defaults of a continued run are already merged in)."""
         raise NotImplementedError
 
     def setup(self) -> None:
@@ -121,10 +123,12 @@ class Trainer:
     def run(self) -> dict:
         """Train (or resume) to the end or to a stop signal; returns a summary dict."""
         self.context = init_distributed(self.options.device)
-        self.resolve_data()
+        if self.options.configuration is None:
+            self.options.configuration = default_configuration(self.device.type)
         self.output_folder = self._resolve_output_folder()
         if self.options.continue_training and (self.output_folder / "run_config.json").is_file():
             self.options = merge_for_continue(load_run_config(self.output_folder), self.options)
+        self.resolve_data()
         self._fill_defaults()
         torch.manual_seed(self.options.seed)
         self.setup()
@@ -137,6 +141,8 @@ class Trainer:
         self.model = self._wrap_distributed(self.network)
         with StopRequest() as stop, RunLogFile(self.output_folder, enabled=self.context.is_main):
             if self.context.is_main:
+                if self._start_message:
+                    logger.info("%s", self._start_message)
                 logger.info("%s on %s (%s, %s): epochs %d x %d steps, batch %d, lr %g, device %s, world %d -> %s",
                             self.name, self.dataset_name, self.options.plans_name, self.options.configuration,
                             self.options.epochs, self.options.iters_per_epoch, self.options.batch_size,
@@ -162,8 +168,10 @@ class Trainer:
         return max(steps, 0)
 
     def _resolve_output_folder(self) -> Path:
+        from mass_nn.io.dataset_json import find_dataset_name
         from mass_nn.training.run_folder import run_folder
-        return run_folder(self.paths.results, self.dataset_name, self.name, self.options.plans_name,
+        dataset_name = find_dataset_name(self.options.datasets[0], [self.paths.preprocessed, self.paths.raw])
+        return run_folder(self.paths.results, dataset_name, self.name, self.options.plans_name,
                           self.options.configuration, self.options.tag)
 
     def _wrap_distributed(self, network: nn.Module) -> nn.Module:
@@ -178,7 +186,9 @@ class Trainer:
             self._restore(load_checkpoint(latest, map_location=self.device))
             if self.context.is_main:
                 truncate_metrics(self.output_folder, self.epoch)
-                logger.info("resumed from %s at epoch %d, step %d", latest, self.epoch, self.global_step)
+            self._start_message = f"resumed from {latest} at epoch {self.epoch}, step {self.global_step}"
+        elif self.options.continue_training:
+            self._start_message = f"--continue: no checkpoint_latest.pt in {self.output_folder}; starting a new run"
         elif latest.is_file():
             raise MassError(f"{self.output_folder} already holds a run (checkpoint_latest.pt); pass --continue to "
                             f"resume it, or --tag NAME to start a separate run")
@@ -202,6 +212,10 @@ class Trainer:
         self.best_metric = checkpoint.meta.best_metric
         self._epoch_sums = dict(state.get("epoch_sums", {}))
         self._epoch_steps = int(state.get("epoch_steps", 0))
+        if int(state.get("world_size", 1)) != self.context.world_size:
+            raise MassError(f"cannot continue with {self.context.world_size} process(es): the run was trained with "
+                            f"{state.get('world_size', 1)}, and the process count decides the batches each process "
+                            f"draws; restart it with the same number of processes")
         if "torch_rng" in state:
             torch.set_rng_state(state["torch_rng"])
 
@@ -213,7 +227,7 @@ class Trainer:
                               epoch=self.epoch, global_step=self.global_step, run_config=self.options.to_dict(),
                               best_metric=self.best_metric)
         state = {"epoch_sums": dict(self._epoch_sums), "epoch_steps": self._epoch_steps,
-                 "torch_rng": torch.get_rng_state()}
+                 "torch_rng": torch.get_rng_state(), "world_size": self.context.world_size}
         return Checkpoint(meta=meta, model=self.network.state_dict(), ema=self.ema.state_dict(),
                           optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
                           trainer_state=state)

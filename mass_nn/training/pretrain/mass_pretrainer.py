@@ -18,8 +18,7 @@ from mass_nn.parallel import default_num_processes
 from mass_nn.training.data.pretraining_loader import PretrainingCase, make_pretraining_loader
 from mass_nn.training.data.augmentation import TwoViewSettings
 from mass_nn.training.losses import SegmentationLoss
-from mass_nn.training.pretrain.pretraining_data import (cases_with_banks, default_configuration, mask_bank_folder,
-                                                        resolve_sources)
+from mass_nn.training.pretrain.pretraining_data import (cases_with_banks, mask_bank_folder, resolve_sources)
 from mass_nn.training.trainer import Trainer
 
 logger = logging.getLogger(__name__)
@@ -44,8 +43,6 @@ class MASSPretrainer(Trainer):
 
     def resolve_data(self) -> None:
         o = self.options
-        if o.configuration is None:
-            o.configuration = default_configuration(self.device.type)
         self.sources = resolve_sources(o.datasets, self.paths, o.plans_name, o.configuration)
         bank_folders = [mask_bank_folder(self.sources[0], o.masks)]
         o.masks = bank_folders[0].name.removeprefix("masks_")
@@ -65,9 +62,16 @@ class MASSPretrainer(Trainer):
         if unknown:
             raise MassError(f"unknown {self.name} setting(s) {unknown}; known: {sorted(MASS_SETTINGS)}")
         o.extra = {**MASS_SETTINGS, **o.extra}
+        for key, default in MASS_SETTINGS.items():
+            value = o.extra[key]
+            if type(value) is not type(default) or (key == "num_tasks" and value < 1):
+                expected = "a positive integer" if key == "num_tasks" else "true or false"
+                raise MassError(f"setting {key}={value!r}: expected {expected}")
         o.batch_size = o.batch_size or self.configuration_plan.batch_size
-        o.num_workers = o.num_workers if o.num_workers is not None else max(1, min(4, default_num_processes() - 1))
-        config = InContextNetworkConfig.from_configuration(self.configuration_plan, in_channels=len(self.plans.channels))
+        if o.num_workers is None:
+            o.num_workers = max(1, min(4, default_num_processes() - 1))
+        config = InContextNetworkConfig.from_configuration(self.configuration_plan,
+                                                           in_channels=len(self.plans.channels))
         self.network = InContextSegmenter(config)
         self.network_class_name, self.network_config = "InContextSegmenter", config.to_dict()
         self.loss = SegmentationLoss(dice=o.dice)

@@ -67,7 +67,8 @@ class AutoMaskValidation:
             dice = hard_dice(logits, t["query_masks"])
             valid = (t["task_weights"] > 0) & (t["query_masks"].flatten(2).amax(2) > 0)
             dices.extend(dice[valid].tolist())
-        return {"val_loss": float(np.mean(losses)), "val_mask_dice": float(np.nanmean(dices)) if dices else float("nan")}
+        mask_dice = float(np.nanmean(dices)) if dices else float("nan")
+        return {"val_loss": float(np.mean(losses)), "val_mask_dice": mask_dice}
 
 
 def _label_crop(data_folder, case_id: str, label: int | None, patch) -> tuple[np.ndarray, np.ndarray]:
@@ -89,8 +90,8 @@ class InContextValidation:
 
     metric_key, metric_mode = "val_dice", "max"
 
-    def __init__(self, references: dict[str, tuple[np.ndarray, np.ndarray]], queries: list[tuple[np.ndarray, np.ndarray]],
-                 label_values: dict[str, int]):
+    def __init__(self, references: dict[str, tuple[np.ndarray, np.ndarray]],
+                 queries: list[tuple[np.ndarray, np.ndarray]], label_values: dict[str, int]):
         self.references, self.queries, self.label_values = references, queries, label_values
 
     @classmethod
