@@ -80,7 +80,8 @@ class MaskMerge(nn.Module):
 
     InstanceNorm and convolution act channel by channel, so the shared map's part is computed once per image and
     broadcast over the K tasks instead of being copied K times: same result, K× less work and memory for it, and
-    no gradient computation for the mask channel.
+    no gradient computation for the mask channel. The B·K one-channel mask convolutions run as one depthwise
+    (grouped) convolution, which CPU kernels handle several times faster than a batch of 1-channel maps.
     """
 
     def __init__(self, eps: float = 1e-4):
@@ -92,9 +93,11 @@ class MaskMerge(nn.Module):
         """shared [B, 1, D, H, W], masks [B, K, D, H, W] → merged [B·K, 1, D, H, W]."""
         weight = self.conv.weight
         shared_part = F.conv3d(self._norm_act(shared), weight[:, :1], self.conv.bias, padding=1)
-        mask_part = F.conv3d(self._norm_act(masks.flatten(0, 1).unsqueeze(1).to(shared.dtype)), weight[:, 1:],
-                             padding=1)
-        return (mask_part.unflatten(0, masks.shape[:2]) + shared_part.unsqueeze(1)).flatten(0, 1)
+        rows = masks.shape[0] * masks.shape[1]
+        normed = self._norm_act(masks.to(shared.dtype))  # per (b, k) map, like a per-task instance norm
+        mask_part = F.conv3d(normed.reshape(1, rows, *masks.shape[2:]), weight[:, 1:].expand(rows, 1, 3, 3, 3),
+                             padding=1, groups=rows)
+        return (mask_part.reshape(masks.shape) + shared_part).reshape(rows, 1, *masks.shape[2:])
 
     def _norm_act(self, x: Tensor) -> Tensor:
         return F.relu(F.instance_norm(x, eps=self.eps))
