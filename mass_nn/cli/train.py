@@ -1,10 +1,12 @@
-"""mass_train: train a model by trainer name (PRETRAIN now; FINETUNE arrives with step 4).
+"""mass_train: train a model by trainer name, in one of two modes.
 
 Examples:
   mass_train PRETRAIN -d 990                          # MASSPretrainer, 3d_cpu on CPU / 3d_paper on GPU
   mass_train PRETRAIN -d 990 --epochs 2 --iters-per-epoch 50 --tag short
   mass_train PRETRAIN -d 990 --continue               # resume the run exactly where it stopped
   torchrun --nproc_per_node 4 -m mass_nn.cli.train PRETRAIN -d 990   # DistributedDataParallel
+  mass_train FINETUNE -d 991 -shots 1 --pretrained RUN/checkpoint_final.pt    # few-shot segmentation
+  mass_train FINETUNE -d 991 -tr ClassificationProbe --pretrained CKPT --train-fraction 0.3
 """
 from __future__ import annotations
 
@@ -28,35 +30,56 @@ def _parse_setting(text: str) -> tuple[str, object]:
         return key, value
 
 
-def _add_pretrain_parser(subparsers) -> None:
-    p = subparsers.add_parser("PRETRAIN", help="self-supervised pretraining (MASSPretrainer by default)",
-                              description="Self-supervised pretraining on preprocessed datasets and their masks.")
-    p.add_argument("-d", "--datasets", nargs="+", required=True, help="dataset id(s) or name(s)")
-    p.add_argument("-tr", "--trainer", default="MASSPretrainer", help="trainer class name (default: %(default)s)")
+def _add_run_arguments(p, default_trainer: str, defaults: str) -> None:
+    """Options both modes share."""
+    p.add_argument("-tr", "--trainer", default=default_trainer, help="trainer class name (default: %(default)s)")
     p.add_argument("-c", "--configuration", help="plans configuration (default: 3d_paper on CUDA, 3d_cpu otherwise)")
     p.add_argument("-p", "--plans", dest="plans_name", default="MassPlans", help="plans name (default: %(default)s)")
-    p.add_argument("--epochs", type=int, help="epochs (trainer default: 100)")
-    p.add_argument("--iters-per-epoch", type=int, help="optimiser steps per epoch (trainer default: 1000)")
+    p.add_argument("--epochs", type=int, help=f"epochs (trainer default: {defaults})")
+    p.add_argument("--iters-per-epoch", type=int, help="optimiser steps per epoch (trainer default)")
     p.add_argument("--batch-size", type=int, help="per-process batch size (default: the plans')")
-    p.add_argument("--lr", type=float, help="peak learning rate (trainer default: 2e-3)")
-    p.add_argument("--seed", type=int, default=0, help="seed of weights and batch order (default: %(default)s)")
+    p.add_argument("--lr", type=float, help="peak learning rate (trainer default)")
+    p.add_argument("--seed", type=int, default=0, help="seed of weights, batch order and shot selection "
+                                                       "(default: %(default)s)")
     p.add_argument("--continue", dest="continue_training", action="store_true",
                    help="resume the run in the output folder from checkpoint_latest.pt")
     p.add_argument("--tag", default="", help="suffix of the output folder, to keep runs apart")
     p.add_argument("--num-workers", type=int, help="data loading processes (default: from the machine)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: %(default)s")
-    p.add_argument("--masks", help="mask generator whose banks to use (default: the only one present)")
-    p.add_argument("--val-dataset", help="labelled dataset for in-context Dice validation (default: loss on "
-                                         "held-out auto masks)")
     p.add_argument("--val-every", type=int, default=1, help="validate every N epochs (default: %(default)s)")
-    p.add_argument("--val-batches", type=int, default=4, help="held-out batches per validation (default: %(default)s)")
-    p.add_argument("--schedule", default="poly", choices=["poly", "onecycle"], help="default: %(default)s")
-    p.add_argument("--dice", default="adaptive_tversky", choices=["adaptive_tversky", "soft_dice"],
-                   help="Dice term of the loss (default: %(default)s)")
     p.add_argument("-s", "--setting", action="append", type=_parse_setting, default=[], metavar="KEY=VALUE",
                    help="trainer-specific setting (repeatable), e.g. -s num_tasks=8")
     add_path_arguments(p)
     add_common_arguments(p)
+
+
+def _add_finetune_parser(subparsers) -> None:
+    p = subparsers.add_parser("FINETUNE", help="downstream training on a labelled dataset",
+                              description="Few-shot segmentation finetuning or frozen-encoder classification on a "
+                                          "labelled preprocessed dataset (documentation/finetuning.md).")
+    p.add_argument("-d", "--datasets", nargs=1, required=True, help="the labelled dataset (id or name)")
+    p.add_argument("-shots", "--shots", type=int, help="labelled training cases, chosen by --seed (segmentation; "
+                                                       "default: the whole train split)")
+    p.add_argument("--pretrained", help="checkpoint to start from (default: random initialisation, i.e. scratch)")
+    p.add_argument("--train-fraction", type=float, help="classification: share of the train split to train on, "
+                                                        "e.g. 0.05 (default: 1)")
+    p.add_argument("--patience", type=int, help="early stopping: validations without improvement before "
+                                                "stopping (default: train every epoch)")
+    _add_run_arguments(p, "SegmentationFinetuner", "50")
+
+
+def _add_pretrain_parser(subparsers) -> None:
+    p = subparsers.add_parser("PRETRAIN", help="self-supervised pretraining (MASSPretrainer by default)",
+                              description="Self-supervised pretraining on preprocessed datasets and their masks.")
+    p.add_argument("-d", "--datasets", nargs="+", required=True, help="dataset id(s) or name(s)")
+    p.add_argument("--masks", help="mask generator whose banks to use (default: the only one present)")
+    p.add_argument("--val-dataset", help="labelled dataset for in-context Dice validation (default: loss on "
+                                         "held-out auto masks)")
+    p.add_argument("--val-batches", type=int, default=4, help="held-out batches per validation (default: %(default)s)")
+    p.add_argument("--schedule", default="poly", choices=["poly", "onecycle"], help="default: %(default)s")
+    p.add_argument("--dice", default="adaptive_tversky", choices=["adaptive_tversky", "soft_dice"],
+                   help="Dice term of the loss (default: %(default)s)")
+    _add_run_arguments(p, "MASSPretrainer", "100")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,17 +87,19 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     subparsers = parser.add_subparsers(dest="mode", required=True, metavar="MODE")
     _add_pretrain_parser(subparsers)
+    _add_finetune_parser(subparsers)
     return parser
 
 
 def options_from_args(args) -> TrainingOptions:
+    mode_specific = {"PRETRAIN": ("masks", "val_dataset", "val_batches", "schedule", "dice"),
+                     "FINETUNE": ("shots", "pretrained", "train_fraction", "patience")}[args.mode]
     return TrainingOptions(mode=args.mode, datasets=[str(d) for d in args.datasets], trainer=args.trainer,
                            configuration=args.configuration, plans_name=args.plans_name, epochs=args.epochs,
                            iters_per_epoch=args.iters_per_epoch, batch_size=args.batch_size, lr=args.lr,
                            seed=args.seed, tag=args.tag, continue_training=args.continue_training,
-                           num_workers=args.num_workers, device=args.device, masks=args.masks,
-                           val_dataset=args.val_dataset, val_every=args.val_every, val_batches=args.val_batches,
-                           schedule=args.schedule, dice=args.dice, extra=dict(args.setting))
+                           num_workers=args.num_workers, device=args.device, val_every=args.val_every,
+                           extra=dict(args.setting), **{key: getattr(args, key) for key in mode_specific})
 
 
 def _run(args) -> int:

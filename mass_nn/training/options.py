@@ -20,7 +20,7 @@ RESUMABLE_OVERRIDES = frozenset({"continue_training", "num_workers", "device"})
 class TrainingOptions:
     """Options of `mass_train` (see documentation/pretraining.md for each one)."""
 
-    mode: str  # "PRETRAIN"
+    mode: str  # "PRETRAIN" or "FINETUNE"
     datasets: list[str]
     trainer: str = "MASSPretrainer"
     configuration: str | None = None  # None: 3d_paper on CUDA, 3d_cpu otherwise
@@ -43,6 +43,10 @@ class TrainingOptions:
     dice: str = "adaptive_tversky"
     ema_decay: float = 0.99
     grad_clip: float = 1.0
+    pretrained: str | None = None  # FINETUNE: checkpoint to start from (None: from scratch)
+    shots: int | None = None  # FINETUNE segmentation: labelled training cases (None: all of the train split)
+    train_fraction: float | None = None  # FINETUNE classification: share of the train split used (None: all)
+    patience: int | None = None  # FINETUNE: stop after this many validations without improvement (None: never)
     extra: dict = field(default_factory=dict)  # trainer-specific settings, name -> value
 
     def to_dict(self) -> dict:

@@ -68,6 +68,7 @@ class Trainer:
         self.output_folder: Path | None = None
         self._epoch_sums: dict[str, float] = {}
         self._epoch_steps = 0
+        self._validations_since_best = 0  # for early stopping (options.patience)
         self._start_message = ""
 
     # ----------------------------------------------------------------- hooks (subclass)
@@ -101,8 +102,17 @@ class Trainer:
         from mass_nn.training.optim.lamb import Lamb
         return Lamb(self.network.parameters(), lr=self.options.lr, weight_decay=1e-5)
 
+    def run_tag(self) -> str:
+        """The run folder's tag; downstream trainers add shots, seed and initialisation to the user's --tag."""
+        return self.options.tag
+
     def on_epoch_end(self, record: dict) -> None:
         """Subclass hook after each epoch's checkpoint and logs."""
+
+    def on_train_end(self) -> dict:
+        """Subclass hook after the final checkpoint of a finished run (rank 0 only), e.g. a test-set evaluation;
+        what it returns joins the run's summary."""
+        return {}
 
     # ----------------------------------------------------------------- helpers for subclasses
     @property
@@ -150,7 +160,8 @@ class Trainer:
             stopped = self._train_epochs(stop)
             if self.context.is_main:
                 logger.info("%s", "stopped early; resume with --continue" if stopped else "training finished")
-        return self._summary(stopped)
+            extra = self.on_train_end() if not stopped and self.context.is_main else {}
+        return {**self._summary(stopped), **extra}
 
     def _fill_defaults(self) -> None:
         o = self.options
@@ -172,7 +183,7 @@ class Trainer:
         from mass_nn.training.run_folder import run_folder
         dataset_name = find_dataset_name(self.options.datasets[0], [self.paths.preprocessed, self.paths.raw])
         return run_folder(self.paths.results, dataset_name, self.name, self.options.plans_name,
-                          self.options.configuration, self.options.tag)
+                          self.options.configuration, self.run_tag())
 
     def _wrap_distributed(self, network: nn.Module) -> nn.Module:
         if not self.context.is_distributed:
@@ -212,6 +223,7 @@ class Trainer:
         self.best_metric = checkpoint.meta.best_metric
         self._epoch_sums = dict(state.get("epoch_sums", {}))
         self._epoch_steps = int(state.get("epoch_steps", 0))
+        self._validations_since_best = int(state.get("validations_since_best", 0))
         if int(state.get("world_size", 1)) != self.context.world_size:
             raise MassError(f"cannot continue with {self.context.world_size} process(es): the run was trained with "
                             f"{state.get('world_size', 1)}, and the process count decides the batches each process "
@@ -227,7 +239,8 @@ class Trainer:
                               epoch=self.epoch, global_step=self.global_step, run_config=self.options.to_dict(),
                               best_metric=self.best_metric)
         state = {"epoch_sums": dict(self._epoch_sums), "epoch_steps": self._epoch_steps,
-                 "torch_rng": torch.get_rng_state(), "world_size": self.context.world_size}
+                 "validations_since_best": self._validations_since_best, "torch_rng": torch.get_rng_state(),
+                 "world_size": self.context.world_size}
         return Checkpoint(meta=meta, model=self.network.state_dict(), ema=self.ema.state_dict(),
                           optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
                           trainer_state=state)
@@ -258,7 +271,7 @@ class Trainer:
         """Runs the remaining epochs; returns True when a stop signal ended the run early."""
         loader = self.make_train_loader(start_batch=self.global_step)
         try:
-            while self.epoch < self.options.epochs:
+            while self.epoch < self.options.epochs and not self._patience_exhausted():
                 epoch_start = time.time()
                 if self._train_one_epoch(loader, stop):
                     self.save("latest")
@@ -319,8 +332,21 @@ class Trainer:
                                                else value < self.best_metric))
         if better:
             self.best_metric = value
+            self._validations_since_best = 0
             self.save("best")
             logger.info("new best %s %.4f -> checkpoint_best.pt", self.best_metric_key, value)
+        else:
+            self._validations_since_best += 1
+
+    def _patience_exhausted(self) -> bool:
+        """Early stopping: True (on every rank) once `patience` validations in a row brought no improvement."""
+        patience = self.options.patience
+        exhausted = patience is not None and self._validations_since_best >= patience
+        exhausted = any_rank(exhausted, self.context)
+        if exhausted and self.context.is_main and self.epoch < self.options.epochs:
+            logger.info("early stopping after epoch %d: no better %s in %d validations", self.epoch,
+                        self.best_metric_key, patience)
+        return exhausted
 
     def _sync_check(self) -> None:
         """Record every rank's parameter checksum: replicas that drift apart are a bug, not noise."""

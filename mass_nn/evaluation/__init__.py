@@ -1,0 +1,1 @@
+"""Metrics, evaluation of prediction folders, the few-shot protocol and result tables."""

@@ -1,0 +1,80 @@
+"""Starting a downstream run from a pretrained checkpoint: plan compatibility first, then a weight transfer that
+reports exactly which keys were loaded, which were missing and which were unexpected."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mass_nn.errors import MassError
+from mass_nn.planning.plans import Plans
+from mass_nn.training.checkpoint import Checkpoint, load_checkpoint
+from mass_nn.training.plans_compatibility import plans_differences
+
+logger = logging.getLogger(__name__)
+
+
+def load_pretrained_checkpoint(path: str | Path, plans: Plans, configuration: str, dataset_name: str) -> Checkpoint:
+    """The checkpoint at `path`, after checking that its plans fit `plans`/`configuration` of `dataset_name`
+    (target spacing, channel count, channel modality and normalisation scheme); a mismatch names every
+    difference and the fix."""
+    checkpoint = load_checkpoint(path)
+    differences = plans_differences(Plans.from_dict(checkpoint.meta.plans), checkpoint.meta.configuration,
+                                    plans, configuration, same_dataset=False)
+    if differences:
+        raise MassError(f"{path}: the checkpoint was trained with plans ({checkpoint.meta.configuration}) that do not "
+                        f"fit {dataset_name} ({configuration}); checkpoint vs dataset:\n  " + "\n  ".join(differences)
+                        + f"\nre-plan {dataset_name} with the checkpoint's settings (same target spacing and "
+                          f"channels), or use a checkpoint pretrained on data like it")
+    return checkpoint
+
+
+@dataclass
+class WeightTransfer:
+    """What happened to each key when weights were loaded into a module."""
+
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # in the module, not in the weights: left as initialised
+    unexpected: list[str] = field(default_factory=list)  # in the weights, not in the module: ignored
+    mismatched: list[str] = field(default_factory=list)  # in both with different shapes: an error
+
+    def summary(self) -> str:
+        return (f"{len(self.loaded)} loaded, {len(self.missing)} missing (kept initialised), "
+                f"{len(self.unexpected)} unexpected (ignored), {len(self.mismatched)} with other shapes")
+
+    def to_dict(self) -> dict:
+        return {"loaded": len(self.loaded), "missing": self.missing, "unexpected": self.unexpected,
+                "mismatched": self.mismatched}
+
+
+def transfer_weights(module: nn.Module, weights: dict[str, torch.Tensor], source: str,
+                     allow_missing: bool = True, allow_unexpected: bool = True) -> WeightTransfer:
+    """Copy every entry of `weights` whose key and shape match a parameter or buffer of `module`.
+
+    Shape mismatches always raise; missing or unexpected keys raise unless allowed. `source` names the file in
+    the messages.
+    """
+    own = module.state_dict()
+    report = WeightTransfer()
+    for key, value in weights.items():
+        if key not in own:
+            report.unexpected.append(key)
+        elif tuple(own[key].shape) != tuple(value.shape):
+            report.mismatched.append(f"{key}: {list(value.shape)} in the weights, {list(own[key].shape)} here")
+        else:
+            report.loaded.append(key)
+    report.missing = [key for key in own if key not in weights]
+    problems = [("with other shapes", report.mismatched, False),
+                ("missing from the weights", report.missing, allow_missing),
+                ("unexpected in the weights", report.unexpected, allow_unexpected)]
+    for what, keys, allowed in problems:
+        if keys and not allowed:
+            listed = "\n  ".join(keys[:10]) + ("\n  ..." if len(keys) > 10 else "")
+            raise MassError(f"{source}: {len(keys)} key(s) {what} for {type(module).__name__}:\n  {listed}\nthe "
+                            f"checkpoint was made for another network configuration; use a matching checkpoint")
+    module.load_state_dict({key: weights[key] for key in report.loaded}, strict=False)
+    logger.info("weights from %s: %s", source, report.summary())
+    return report
