@@ -34,8 +34,11 @@ MASK_GENERATORS = Registry("mask generator", {
 
 TRAINERS = Registry("trainer", {
     "MASSPretrainer": "mass_nn.training.pretrain.mass_pretrainer:MASSPretrainer",
+    "ClassificationProbe": "mass_nn.training.finetune.classification_trainer:ClassificationProbe",
 })
 
 NETWORKS = Registry("network", {
     "InContextSegmenter": "mass_nn.networks.in_context_model:InContextSegmenter",
+    "EncoderClassifier": "mass_nn.networks.encoder_classifier:EncoderClassifier",
+    "FixedClassSegmenter": "mass_nn.networks.fixed_class_segmenter:FixedClassSegmenter",
 })

@@ -87,18 +87,25 @@ def _read_crop_normalize(case: CaseFiles, plans: Plans) -> _CroppedCase:
     return _CroppedCase(geometries[0], box, np.stack(normalized), label, list(applied), float(foreground.mean()))
 
 
-def _write_configuration(case: CaseFiles, cropped: _CroppedCase, plans: Plans, configuration: str,
-                         out_folder: Path) -> CaseProperties:
+@dataclass
+class PreprocessedCase:
+    """One case on a configuration's grid, in memory: what the .b2nd files and the properties JSON hold."""
+
+    data: np.ndarray  # (c, z, y, x) float32
+    seg: np.ndarray | None  # (z, y, x) int16
+    properties: CaseProperties
+
+
+def _resample_configuration(case: CaseFiles, cropped: _CroppedCase, plans: Plans,
+                            configuration: str) -> PreprocessedCase:
     config = plans.configuration(configuration)
     spacing = cropped.geometry.spacing_zyx
     new_shape = shape_at_spacing(cropped.data.shape[1:], spacing, config.target_spacing_zyx_mm)
-    output = CaseOutput(out_folder, case.case_id)
     nearest_axis = nearest_resampling_axis(spacing)
-    save_array(resample_images(cropped.data, new_shape, nearest_axis), output.data, config.patch_size_zyx)
-    counts, bboxes = {}, {}
+    data = resample_images(cropped.data, new_shape, nearest_axis)
+    seg, counts, bboxes = None, {}, {}
     if cropped.label is not None:
         seg = resample_label(cropped.label, new_shape)
-        save_array(seg[None], output.seg, config.patch_size_zyx)
         counts, bboxes = _label_summary(seg)
     axis = mask_generation_axis(spacing, plans.mask_generation.isotropy_ratio)
     props = CaseProperties(
@@ -113,8 +120,25 @@ def _write_configuration(case: CaseFiles, cropped: _CroppedCase, plans: Plans, c
         seed_slice_interval=seed_slice_interval(config.target_spacing_zyx_mm[axis],
                                                 plans.mask_generation.seed_slice_distance_mm),
         label_voxel_counts=counts, label_bboxes_zyx=bboxes)
-    save_properties(props, output.properties)
-    return props
+    return PreprocessedCase(data, seg, props)
+
+
+def preprocess_in_memory(case: CaseFiles, plans: Plans, configuration: str) -> PreprocessedCase:
+    """Preprocess one case exactly as mass_plan_and_preprocess does, without writing anything (inference,
+    references given as raw files). Image geometry of the channels and label is not re-checked here."""
+    return _resample_configuration(case, _read_crop_normalize(case, plans), plans, configuration)
+
+
+def _write_configuration(case: CaseFiles, cropped: _CroppedCase, plans: Plans, configuration: str,
+                         out_folder: Path) -> CaseProperties:
+    patch = plans.configuration(configuration).patch_size_zyx
+    result = _resample_configuration(case, cropped, plans, configuration)
+    output = CaseOutput(out_folder, case.case_id)
+    save_array(result.data, output.data, patch)
+    if result.seg is not None:
+        save_array(result.seg[None], output.seg, patch)
+    save_properties(result.properties, output.properties)
+    return result.properties
 
 
 def preprocess_case(case: CaseFiles, plans: Plans, out_folders: dict[str, Path]) -> list[CaseProperties]:

@@ -47,6 +47,7 @@ class Trainer:
     default_lr: ClassVar[float] = 2e-3
     best_metric_key: ClassVar[str] = "val_loss"  # validate() may override per run through self.best_metric_key
     best_metric_mode: ClassVar[str] = "min"
+    ema_warmup: ClassVar[bool] = False  # see ModelEMA; short downstream runs turn it on
 
     def __init__(self, options: TrainingOptions, paths: MassPaths):
         self.options = options
@@ -146,7 +147,7 @@ class Trainer:
         self.optimizer = self.build_optimizer()
         self.scheduler = build_lr_scheduler(self.optimizer, self.options.schedule, total_steps=self.total_steps,
                                            warmup_steps=self._warmup_steps())
-        self.ema = ModelEMA(self.network, decay=self.options.ema_decay)
+        self.ema = ModelEMA(self.network, decay=self.options.ema_decay, warmup=self.ema_warmup)
         self._resume_or_start()
         self.model = self._wrap_distributed(self.network)
         with StopRequest() as stop, RunLogFile(self.output_folder, enabled=self.context.is_main):

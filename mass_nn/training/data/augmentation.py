@@ -91,7 +91,7 @@ class TwoViewSettings:
         """Context voxels per side and axis (the release's 20 at a 128 patch, scaled, unless set)."""
         if self.margin_voxels is not None:
             return tuple(int(m) for m in self.margin_voxels)
-        return tuple(int(round(MARGIN_PER_SIDE_FRACTION * p)) for p in self.patch_size_zyx)
+        return margin_for_patch(self.patch_size_zyx)
 
     @property
     def crop_size_zyx(self) -> tuple[int, int, int]:
@@ -109,8 +109,11 @@ class TwoViewSettings:
 class FinaliseViews(AbstractTransform):
     """Last step: images float32 and masks uint8, both C-contiguous (some appearance transforms return float64)."""
 
+    def __init__(self, key_pairs=tuple(VIEW_KEYS.values())):
+        self.key_pairs = tuple(key_pairs)  # (image key, masks key) per view
+
     def __call__(self, **data_dict):
-        for image_key, masks_key in VIEW_KEYS.values():
+        for image_key, masks_key in self.key_pairs:
             data_dict[image_key] = np.ascontiguousarray(data_dict[image_key], dtype=np.float32)
             data_dict[masks_key] = np.ascontiguousarray(data_dict[masks_key], dtype=np.uint8)
         return data_dict
@@ -145,6 +148,18 @@ def view_transforms(view: ViewAugmentation, patch_size_zyx, image_key: str,
                                  scale_range=view.scale_range, rotation_degrees=view.rotation_degrees,
                                  shear=view.shear, image_key=image_key, masks_key=masks_key)
     return [affine, *appearance_transforms(view, image_key)]
+
+
+def margin_for_patch(patch_size_zyx) -> tuple[int, int, int]:
+    """Context voxels per side cut around a patch before the affine warp (the release's 20 at 128, scaled)."""
+    return tuple(int(round(MARGIN_PER_SIDE_FRACTION * p)) for p in patch_size_zyx)
+
+
+def build_single_view_transform(view: ViewAugmentation, patch_size_zyx, image_key: str = "image",
+                                masks_key: str = "masks") -> Compose:
+    """The transform of one augmented view (labelled finetuning patches): crops with margin -> patches."""
+    return Compose([*view_transforms(view, patch_size_zyx, image_key, masks_key),
+                    FinaliseViews([(image_key, masks_key)])])
 
 
 def build_two_view_transform(settings: TwoViewSettings) -> Compose:

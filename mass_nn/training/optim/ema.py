@@ -40,10 +40,13 @@ class ModelEMA:
     """Keeps `self.module`, a frozen eval-mode copy of the model whose weights follow
     ema = decay * ema + (1 - decay) * weights at each update()."""
 
-    def __init__(self, model: nn.Module, decay: float = 0.99) -> None:
+    def __init__(self, model: nn.Module, decay: float = 0.99, warmup: bool = False) -> None:
         if not 0.0 <= decay <= 1.0:
             raise ValueError(f"EMA decay must be in [0, 1], got {decay}")
         self.decay = float(decay)
+        # warm-up: decay min(decay, (1 + n) / (10 + n)) at update n, so that a run of a few dozen steps (few-shot
+        # finetuning on CPU) is not validated with weights that have barely moved from the initial ones
+        self.warmup = warmup
         self.num_updates = 0
         self.module = copy.deepcopy(unwrap_model(model)).eval()
         for param in self.module.parameters():
@@ -60,11 +63,18 @@ class ModelEMA:
                 averaged_model.append(tensor.detach().to(device=ema_tensor.device, dtype=ema_tensor.dtype))
             else:
                 ema_tensor.copy_(tensor)
+        decay = self.current_decay()
         if averaged_ema:
             # one fused kernel per op for all tensors instead of two launches per tensor
-            torch._foreach_mul_(averaged_ema, self.decay)
-            torch._foreach_add_(averaged_ema, averaged_model, alpha=1.0 - self.decay)
+            torch._foreach_mul_(averaged_ema, decay)
+            torch._foreach_add_(averaged_ema, averaged_model, alpha=1.0 - decay)
         self.num_updates += 1
+
+    def current_decay(self) -> float:
+        """The decay the next update() applies."""
+        if not self.warmup:
+            return self.decay
+        return min(self.decay, (1.0 + self.num_updates) / (10.0 + self.num_updates))
 
     def state_dict(self) -> dict[str, Any]:
         """{"module": the EMA model's state dict, "num_updates": int}; loadable with weights_only=True."""

@@ -1,0 +1,1 @@
+"""Inference: sliding-window prediction, in-context reference encoding, label maps, export to raw geometry."""

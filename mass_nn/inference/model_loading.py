@@ -1,0 +1,119 @@
+"""Building a SegmentationPredictor from what a user has: a finetuned run folder (fixed classes), or a
+pretrained in-context checkpoint plus reference images and masks (or a saved reference encoding)."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mass_nn.errors import MassError
+from mass_nn.io.dataset_json import CaseFiles
+from mass_nn.io.image_io import read_geometry
+from mass_nn.networks.fixed_class_segmenter import FixedClassSegmenter
+from mass_nn.networks.in_context_model import InContextSegmenter
+from mass_nn.planning.plans import Plans
+from mass_nn.preprocessing.preprocessor import preprocess_in_memory
+from mass_nn.training.checkpoint import checkpoint_path, load_network
+from mass_nn.inference.predictor import InferenceSettings, SegmentationPredictor
+from mass_nn.inference.reference_encoding import encode_reference_labels
+from mass_nn.inference.task_embedding_file import load_task_embedding, save_task_embedding
+
+logger = logging.getLogger(__name__)
+
+
+def find_run_checkpoint(results_folder: str | Path, kind: str = "best") -> Path:
+    """The checkpoint of a run folder: `kind` (best / final / latest), falling back best -> final -> latest."""
+    folder = Path(results_folder)
+    if not folder.is_dir():
+        raise MassError(f"{folder}: run folder not found; pass the folder mass_train FINETUNE printed")
+    order = [kind] + [k for k in ("best", "final", "latest") if k != kind]
+    for candidate in order:
+        path = checkpoint_path(folder, candidate)
+        if path.is_file():
+            if candidate != kind:
+                logger.warning("%s: no checkpoint_%s.pt, using %s", folder, kind, path.name)
+            return path
+    raise MassError(f"{folder}: no checkpoint_{{best,final,latest}}.pt; train the model first (mass_train FINETUNE)")
+
+
+def predictor_from_run(results_folder: str | Path, checkpoint_kind: str = "best", device: str = "cpu",
+                       settings: InferenceSettings | None = None) -> tuple[SegmentationPredictor, list[str]]:
+    """(predictor for the run's fixed classes, class names) of a finetuned run folder."""
+    path = find_run_checkpoint(results_folder, checkpoint_kind)
+    network, checkpoint = load_network(path, map_location=device)
+    if not isinstance(network, FixedClassSegmenter):
+        raise MassError(f"{path}: holds a {checkpoint.meta.network_class}, not a finetuned fixed-class model; for a "
+                        f"pretrained in-context checkpoint give --checkpoint with --reference-image/--reference-mask")
+    predictor = SegmentationPredictor(network.segmenter, network.task_embedding(), network.config.label_values,
+                                      Plans.from_dict(checkpoint.meta.plans), checkpoint.meta.configuration, device,
+                                      settings)
+    return predictor, list(network.config.class_names)
+
+
+def load_in_context_checkpoint(path: str | Path, device: str = "cpu") -> tuple[InContextSegmenter, Plans, str]:
+    """(in-context network, its plans, configuration) of a pretrained checkpoint (EMA weights when saved)."""
+    network, checkpoint = load_network(path, map_location=device)
+    if isinstance(network, FixedClassSegmenter):
+        network = network.segmenter
+    if not isinstance(network, InContextSegmenter):
+        raise MassError(f"{path}: holds a {checkpoint.meta.network_class}, which cannot segment from references; "
+                        f"use a MASS checkpoint (MASSPretrainer) or a finetuned run with -m")
+    return network, Plans.from_dict(checkpoint.meta.plans), checkpoint.meta.configuration
+
+
+def read_reference(image_path: Path, mask_path: Path, plans: Plans, configuration: str,
+                   case_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """A raw single-channel reference image and its label mask, preprocessed like a query:
+    (image (1, z, y, x), label map (z, y, x)); a mask on another grid or an empty mask raises MassError."""
+    image_path, mask_path = Path(image_path), Path(mask_path)
+    differences = read_geometry(image_path).differences(read_geometry(mask_path))
+    if differences:
+        raise MassError(f"reference mask {mask_path} does not match its image {image_path}: "
+                        f"{'; '.join(differences)}; give the mask drawn on that image (same grid)")
+    preprocessed = preprocess_in_memory(CaseFiles(case_id, (image_path,), mask_path), plans, configuration)
+    if not preprocessed.properties.label_voxel_counts:
+        raise MassError(f"reference mask {mask_path} is empty (no voxel > 0 inside the image's foreground); give a "
+                        f"mask that contains the structure to segment")
+    return preprocessed.data, preprocessed.seg
+
+
+def predictor_from_references(checkpoint: str | Path, reference_images: list[Path], reference_masks: list[Path],
+                              device: str = "cpu", settings: InferenceSettings | None = None,
+                              label_values: list[int] | None = None, save_embedding: Path | None = None
+                              ) -> tuple[SegmentationPredictor, list[str]]:
+    """In-context predictor: every label value found in the reference masks (or `label_values`) is one task,
+    its embedding averaged over the references that contain it. Optionally saves the encoding for reuse."""
+    if len(reference_images) != len(reference_masks) or not reference_images:
+        raise MassError(f"give each --reference-image one --reference-mask (got {len(reference_images)} images, "
+                        f"{len(reference_masks)} masks)")
+    network, plans, configuration = load_in_context_checkpoint(checkpoint, device)
+    if len(plans.channels) != 1:
+        raise MassError(f"{checkpoint}: the model takes {len(plans.channels)} channels; in-context references with "
+                        f"several channels are not supported by mass_predict yet")
+    references = [read_reference(image, mask, plans, configuration, f"reference_{i}")
+                  for i, (image, mask) in enumerate(zip(reference_images, reference_masks))]
+    found = sorted({int(v) for _, seg in references for v in np.unique(seg) if v > 0})
+    values = label_values or found
+    patch = plans.configuration(configuration).patch_size_zyx
+    embedding = encode_reference_labels(network, references, values, patch, device)
+    names = [str(v) for v in values]
+    if save_embedding is not None:
+        save_task_embedding(save_embedding, embedding, names, values,
+                            {"checkpoint": str(checkpoint), "references": [str(p) for p in reference_images]})
+    return SegmentationPredictor(network, embedding, values, plans, configuration, device, settings), names
+
+
+def predictor_from_embedding(checkpoint: str | Path, embedding_path: Path, device: str = "cpu",
+                             settings: InferenceSettings | None = None) -> tuple[SegmentationPredictor, list[str]]:
+    """In-context predictor from a saved reference encoding (mass_predict --save-embedding)."""
+    network, plans, configuration = load_in_context_checkpoint(checkpoint, device)
+    embedding, meta = load_task_embedding(embedding_path)
+    expected = network.config.prior_channels()
+    if [int(t.shape[-1]) for t in embedding] != expected:
+        raise MassError(f"{embedding_path}: encoded with another network (channels "
+                        f"{[int(t.shape[-1]) for t in embedding]}, this checkpoint has {expected})")
+    predictor = SegmentationPredictor(network, [t.to(torch.float32) for t in embedding], meta["label_values"],
+                                      plans, configuration, device, settings)
+    return predictor, list(meta["label_names"])

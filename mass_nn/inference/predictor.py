@@ -1,0 +1,94 @@
+"""Segmenting whole cases: preprocess like the plans say, sliding window under a task embedding, label map,
+and back to the input's own geometry (crop box, spacing, origin, direction)."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mass_nn.errors import MassError
+from mass_nn.io.dataset_json import CaseFiles
+from mass_nn.io.image_io import write_image
+from mass_nn.networks.in_context_model import InContextSegmenter
+from mass_nn.networks.task_ops import TaskEmbedding, chunk_task_embedding
+from mass_nn.planning.plans import Plans
+from mass_nn.preprocessing.preprocessor import PreprocessedCase, preprocess_in_memory
+from mass_nn.preprocessing.restore import to_original_grid
+from mass_nn.inference.label_maps import probabilities_to_label_map
+from mass_nn.inference.sliding_window import sliding_window_probabilities
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class InferenceSettings:
+    """How a volume is segmented (defaults as the release's inference)."""
+
+    overlap: float = 0.5
+    blend: str = "gaussian"
+    threshold: float = 0.5
+    keep_largest_component: bool = False
+    max_labels_per_forward: int = 0  # 0: all labels in one pass (labels interact in the decoder, see the docs)
+    windows_per_batch: int = 1
+
+
+class SegmentationPredictor:
+    """An in-context network plus a task embedding [1, K, T, C_i] for labels `label_values` (same order)."""
+
+    def __init__(self, network: InContextSegmenter, task_embedding: TaskEmbedding, label_values: list[int],
+                 plans: Plans, configuration: str, device: torch.device | str = "cpu",
+                 settings: InferenceSettings | None = None):
+        if task_embedding[0].shape[1] != len(label_values):
+            raise ValueError(f"task embedding has {task_embedding[0].shape[1]} tasks for {len(label_values)} labels")
+        self.network = network.to(device).eval()
+        self.device = torch.device(device)
+        self.task_embedding = [t.detach().to(self.device) for t in task_embedding]
+        self.label_values = [int(v) for v in label_values]
+        self.plans, self.configuration = plans, configuration
+        self.window = list(plans.configuration(configuration).patch_size_zyx)
+        self.settings = settings or InferenceSettings()
+
+    def _logits(self, windows: Tensor) -> Tensor:
+        size = self.settings.max_labels_per_forward or len(self.label_values)
+        chunks = chunk_task_embedding(self.task_embedding, size)
+        return torch.cat([self.network.segment(windows, chunk) for chunk in chunks], dim=1)
+
+    def probabilities(self, data: np.ndarray, progress=None) -> Tensor:
+        """Probabilities [K, D, H, W] of a preprocessed image (c, D, H, W)."""
+        s = self.settings
+        return sliding_window_probabilities(self._logits, data, self.window, len(self.label_values), s.overlap,
+                                            s.blend, self.device, s.windows_per_batch, progress)
+
+    def label_map(self, data: np.ndarray) -> np.ndarray:
+        """Label map (D, H, W) int16 of a preprocessed image, on the preprocessed grid."""
+        s = self.settings
+        return probabilities_to_label_map(self.probabilities(data), self.label_values, s.threshold,
+                                          s.keep_largest_component)
+
+    def preprocess(self, case: CaseFiles) -> PreprocessedCase:
+        expected = len(self.plans.channels)
+        if len(case.images) != expected:
+            raise MassError(f"case {case.case_id}: {len(case.images)} image channel(s) "
+                            f"({', '.join(str(p) for p in case.images)}), the model expects {expected} "
+                            f"({', '.join(c.name for c in self.plans.channels)}); name them <case>_0000, _0001, ...")
+        return preprocess_in_memory(case, self.plans, self.configuration)
+
+    def predict_case(self, case: CaseFiles, output_path: Path) -> dict:
+        """Segment one raw case and write its label map in the case's own geometry; returns timings."""
+        started = time.perf_counter()
+        preprocessed = self.preprocess(case)
+        prepared = time.perf_counter()
+        label_map = self.label_map(preprocessed.data)
+        predicted = time.perf_counter()
+        props = preprocessed.properties
+        write_image(to_original_grid(label_map, props, is_label=True).astype(np.uint8 if max(self.label_values) < 256
+                                                                            else np.int16),
+                    props.geometry, output_path)
+        return {"case_id": case.case_id, "output": str(output_path),
+                "preprocess_seconds": prepared - started, "predict_seconds": predicted - prepared,
+                "export_seconds": time.perf_counter() - predicted}
