@@ -42,6 +42,7 @@ setup(
             "mass_train=mass_nn.cli.train:main",
             "mass_predict=mass_nn.cli.predict:main",
             "mass_evaluate=mass_nn.cli.evaluate:main",
+            "mass_fewshot=mass_nn.cli.fewshot:main",
             "mass_demo=mass_nn.cli.demo:main",
             "mass_convert_dataset=dataset_conversion.cli:main",
         ]

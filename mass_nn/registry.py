@@ -35,6 +35,8 @@ MASK_GENERATORS = Registry("mask generator", {
 TRAINERS = Registry("trainer", {
     "MASSPretrainer": "mass_nn.training.pretrain.mass_pretrainer:MASSPretrainer",
     "ClassificationProbe": "mass_nn.training.finetune.classification_trainer:ClassificationProbe",
+    "SegmentationFinetuner": "mass_nn.training.finetune.segmentation_finetuner:SegmentationFinetuner",
+    "EmbeddingTuner": "mass_nn.training.finetune.segmentation_finetuner:EmbeddingTuner",
 })
 
 NETWORKS = Registry("network", {

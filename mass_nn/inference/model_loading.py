@@ -41,7 +41,12 @@ def find_run_checkpoint(results_folder: str | Path, kind: str = "best") -> Path:
 def predictor_from_run(results_folder: str | Path, checkpoint_kind: str = "best", device: str = "cpu",
                        settings: InferenceSettings | None = None) -> tuple[SegmentationPredictor, list[str]]:
     """(predictor for the run's fixed classes, class names) of a finetuned run folder."""
-    path = find_run_checkpoint(results_folder, checkpoint_kind)
+    return predictor_from_checkpoint(find_run_checkpoint(results_folder, checkpoint_kind), device, settings)
+
+
+def predictor_from_checkpoint(path: str | Path, device: str = "cpu", settings: InferenceSettings | None = None
+                              ) -> tuple[SegmentationPredictor, list[str]]:
+    """(predictor for the fixed classes, class names) of a finetuned checkpoint file."""
     network, checkpoint = load_network(path, map_location=device)
     if not isinstance(network, FixedClassSegmenter):
         raise MassError(f"{path}: holds a {checkpoint.meta.network_class}, not a finetuned fixed-class model; for a "

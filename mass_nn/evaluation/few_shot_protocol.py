@@ -1,0 +1,150 @@
+"""The few-shot protocol of the paper's Table 1 for one checkpoint and one labelled dataset: for every k and
+seed, training-free in-context segmentation and finetuning (optionally also from scratch), each scored on the
+test split; results as mean (std) over seeds. Every run is resumable: finished parts are read back, not redone."""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mass_nn.evaluation.in_context_protocol import in_context_evaluation
+from mass_nn.evaluation.segmentation_figure import write_segmentation_figure
+from mass_nn.evaluation.tables import json_safe, markdown_table, mean_std
+from mass_nn.io.atomic import atomic_path, read_json, write_json_atomic
+from mass_nn.io.dataset_json import find_dataset_name
+from mass_nn.paths import MassPaths
+from mass_nn.training.finetune.labelled_data import resolve_labelled_dataset
+from mass_nn.training.finetune.segmentation_finetuner import finetune_run_tag
+from mass_nn.training.options import TrainingOptions
+from mass_nn.training.run_folder import run_folder
+from mass_nn.training.run_training import run_training
+
+logger = logging.getLogger(__name__)
+
+METHOD_LABELS = {"in_context": "MASS in-context", "finetune": "MASS finetuned", "scratch": "scratch finetuned"}
+
+
+@dataclass
+class FewShotProtocol:
+    """What to run. epochs / iters_per_epoch None: the finetuning trainer's defaults (the paper's 50 epochs)."""
+
+    dataset: str
+    checkpoint: Path | None
+    shots: list[int] = field(default_factory=lambda: [1, 5, 10])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    methods: list[str] = field(default_factory=lambda: ["in_context", "finetune"])
+    configuration: str = "3d_cpu"
+    plans_name: str = "MassPlans"
+    epochs: int | None = None
+    iters_per_epoch: int | None = None
+    device: str = "cpu"
+    tag: str = ""
+    hd95: bool = False
+
+
+def _finetune(protocol: FewShotProtocol, paths: MassPaths, method: str, shots: int, seed: int) -> dict:
+    """Finetune (or resume) one (k, seed) run and return its test summary."""
+    pretrained = str(protocol.checkpoint) if method == "finetune" else None
+    options = TrainingOptions(mode="FINETUNE", datasets=[protocol.dataset], trainer="SegmentationFinetuner",
+                              configuration=protocol.configuration, plans_name=protocol.plans_name,
+                              epochs=protocol.epochs, iters_per_epoch=protocol.iters_per_epoch, seed=seed,
+                              shots=shots, pretrained=pretrained, device=protocol.device, tag=protocol.tag,
+                              continue_training=True)
+    folder = run_folder(paths.results, find_dataset_name(protocol.dataset, [paths.preprocessed, paths.raw]),
+                        "SegmentationFinetuner", protocol.plans_name, protocol.configuration,
+                        finetune_run_tag(pretrained is not None, shots, seed, protocol.tag))
+    summary_path = folder / "test" / "summary.json"
+    if not (summary_path.is_file() and (folder / "checkpoint_final.pt").is_file()):
+        result = run_training(options, paths)
+        if result["stopped_early"]:
+            raise KeyboardInterrupt
+    return {**read_json(summary_path), "run_folder": str(folder)}
+
+
+def _in_context(protocol: FewShotProtocol, paths: MassPaths, out_folder: Path, shots: int, seed: int) -> dict:
+    folder = out_folder / "in_context" / f"{shots}shot_seed{seed}"
+    if (folder / "summary.json").is_file():
+        return {**read_json(folder / "summary.json"), "run_folder": str(folder)}
+    summary = in_context_evaluation(protocol.checkpoint, protocol.dataset, paths, shots, seed, folder,
+                                    protocol.plans_name, protocol.configuration, protocol.device, protocol.hd95)
+    return {**summary, "run_folder": str(folder)}
+
+
+def available_shots(protocol: FewShotProtocol, paths: MassPaths) -> tuple[list[int], int]:
+    """(the requested k that the train split can supply, number of labelled train cases)."""
+    data = resolve_labelled_dataset(protocol.dataset, paths, protocol.plans_name, protocol.configuration)
+    count = len(data.labelled_cases("train"))
+    return [k for k in protocol.shots if k <= count], count
+
+
+def run_few_shot_protocol(protocol: FewShotProtocol, paths: MassPaths, out_folder: Path) -> dict:
+    """Run every (method, k, seed) and write out_folder/results.json and results.md; returns the results."""
+    out_folder = Path(out_folder)
+    shots, count = available_shots(protocol, paths)
+    skipped = sorted(set(protocol.shots) - set(shots))
+    if skipped:
+        logger.warning("k = %s skipped: the train split has %d labelled case(s)", skipped, count)
+    runs = []
+    for k in shots:
+        for seed in protocol.seeds:
+            for method in protocol.methods:
+                logger.info("few-shot protocol: %s, %d-shot, seed %d", METHOD_LABELS[method], k, seed)
+                summary = (_in_context(protocol, paths, out_folder, k, seed) if method == "in_context"
+                           else _finetune(protocol, paths, method, k, seed))
+                runs.append({"method": method, "shots": k, "seed": seed, "mean_dice": summary["mean_dice"],
+                             "per_class_dice": {n: m["dice"] for n, m in summary["mean"].items()},
+                             "run_folder": summary["run_folder"]})
+    results = {"dataset": protocol.dataset, "checkpoint": str(protocol.checkpoint), "shots": shots,
+               "skipped_shots": skipped, "seeds": protocol.seeds, "methods": protocol.methods, "runs": runs,
+               "epochs": protocol.epochs, "iters_per_epoch": protocol.iters_per_epoch}
+    results["figure"] = _write_figure(runs, protocol, paths, out_folder)
+    write_json_atomic(json_safe(results), out_folder / "results.json")
+    with atomic_path(out_folder / "results.md") as tmp:
+        tmp.write_text(results_markdown(results))
+    return results
+
+
+def _write_figure(runs: list[dict], protocol: FewShotProtocol, paths: MassPaths, out_folder: Path) -> str | None:
+    """Reference, query and each method's prediction for the first test case of the smallest k, first seed."""
+    first = [r for r in runs if r["shots"] == runs[0]["shots"] and r["seed"] == runs[0]["seed"]] if runs else []
+    if not first:
+        return None
+    data = resolve_labelled_dataset(protocol.dataset, paths, protocol.plans_name, protocol.configuration)
+    shots = read_json(Path(first[0]["run_folder"]) / "shots.json")["training_cases"]
+    test_ids = data.labelled_cases("test")
+    if not test_ids:
+        return None
+    reference, query = data.raw_cases([shots[0], test_ids[0]])
+    panels = [(f"reference {reference.case_id}", reference.images[0], reference.label),
+              (f"query {query.case_id} (truth)", query.images[0], query.label)]
+    for run in first:
+        folder = Path(run["run_folder"]) / ("" if run["method"] == "in_context" else "test") / "predictions"
+        prediction = next(folder.glob(f"{query.case_id}.*"), None)
+        if prediction is not None:
+            panels.append((METHOD_LABELS[run["method"]], query.images[0], prediction))
+    path = out_folder / "examples.png"
+    write_segmentation_figure(panels, path, f"{runs[0]['shots']}-shot, seed {runs[0]['seed']}")
+    return str(path)
+
+
+def results_table(results: dict) -> str:
+    """Markdown table: one row per method, one column per k, cells "mean (std)" of the mean Dice (%) over seeds."""
+    header = ["method", *(f"{k}-shot" for k in results["shots"])]
+    rows = []
+    for method in results["methods"]:
+        cells = []
+        for k in results["shots"]:
+            values = [r["mean_dice"] for r in results["runs"] if r["method"] == method and r["shots"] == k]
+            cells.append(mean_std([v if v is not None else math.nan for v in values]))
+        rows.append([METHOD_LABELS[method], *cells])
+    return markdown_table(header, rows)
+
+
+def results_markdown(results: dict) -> str:
+    lines = [f"# Few-shot segmentation on {results['dataset']}", "",
+             f"Checkpoint: `{results['checkpoint']}`; seeds {results['seeds']}; mean Dice (%) over the classes of "
+             f"the test split, mean (std) over seeds.", "", results_table(results), ""]
+    if results["skipped_shots"]:
+        lines += [f"Skipped k = {results['skipped_shots']}: not enough labelled training cases.", ""]
+    return "\n".join(lines)

@@ -1,0 +1,43 @@
+"""Training-free in-context segmentation of a labelled dataset's test split: k seeded shot cases of the train
+split are the references (each class cropped around its foreground, embeddings averaged over the shots that
+contain it), every test case is segmented for all classes in one pass and scored in its raw geometry."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mass_nn.io.atomic import write_json_atomic
+from mass_nn.paths import MassPaths
+from mass_nn.preprocessing.blosc2_storage import open_array
+
+
+def in_context_evaluation(checkpoint: Path, dataset: str, paths: MassPaths, shots: int, seed: int,
+                          out_folder: Path, plans_name: str = "MassPlans", configuration: str = "3d_cpu",
+                          device: str = "cpu", hd95: bool = True) -> dict:
+    """Score k-shot in-context segmentation; writes out_folder/{shots.json, summary.json, summary.md,
+    predictions/} and returns the summary. The shot selection is the one `mass_train FINETUNE -shots k --seed s`
+    uses, so in-context and finetuned results of one (k, seed) share their training cases."""
+    from mass_nn.inference.model_loading import load_in_context_checkpoint
+    from mass_nn.inference.predictor import SegmentationPredictor
+    from mass_nn.inference.reference_encoding import encode_reference_labels
+    from mass_nn.evaluation.predict_and_score import predict_and_score
+    from mass_nn.training.finetune.labelled_data import resolve_labelled_dataset, select_shots
+    from mass_nn.training.pretrained import load_pretrained_checkpoint
+    data = resolve_labelled_dataset(dataset, paths, plans_name, configuration)
+    load_pretrained_checkpoint(checkpoint, data.source.plans, configuration, data.source.dataset_name)
+    network, _, _ = load_in_context_checkpoint(checkpoint, device)
+    shot_cases = select_shots(data.labelled_cases("train"), shots, seed)
+    references = [(np.asarray(open_array(c.image_path)), np.asarray(open_array(c.seg_path))[0])
+                  for c in map(data.patch_case, shot_cases)]
+    present = {n: v for n, v in data.classes.items() if any((seg == v).any() for _, seg in references)}
+    embedding = encode_reference_labels(network, references, list(present.values()), network.config.input_size_zyx,
+                                        device, names=list(present))
+    predictor = SegmentationPredictor(network, embedding, list(present.values()), data.source.plans, configuration,
+                                      device)
+    write_json_atomic({"dataset": data.source.dataset_name, "checkpoint": str(checkpoint), "shots": shots,
+                       "seed": seed, "training_cases": shot_cases, "classes": data.classes,
+                       "classes_without_reference": sorted(set(data.classes) - set(present))},
+                      Path(out_folder) / "shots.json")
+    test_cases = data.raw_cases(data.labelled_cases("test"))
+    return predict_and_score(predictor, test_cases, data.classes, out_folder, hd95)

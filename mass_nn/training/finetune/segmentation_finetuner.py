@@ -1,0 +1,190 @@
+"""Few-shot segmentation finetuning of the in-context model for a dataset's fixed classes.
+
+`SegmentationFinetuner` trains everything (the paper's protocol: AdamW lr 1e-4, 50 epochs, early stopping on
+validation Dice); `EmbeddingTuner` freezes encoder, decoder and task encoder and trains only the class
+embeddings and the mask head (the release's "probing" mode, i.e. in-context tuning). Without --pretrained the
+network starts from random weights (the scratch baseline). Class embeddings start as the task embeddings of the
+k shot cases, averaged per class (the release's initialisation).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from mass_nn.errors import MassError
+from mass_nn.io.atomic import write_json_atomic
+from mass_nn.networks.config import InContextNetworkConfig
+from mass_nn.networks.fixed_class_segmenter import FixedClassConfig, FixedClassSegmenter
+from mass_nn.parallel import default_num_processes
+from mass_nn.preprocessing.blosc2_storage import open_array
+from mass_nn.training.checkpoint import model_state_dict
+from mass_nn.training.data.labelled_patch_loader import make_labelled_loader
+from mass_nn.training.finetune.labelled_data import resolve_labelled_dataset, select_shots
+from mass_nn.training.finetune.segmentation_scores import dice_on_preprocessed, evaluate_on_raw_cases
+from mass_nn.training.losses import SegmentationLoss
+from mass_nn.training.pretrained import load_pretrained_checkpoint, transfer_weights
+from mass_nn.training.trainer import Trainer
+
+logger = logging.getLogger(__name__)
+
+FINETUNE_SETTINGS = {"foreground_probability": 1 / 3, "weight_decay": 1e-3, "max_val_cases": 8}
+
+
+def finetune_run_tag(pretrained: bool, shots: int | None, seed: int, tag: str = "") -> str:
+    """The run folder tag of a finetuning run: initialisation, shots and seed, then the user's --tag."""
+    base = f"{'pretrained' if pretrained else 'scratch'}_{'all' if shots is None else shots}shot_seed{seed}"
+    return f"{base}__{tag}" if tag else base
+
+
+class SegmentationFinetuner(Trainer):
+    """Full finetuning (or training from scratch) of a FixedClassSegmenter on k labelled cases."""
+
+    mode: ClassVar[str] = "FINETUNE"
+    default_epochs: ClassVar[int] = 50
+    default_iters_per_epoch: ClassVar[int] = 100
+    default_lr: ClassVar[float] = 1e-4
+    best_metric_key: ClassVar[str] = "val_dice"
+    best_metric_mode: ClassVar[str] = "max"
+    ema_warmup: ClassVar[bool] = True
+    freeze_backbone: ClassVar[bool] = False
+
+    def run_tag(self) -> str:
+        o = self.options
+        return finetune_run_tag(bool(o.pretrained), o.shots, o.seed, o.tag)
+
+    def resolve_data(self) -> None:
+        o = self.options
+        self.data = resolve_labelled_dataset(o.datasets[0], self.paths, o.plans_name, o.configuration)
+        source = self.data.source
+        self.plans, self.configuration_plan, self.dataset_name = source.plans, source.configuration, source.dataset_name
+        self.shot_cases = select_shots(self.data.labelled_cases("train"), o.shots, o.seed)
+
+    def setup(self) -> None:
+        o = self.options
+        unknown = sorted(set(o.extra) - set(FINETUNE_SETTINGS))
+        if unknown:
+            raise MassError(f"unknown {self.name} setting(s) {unknown}; known: {sorted(FINETUNE_SETTINGS)}")
+        o.extra = {**FINETUNE_SETTINGS, **o.extra}
+        o.batch_size = o.batch_size or self.configuration_plan.batch_size
+        if o.num_workers is None:
+            o.num_workers = max(1, min(4, default_num_processes() - 1))
+        if self.freeze_backbone and not o.pretrained:
+            raise MassError(f"{self.name} tunes class embeddings of a frozen pretrained network; give --pretrained "
+                            f"CHECKPOINT (or use SegmentationFinetuner to train from scratch)")
+        self.classes = dict(self.data.classes)
+        checkpoint = None
+        if o.pretrained:
+            checkpoint = load_pretrained_checkpoint(o.pretrained, self.plans, o.configuration, self.dataset_name)
+        network_config = self._network_config(checkpoint)
+        self.network = FixedClassSegmenter(FixedClassConfig(network_config, list(self.classes),
+                                                            list(self.classes.values())))
+        self.network_class_name, self.network_config = "FixedClassSegmenter", self.network.config.to_dict()
+        self.weight_transfer = None
+        if checkpoint is not None:
+            self.weight_transfer = transfer_weights(self.network.segmenter, _in_context_weights(checkpoint),
+                                                    str(o.pretrained), allow_missing=False, allow_unexpected=False)
+        self._initialise_class_embeddings()
+        if self.freeze_backbone:
+            for module in (self.network.segmenter.encoder, self.network.segmenter.decoder,
+                           self.network.segmenter.task_encoder):
+                module.requires_grad_(False)
+        self.loss = SegmentationLoss(dice=o.dice)
+        self._write_selection()
+
+    def _network_config(self, checkpoint) -> InContextNetworkConfig:
+        if checkpoint is None:
+            return InContextNetworkConfig.from_configuration(self.configuration_plan, len(self.plans.channels))
+        config = checkpoint.meta.network_config
+        config = config.get("network", config)  # a finetuned checkpoint nests the in-context configuration
+        try:
+            return InContextNetworkConfig.from_dict(config)
+        except (TypeError, ValueError, KeyError) as err:
+            raise MassError(f"{self.options.pretrained}: holds a {checkpoint.meta.network_class}, not an in-context "
+                            f"model; segmentation finetuning starts from MASS checkpoints") from err
+
+    def _initialise_class_embeddings(self) -> None:
+        from mass_nn.inference.reference_encoding import encode_reference_labels
+        references = [(np.asarray(open_array(c.image_path)), np.asarray(open_array(c.seg_path))[0])
+                      for c in map(self.data.patch_case, self.shot_cases)]
+        missing = [n for n, v in self.classes.items() if not any((seg == v).any() for _, seg in references)]
+        if missing:
+            logger.warning("classes %s occur in none of the %d shot case(s); their embeddings start random",
+                           missing, len(references))
+        present = {n: v for n, v in self.classes.items() if n not in missing}
+        if not present:
+            return
+        self.network.eval()
+        embedding = encode_reference_labels(self.network.segmenter, references, list(present.values()),
+                                            self.network.config.network.input_size_zyx, names=list(present))
+        index = [list(self.classes).index(n) for n in present]
+        with torch.no_grad():
+            for parameter, stage in zip(self.network.class_embeddings, embedding):
+                parameter[:, index] = stage
+
+    def _write_selection(self) -> None:
+        occupied = (self.output_folder / "checkpoint_latest.pt").is_file() and not self.options.continue_training
+        if not self.context.is_main or occupied:  # an occupied folder is refused right after setup
+            return
+        selection = {"dataset": self.dataset_name, "seed": self.options.seed, "shots": self.options.shots,
+                     "training_cases": self.shot_cases, "classes": self.classes,
+                     "pretrained": self.options.pretrained,
+                     "weights": self.weight_transfer.to_dict() if self.weight_transfer else None}
+        write_json_atomic(selection, self.output_folder / "shots.json")
+        self._start_message = f"training cases ({len(self.shot_cases)}, seed {self.options.seed}): " \
+                              f"{', '.join(self.shot_cases)}"
+
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        parameters = [p for p in self.network.parameters() if p.requires_grad]
+        return torch.optim.AdamW(parameters, lr=self.options.lr, weight_decay=float(self.options.extra["weight_decay"]))
+
+    def make_train_loader(self, start_batch: int):
+        return make_labelled_loader([self.data.patch_case(c) for c in self.shot_cases], list(self.classes.values()),
+                                    self.configuration_plan.patch_size_zyx, self.options.batch_size,
+                                    seed=self.options.seed, num_workers=self.options.num_workers,
+                                    start_batch=start_batch, rank=self.context.rank,
+                                    world_size=self.context.world_size)
+
+    def compute_loss(self, batch) -> tuple[torch.Tensor, dict[str, float]]:
+        image = torch.as_tensor(batch["image"]).to(self.device, dtype=torch.float32)
+        masks = torch.as_tensor(batch["masks"]).to(self.device, dtype=torch.float32)
+        return self.loss(self.model(image), masks)
+
+    def validate(self) -> dict[str, float]:
+        cases = self.data.labelled_cases("val")[: int(self.options.extra["max_val_cases"])]
+        if not cases:
+            return {}
+        return dice_on_preprocessed(self.ema.module, [self.data.patch_case(c) for c in cases], self.classes,
+                                    self.plans, self.options.configuration, self.device)
+
+    def on_train_end(self) -> dict:
+        cases = self.data.labelled_cases("test")
+        if not cases:
+            logger.warning("%s has no labelled test cases; no test evaluation", self.dataset_name)
+            return {}
+        best = Path(self.output_folder) / "checkpoint_best.pt"
+        summary = evaluate_on_raw_cases(best if best.is_file() else Path(self.output_folder) / "checkpoint_final.pt",
+                                        self.data.raw_cases(cases), self.classes, Path(self.output_folder) / "test",
+                                        self.device)
+        logger.info("test Dice (%d cases): %.4f -> %s", summary["num_cases"], summary["mean_dice"],
+                    Path(self.output_folder) / "test" / "summary.json")
+        return {"test_mean_dice": summary["mean_dice"]}
+
+
+class EmbeddingTuner(SegmentationFinetuner):
+    """Class embeddings and mask head trained on a frozen pretrained encoder, decoder and task encoder."""
+
+    freeze_backbone: ClassVar[bool] = True
+
+
+def _in_context_weights(checkpoint) -> dict:
+    """The in-context network's weights of a MASS or finetuned checkpoint (EMA when saved), keys as
+    InContextSegmenter names them."""
+    state = model_state_dict(checkpoint)
+    prefix = "segmenter."
+    if any(key.startswith(prefix) for key in state):
+        return {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+    return state
