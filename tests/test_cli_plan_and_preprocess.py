@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from mass_nn.cli import plan_and_preprocess, predict
+from mass_nn.cli import plan_and_preprocess
 from mass_nn.preprocessing.blosc2_storage import open_array
 from tests.conftest import make_raw_dataset, requires_shared_data, shared_data_dir
 
@@ -42,11 +42,6 @@ def test_cli_reports_user_errors_without_traceback(tmp_path, capsys):
     assert plan_and_preprocess.main(["-d", "906", "-p", "nope", "--skip-integrity-check", "--no-progress",
                                      *_roots(tmp_path)]) == 1
     assert "preset 'nope' not found" in capsys.readouterr().err
-
-
-def test_later_stage_commands_say_not_implemented_yet(capsys):
-    assert predict.main([]) == 2
-    assert capsys.readouterr().err.count("not implemented yet") == 1
 
 
 def test_end_to_end_on_the_phantom(tmp_path):

@@ -46,8 +46,3 @@ def run_cli(parser: argparse.ArgumentParser, body: Callable[[argparse.Namespace]
     except KeyboardInterrupt:
         print("interrupted; finished cases are kept, re-run to resume", file=sys.stderr)
         return 130
-
-
-def not_implemented_yet(command: str, step: str) -> int:
-    print(f"{command}: not implemented yet (arrives with {step}; see documentation/README.md)", file=sys.stderr)
-    return 2

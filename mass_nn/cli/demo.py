@@ -1,8 +1,9 @@
 """mass_demo: the main job on the embedded demo data, end to end, in one self-contained workspace.
 
-Today (steps 1-3): write the synthetic phantom dataset, plan and preprocess it, generate weight-free masks and
-score them against the phantom's labels, then pretrain MASS briefly on those masks (in-context Dice on the
-phantom's labelled val case is reported each epoch). Step 4 appends few-shot evaluation.
+Write the synthetic phantom dataset, plan and preprocess it, generate weight-free masks and score them against
+the phantom's labels, pretrain MASS briefly on those masks (in-context Dice on the phantom's labelled val case
+is reported each epoch), then evaluate the pretrained model 1-shot on the held-out test cases - training-free
+in context and finetuned - next to the same network untrained, and print the Dice table (figure alongside).
 """
 from __future__ import annotations
 
@@ -32,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=int, default=3, help="pretraining epochs (default: %(default)s)")
     parser.add_argument("--iters-per-epoch", type=int, default=10,
                         help="pretraining steps per epoch (default: %(default)s)")
+    parser.add_argument("--finetune-epochs", type=int, default=3, help="1-shot finetuning epochs (default: %(default)s)")
+    parser.add_argument("--finetune-iters", type=int, default=10,
+                        help="1-shot finetuning steps per epoch (default: %(default)s)")
     parser.add_argument("--clean", action="store_true", help="delete the workspace first")
     add_common_arguments(parser)
     return parser
@@ -55,14 +59,14 @@ def _run(args) -> int:
         shutil.rmtree(workdir)
     paths = MassPaths(raw=workdir / "MASS_raw", preprocessed=workdir / "MASS_preprocessed",
                       results=workdir / "MASS_results")
-    print(f"[1/4] phantom dataset -> {paths.raw}")
+    print(f"[1/5] phantom dataset -> {paths.raw}")
     dataset_dir = _ensure_phantom(paths, args.num_cases, args.seed)
-    print(f"[2/4] plan and preprocess {dataset_dir.name} -> {paths.preprocessed}")
+    print(f"[2/5] plan and preprocess {dataset_dir.name} -> {paths.preprocessed}")
     summary = plan_and_preprocess(DEMO_DATASET_ID, paths, PlanAndPreprocessOptions(num_processes=args.num_processes))
     for config in summary["configurations"]:
         print(f"      {config['configuration']}: {config['preprocessed']} preprocessed, {config['skipped']} "
               f"already done")
-    print("[3/4] weight-free mask generation (supervoxel) on 3d_cpu")
+    print("[3/5] weight-free mask generation (supervoxel) on 3d_cpu")
     options = MaskGenerationOptions(generator="supervoxel", configuration="3d_cpu",
                                     num_processes=args.num_processes)
     masks = generate_masks(DEMO_DATASET_ID, paths, options)
@@ -70,19 +74,51 @@ def _run(args) -> int:
     print(f"      {masks['masks']} masks for {masks['cases']} cases in {masks['seconds']:.1f} s; against the phantom "
           f"labels: Best {quality['best']:.1f}, Avg {quality['avg']:.1f}, %>40 {quality['percent_above_40']:.1f}; "
           f"previews in {masks['folder']}/previews")
-    if not _pretrain(paths, args):
+    run_folder = _pretrain(paths, args)
+    if run_folder is None:
         print("demo stopped during pretraining; run mass_demo again to resume where it stopped")
         return 130
-    print(f"demo finished in {time.time() - start:.0f} s; few-shot evaluation arrives with step 4")
+    _few_shot(paths, args, run_folder)
+    print(f"demo finished in {time.time() - start:.0f} s")
     return 0
 
 
-def _pretrain(paths: MassPaths, args) -> bool:
-    """Pretrain (or resume pretraining); False when a stop signal ended it early."""
+def _few_shot(paths: MassPaths, args, run_folder: Path) -> None:
+    """1-shot in-context and finetuned Dice on the held-out test cases: pretrained vs untrained."""
+    from mass_nn.evaluation.few_shot_protocol import FewShotProtocol, run_few_shot_protocol
+    from mass_nn.evaluation.in_context_protocol import in_context_evaluation
+    from mass_nn.evaluation.tables import markdown_table
+    from mass_nn.training.checkpoint import save_untrained_copy
+    steps = args.finetune_epochs * args.finetune_iters
+    print(f"[5/5] 1-shot segmentation of the held-out test cases: in context, and finetuned for {steps} steps")
+    checkpoint = run_folder / "checkpoint_final.pt"
+    out = paths.results / f"Dataset{DEMO_DATASET_ID}_PhantomCT" / "fewshot_demo"
+    protocol = FewShotProtocol(dataset=str(DEMO_DATASET_ID), checkpoint=checkpoint, shots=[1], seeds=[0],
+                               methods=["in_context", "finetune", "scratch"], epochs=args.finetune_epochs,
+                               iters_per_epoch=args.finetune_iters, tag="demo")
+    results = run_few_shot_protocol(protocol, paths, out)
+    untrained = out / "in_context_untrained"
+    dice = {r["method"]: r["mean_dice"] for r in results["runs"]}
+    summary_path = untrained / "summary.json"
+    if summary_path.is_file():
+        dice["in_context_untrained"] = read_json(summary_path)["mean_dice"]
+    else:
+        dice["in_context_untrained"] = in_context_evaluation(
+            save_untrained_copy(checkpoint, out / "untrained.pt"), str(DEMO_DATASET_ID), paths, 1, 0, untrained,
+            hd95=False)["mean_dice"]
+    percent = {k: "n/a" if v is None else f"{100 * v:.1f}" for k, v in dice.items()}
+    print(markdown_table(["1-shot mean Dice (%), test split", "pretrained MASS", "untrained"],
+                         [["in context (no training)", percent["in_context"], percent["in_context_untrained"]],
+                          [f"finetuned ({steps} steps)", percent["finetune"], percent["scratch"]]]))
+    print(f"      per-class results in {out}/results.md; figure {results['figure']}")
+
+
+def _pretrain(paths: MassPaths, args) -> Path | None:
+    """Pretrain (or resume pretraining); the run folder, or None when a stop signal ended it early."""
     from mass_nn.training.metrics_log import read_metrics
     from mass_nn.training.options import TrainingOptions
     from mass_nn.training.run_training import run_training
-    print(f"[4/4] MASS pretraining on the masks: {args.epochs} epochs x {args.iters_per_epoch} steps (3d_cpu, CPU)")
+    print(f"[4/5] MASS pretraining on the masks: {args.epochs} epochs x {args.iters_per_epoch} steps (3d_cpu, CPU)")
     options = TrainingOptions(mode="PRETRAIN", datasets=[str(DEMO_DATASET_ID)], configuration="3d_cpu",
                               epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, device="cpu",
                               val_dataset=str(DEMO_DATASET_ID), continue_training=True)
@@ -92,7 +128,7 @@ def _pretrain(paths: MassPaths, args) -> bool:
         print(f"      epoch {record['epoch']}: loss {record['train_loss']:.3f}, in-context Dice on the val case "
               f"{record.get('val_dice', float('nan')):.3f}")
     print(f"      checkpoints, metrics.jsonl and progress.png in {summary['output_folder']}")
-    return not summary["stopped_early"]
+    return None if summary["stopped_early"] else Path(summary["output_folder"])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,145 @@
+"""Downstream on the phantom: FINETUNE trainers, mass_predict (fixed classes and in context), the in-context
+protocol and mass_fewshot, and the errors a user can cause."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mass_nn.cli.fewshot import main as fewshot_main
+from mass_nn.cli.predict import main as predict_main
+from mass_nn.cli.train import main as train_main
+from mass_nn.io.image_io import read_image, write_image
+from mass_nn.training.checkpoint import load_checkpoint, model_state_dict, save_checkpoint
+from mass_nn.training.options import TrainingOptions
+from mass_nn.training.run_training import run_training
+
+
+@pytest.fixture(scope="module")
+def pretrained(phantom_with_masks, tmp_path_factory):
+    """(paths with a fresh results root, a MASS checkpoint from a 2-step pretraining run)."""
+    from mass_nn.paths import MassPaths
+    paths = MassPaths(raw=phantom_with_masks.raw, preprocessed=phantom_with_masks.preprocessed,
+                      results=tmp_path_factory.mktemp("downstream_results"))
+    summary = run_training(TrainingOptions(mode="PRETRAIN", datasets=["990"], configuration="3d_cpu", epochs=1,
+                                           iters_per_epoch=2, batch_size=1, num_workers=0, device="cpu",
+                                           val_batches=1, extra={"num_tasks": 4}), paths)
+    return paths, summary["output_folder"] + "/checkpoint_final.pt"
+
+
+def _roots(paths) -> list[str]:
+    return ["--raw", str(paths.raw), "--preprocessed", str(paths.preprocessed), "--results", str(paths.results)]
+
+
+def _finetune_args(paths, *extra) -> list[str]:
+    return ["FINETUNE", "-d", "990", "-c", "3d_cpu", "--epochs", "1", "--iters-per-epoch", "2", "--batch-size", "1",
+            "--num-workers", "0", "--device", "cpu", *extra, *_roots(paths)]
+
+
+def test_finetune_from_pretrained_writes_shots_checkpoints_and_test_summary(pretrained, capsys):
+    paths, checkpoint = pretrained
+    assert train_main(_finetune_args(paths, "-shots", "2", "--seed", "1", "--pretrained", checkpoint)) == 0
+    folder = paths.results / "Dataset990_PhantomCT" / "SegmentationFinetuner__MassPlans__3d_cpu__pretrained_2shot_seed1"
+    shots = json.loads((folder / "shots.json").read_text())
+    assert len(shots["training_cases"]) == 2 and shots["seed"] == 1
+    assert shots["weights"]["missing"] == [] and shots["weights"]["unexpected"] == []
+    splits = json.loads((paths.preprocessed / "Dataset990_PhantomCT" / "splits.json").read_text())
+    assert set(shots["training_cases"]) <= set(splits["train"])
+    summary = json.loads((folder / "test" / "summary.json").read_text())
+    assert [c["case_id"] for c in summary["per_case"]] == splits["test"]
+    assert set(summary["labels"]) == set(shots["classes"])
+    for kind in ("latest", "final"):
+        assert (folder / f"checkpoint_{kind}.pt").is_file()
+    meta = load_checkpoint(folder / "checkpoint_final.pt").meta
+    assert meta.network_class == "FixedClassSegmenter" and meta.trainer == "SegmentationFinetuner"
+
+    # mass_predict with the run folder: label maps in the raw images' geometry, one per case
+    query = paths.raw / "Dataset990_PhantomCT" / "imagesTr" / f"{splits['test'][0]}_0000.nii.gz"
+    out = paths.results / "predicted"
+    assert predict_main(["-i", str(query), "-o", str(out), "-m", str(folder), "--checkpoint-kind", "final",
+                         "--device", "cpu"]) == 0
+    label_map, geometry = read_image(out / f"{splits['test'][0]}.nii.gz", dtype=np.int16)
+    assert geometry.differences(read_image(query)[1]) == []
+    assert set(np.unique(label_map)) <= set(shots["classes"].values()) | {0}
+
+
+def test_embedding_tuner_trains_only_embeddings_and_head(pretrained):
+    paths, checkpoint = pretrained
+    assert train_main(_finetune_args(paths, "-tr", "EmbeddingTuner", "-shots", "1", "--pretrained", checkpoint)) == 0
+    folder = paths.results / "Dataset990_PhantomCT" / "EmbeddingTuner__MassPlans__3d_cpu__pretrained_1shot_seed0"
+    before = model_state_dict(load_checkpoint(checkpoint))  # finetuning starts from the EMA weights
+    after = load_checkpoint(folder / "checkpoint_final.pt").model
+    for key, value in before.items():
+        changed = not torch.equal(value, after[f"segmenter.{key}"])
+        assert changed == key.startswith("head."), key
+    assert train_main(_finetune_args(paths, "-tr", "EmbeddingTuner", "--tag", "x")) == 1  # needs --pretrained
+
+
+def test_scratch_run_and_incompatible_plans_error(pretrained, tmp_path, capsys):
+    paths, checkpoint = pretrained
+    assert train_main(_finetune_args(paths, "-shots", "1")) == 0
+    assert (paths.results / "Dataset990_PhantomCT" / "SegmentationFinetuner__MassPlans__3d_cpu__scratch_1shot_seed0"
+            / "test" / "summary.json").is_file()
+    bad = load_checkpoint(checkpoint)
+    bad.meta.plans["configurations"]["3d_cpu"]["target_spacing_zyx_mm"] = [9.0, 9.0, 9.0]
+    bad_path = tmp_path / "other_spacing.pt"
+    save_checkpoint(bad, bad_path)
+    capsys.readouterr()
+    assert train_main(_finetune_args(paths, "-shots", "1", "--pretrained", str(bad_path), "--tag", "bad")) == 1
+    error = capsys.readouterr().err
+    assert "target spacing (mm, zyx): [9.0, 9.0, 9.0] vs" in error and "re-plan" in error
+    assert train_main(_finetune_args(paths, "-shots", "99", "--tag", "many")) == 1
+    assert "choose 1 to" in capsys.readouterr().err
+
+
+def test_in_context_predict_saves_and_reuses_the_encoding(pretrained, tmp_path, capsys):
+    paths, checkpoint = pretrained
+    images = paths.raw / "Dataset990_PhantomCT" / "imagesTr"
+    labels = paths.raw / "Dataset990_PhantomCT" / "labelsTr"
+    reference, query = ["phantom_000", "phantom_001"]
+    args = ["-i", str(images / f"{query}_0000.nii.gz"), "--checkpoint", checkpoint, "--device", "cpu"]
+    refs = ["--reference-image", str(images / f"{reference}_0000.nii.gz"), "--reference-mask",
+            str(labels / f"{reference}.nii.gz")]
+    assert predict_main([*args, "-o", str(tmp_path / "a"), *refs, "--labels", "1", "7",
+                         "--save-embedding", str(tmp_path / "refs.pt")]) == 0
+    assert predict_main([*args, "-o", str(tmp_path / "b"), "--embedding", str(tmp_path / "refs.pt")]) == 0
+    first = read_image(tmp_path / "a" / f"{query}.nii.gz", dtype=np.int16)[0]
+    np.testing.assert_array_equal(first, read_image(tmp_path / "b" / f"{query}.nii.gz", dtype=np.int16)[0])
+    assert set(np.unique(first)) <= {0, 1, 7}
+
+    # an empty reference mask and a mask on another grid are refused with the file named
+    mask, geometry = read_image(labels / f"{reference}.nii.gz")
+    write_image(np.zeros_like(mask, dtype=np.uint8), geometry, tmp_path / "empty.nii.gz")
+    capsys.readouterr()
+    assert predict_main([*args, "-o", str(tmp_path / "c"), "--reference-image", refs[1], "--reference-mask",
+                         str(tmp_path / "empty.nii.gz")]) == 1
+    assert "empty.nii.gz is empty" in capsys.readouterr().err
+    other = labels / "phantom_002.nii.gz"
+    if read_image(other)[1].differences(geometry):
+        assert predict_main([*args, "-o", str(tmp_path / "d"), "--reference-image", refs[1], "--reference-mask",
+                             str(other)]) == 1
+        assert "does not match its image" in capsys.readouterr().err
+    assert predict_main(["-i", str(images), "-o", str(tmp_path / "e")]) == 1
+    assert "give either -m" in capsys.readouterr().err
+    assert predict_main(["-i", str(images), "-o", str(tmp_path / "e"), "-m", str(tmp_path / "nothing")]) == 1
+    assert "run folder not found" in capsys.readouterr().err
+
+
+def test_fewshot_runner_writes_table_and_figure_and_resumes(pretrained, tmp_path, capsys):
+    paths, checkpoint = pretrained
+    out = tmp_path / "fewshot"
+    args = ["-d", "990", "--checkpoint", checkpoint, "-k", "1", "2", "--seeds", "0", "1", "--no-finetune",
+            "-o", str(out), *_roots(paths)]
+    assert fewshot_main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert [(r["method"], r["shots"], r["seed"]) for r in results["runs"]] == [
+        ("in_context", 1, 0), ("in_context", 1, 1), ("in_context", 2, 0), ("in_context", 2, 1)]
+    assert "| MASS in-context |" in (out / "results.md").read_text() and (out / "examples.png").is_file()
+    shots_0 = json.loads((out / "in_context" / "2shot_seed0" / "shots.json").read_text())["training_cases"]
+    shots_1 = json.loads((out / "in_context" / "1shot_seed0" / "shots.json").read_text())["training_cases"]
+    assert shots_1 == shots_0[:1]
+    stamp = (out / "in_context" / "1shot_seed0" / "summary.json").stat().st_mtime_ns
+    assert fewshot_main(args) == 0  # resumes: finished runs are read back
+    assert (out / "in_context" / "1shot_seed0" / "summary.json").stat().st_mtime_ns == stamp
