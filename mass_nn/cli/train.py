@@ -113,6 +113,9 @@ def _run(args) -> int:
     state = "stopped early (resume with --continue)" if summary["stopped_early"] else "finished"
     best = (f", best {summary['best_metric_key']} {summary['best_metric']:.4f}"
             if summary["best_metric"] is not None else "")
+    if "test_mean_auc" in summary:  # classification runs end with a test-split evaluation
+        value = summary["test_mean_auc"]
+        best += f", test mean AUC {value:.4f}" if value is not None else ", test mean AUC undefined (one class)"
     print(f"{state}: {summary['epochs_done']} epochs, {summary['global_step']} steps{best} -> "
           f"{summary['output_folder']}")
     return exit_code

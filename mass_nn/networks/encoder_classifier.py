@@ -1,0 +1,86 @@
+"""EncoderClassifier: the ResUNet encoder of the in-context model with an attention-pooling classification head.
+
+The encoder's state-dict keys are `encoder.<...>`, exactly those of `InContextSegmenter`, so a pretraining
+checkpoint's encoder loads by name. The head sees only the deepest feature map (x5, 1/16 resolution), as in the
+MASS release's classification probe; `classify_features` runs the head alone, so a frozen encoder's features can be
+computed once and cached.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from mass_nn.networks.attention_pool_head import AttentionPoolHead
+from mass_nn.networks.config import InContextNetworkConfig
+from mass_nn.networks.encoder import ResUNetEncoder
+from mass_nn.schema import from_dict, to_dict
+
+
+@dataclass
+class EncoderClassifierConfig:
+    """Shape of an `EncoderClassifier`: the encoder part of an in-context network config (its input_size_zyx is the
+    classifier's input size) and the head."""
+
+    encoder: InContextNetworkConfig
+    num_classes: int
+    attention_channels: int = 128
+    dropout: float = 0.1
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict that `from_dict` turns back into an equal config."""
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "EncoderClassifierConfig":
+        """Build and validate a config; unknown, missing or ill-typed fields raise PlansValidationError."""
+        config = from_dict(cls, d)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first field that cannot build a network."""
+        self.encoder.validate()
+        if self.num_classes < 1 or self.attention_channels < 1 or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"invalid EncoderClassifierConfig: need num_classes >= 1 (got {self.num_classes}), "
+                             f"attention_channels >= 1 (got {self.attention_channels}) and dropout in [0, 1) "
+                             f"(got {self.dropout})")
+
+
+class EncoderClassifier(nn.Module):
+    """Images [B, in_channels, D, H, W] (sides divisible by 16, at least 32) → logits [B, num_classes]."""
+
+    encoder_key_prefix = "encoder."
+    config_class = EncoderClassifierConfig  # how checkpoints rebuild the network from its saved configuration
+
+    def __init__(self, config: EncoderClassifierConfig):
+        super().__init__()
+        config.validate()
+        self.config = copy.deepcopy(config)
+        self.encoder = ResUNetEncoder(config.encoder)
+        self.head = AttentionPoolHead(config.encoder.channels[-1], config.num_classes,
+                                      hidden_channels=config.attention_channels, dropout=config.dropout)
+
+    def deepest_features(self, images: Tensor) -> Tensor:
+        """The encoder's deepest feature map [B, channels[-1], D/16, H/16, W/16]."""
+        if images.dim() == 5 and images.shape[1] != self.config.encoder.in_channels:
+            raise ValueError(f"images of shape {list(images.shape)} have {images.shape[1]} channels; the network "
+                             f"expects {self.config.encoder.in_channels}")
+        return self.encoder(images)[0]
+
+    def classify_features(self, features: Tensor) -> Tensor:
+        """Logits [B, num_classes] from deepest features (as returned by `deepest_features`)."""
+        return self.head(features)
+
+    def forward(self, inputs: Tensor, from_features: bool = False) -> Tensor:
+        """Logits of images, or of cached deepest features when `from_features` (the frozen-encoder probe calls
+        the network this way so that DistributedDataParallel still sees the call)."""
+        if from_features:
+            return self.classify_features(inputs)
+        return self.classify_features(self.deepest_features(inputs))
+
+    def freeze_encoder(self) -> None:
+        """Stop gradients into the encoder (the frozen-encoder probe trains the head only)."""
+        for parameter in self.encoder.parameters():
+            parameter.requires_grad_(False)

@@ -1,0 +1,2 @@
+"""Downstream training from a pretrained encoder (mass_train FINETUNE): segmentation finetuning and the
+frozen-encoder classification probe."""
