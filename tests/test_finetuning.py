@@ -2,6 +2,7 @@
 protocol and mass_fewshot, and the errors a user can cause."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -116,11 +117,11 @@ def test_in_context_predict_saves_and_reuses_the_encoding(pretrained, tmp_path, 
     assert predict_main([*args, "-o", str(tmp_path / "c"), "--reference-image", refs[1], "--reference-mask",
                          str(tmp_path / "empty.nii.gz")]) == 1
     assert "empty.nii.gz is empty" in capsys.readouterr().err
-    other = labels / "phantom_002.nii.gz"
-    if read_image(other)[1].differences(geometry):
-        assert predict_main([*args, "-o", str(tmp_path / "d"), "--reference-image", refs[1], "--reference-mask",
-                             str(other)]) == 1
-        assert "does not match its image" in capsys.readouterr().err
+    shifted = dataclasses.replace(geometry, origin_xyz=tuple(o + 25.0 for o in geometry.origin_xyz))
+    write_image(mask.astype(np.uint8), shifted, tmp_path / "shifted.nii.gz")
+    assert predict_main([*args, "-o", str(tmp_path / "d"), "--reference-image", refs[1], "--reference-mask",
+                         str(tmp_path / "shifted.nii.gz")]) == 1
+    assert "shifted.nii.gz does not match its image" in capsys.readouterr().err
     assert predict_main(["-i", str(images), "-o", str(tmp_path / "e")]) == 1
     assert "give either -m" in capsys.readouterr().err
     assert predict_main(["-i", str(images), "-o", str(tmp_path / "e"), "-m", str(tmp_path / "nothing")]) == 1

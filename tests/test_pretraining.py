@@ -136,7 +136,7 @@ def test_missing_masks_unknown_trainer_and_wrong_mode(pretraining_roots, tmp_pat
     with pytest.raises(MassError, match="no masks generated yet; run mass_generate_masks -d Dataset990_PhantomCT"):
         run_training(options(), no_masks)
     assert cli(pretraining_roots, "-tr", "NoSuchTrainer") == 1
-    assert "unknown trainer 'NoSuchTrainer'; known: MASSPretrainer" in capsys.readouterr().err
+    assert "unknown trainer 'NoSuchTrainer'; known: ClassificationProbe, EmbeddingTuner, MASSPretrainer" in capsys.readouterr().err
     with pytest.raises(MassError, match="unknown MASSPretrainer setting"):
         run_training(options(extra={"num_task": 3}), pretraining_roots)
 
