@@ -8,6 +8,7 @@ import numpy as np
 
 from mass_nn.cli.fewshot import main as fewshot_main
 from mass_nn.cli.predict import main as predict_main
+from mass_nn.io.case_labels import CaseLabels, write_case_labels
 from mass_nn.io.image_io import read_image
 from mass_nn.paths import MassPaths
 from mass_nn.training.options import TrainingOptions
@@ -51,3 +52,16 @@ def test_few_shot_protocol_and_prediction_on_sarcoma_ct(tmp_path):
                          "--reference-mask", str(raw / "labelsTr" / f"{shot}.nii.gz"), "--device", "cpu"]) == 0
     label_map, geometry = read_image(tmp_path / "pred" / f"{splits['test'][0]}.nii.gz", dtype=np.int16)
     assert geometry.differences(read_image(query)[1]) == [] and set(np.unique(label_map)) <= {0, 1}
+
+    # frozen-encoder classification on a case-level target measured from the labels: tumour larger than the median
+    volumes = {}
+    for label_path in sorted((raw / "labelsTr").glob("*.nii.gz")):
+        label, label_geometry = read_image(label_path, dtype=np.int16)
+        volumes[label_path.name.removesuffix(".nii.gz")] = (label > 0).sum() * np.prod(label_geometry.spacing_xyz)
+    median = float(np.median(list(volumes.values())))
+    write_case_labels(CaseLabels("multiclass", ["0", "1"], {c: int(v > median) for c, v in volumes.items()},
+                                 "large_tumour"), raw / "labels.csv")
+    probe = run_training(TrainingOptions(mode="FINETUNE", datasets=[dataset_id], trainer="ClassificationProbe",
+                                         configuration="3d_cpu", epochs=2, pretrained=checkpoint, device="cpu"), paths)
+    test_summary = json.loads((tmp_path / probe["output_folder"] / "test_summary.json").read_text())
+    assert test_summary["num_test_cases"] == len(splits["test"]) and test_summary["num_labelled"] == len(splits["test"])
