@@ -44,5 +44,5 @@ def run_cli(parser: argparse.ArgumentParser, body: Callable[[argparse.Namespace]
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted; finished cases are kept, re-run to resume", file=sys.stderr)
+        print("interrupted; finished work is kept - re-run the same command to resume", file=sys.stderr)
         return 130
