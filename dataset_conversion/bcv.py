@@ -47,7 +47,7 @@ def convert_bcv(source_dir: Path, raw_root: Path, dataset_id: int) -> Path:
                         f"incomplete")
     for number, image in training:
         label = require_file(raw_data / "Training" / "label" / f"label{number}.nii.gz",
-                             f"every BCV training image needs its label file next to it in Training/label")
+                             "every BCV training image needs its label file next to it in Training/label")
         writer.add_case(f"bcv_{number}", [image], label)
     for number, image in _numbered_images(raw_data / "Testing" / "img"):
         writer.add_case(f"bcv_{number}", [image], split="Ts")

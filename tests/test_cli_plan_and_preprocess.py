@@ -2,7 +2,6 @@
 import json
 
 import numpy as np
-import pytest
 
 from mass_nn.cli import plan_and_preprocess
 from mass_nn.preprocessing.blosc2_storage import open_array

@@ -46,15 +46,16 @@ def predictor_from_run(results_folder: str | Path, checkpoint_kind: str = "best"
 
 def predictor_from_checkpoint(path: str | Path, device: str = "cpu", settings: InferenceSettings | None = None
                               ) -> tuple[SegmentationPredictor, list[str]]:
-    """(predictor for the fixed classes, class names) of a finetuned checkpoint file."""
+    """(predictor for the fixed classes, class names) of a finetuned checkpoint file: any network whose
+    configuration names its classes (`class_names`, `label_values`) and whose forward gives their logits."""
     network, checkpoint = load_network(path, map_location=device)
-    if not isinstance(network, FixedClassSegmenter):
+    config = getattr(network, "config", None)
+    if not hasattr(config, "label_values"):
         raise MassError(f"{path}: holds a {checkpoint.meta.network_class}, not a finetuned fixed-class model; for a "
                         f"pretrained in-context checkpoint give --checkpoint with --reference-image/--reference-mask")
-    predictor = SegmentationPredictor(network.segmenter, network.task_embedding(), network.config.label_values,
-                                      Plans.from_dict(checkpoint.meta.plans), checkpoint.meta.configuration, device,
-                                      settings)
-    return predictor, list(network.config.class_names)
+    predictor = SegmentationPredictor(network, None, list(config.label_values), Plans.from_dict(checkpoint.meta.plans),
+                                      checkpoint.meta.configuration, device, settings)
+    return predictor, list(config.class_names)
 
 
 def load_in_context_checkpoint(path: str | Path, device: str = "cpu") -> tuple[InContextSegmenter, Plans, str]:

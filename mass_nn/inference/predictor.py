@@ -14,7 +14,6 @@ from torch import Tensor
 from mass_nn.errors import MassError
 from mass_nn.io.dataset_json import CaseFiles
 from mass_nn.io.image_io import write_image
-from mass_nn.networks.in_context_model import InContextSegmenter
 from mass_nn.networks.task_ops import TaskEmbedding, chunk_task_embedding
 from mass_nn.planning.plans import Plans
 from mass_nn.preprocessing.preprocessor import PreprocessedCase, preprocess_in_memory
@@ -38,22 +37,25 @@ class InferenceSettings:
 
 
 class SegmentationPredictor:
-    """An in-context network plus a task embedding [1, K, T, C_i] for labels `label_values` (same order)."""
+    """Segments with either an in-context network plus a task embedding [1, K, T, C_i], or (task_embedding None)
+    a fixed-class network whose forward(image) gives K logit maps; K = len(label_values), same order."""
 
-    def __init__(self, network: InContextSegmenter, task_embedding: TaskEmbedding, label_values: list[int],
+    def __init__(self, network: torch.nn.Module, task_embedding: TaskEmbedding | None, label_values: list[int],
                  plans: Plans, configuration: str, device: torch.device | str = "cpu",
                  settings: InferenceSettings | None = None):
-        if task_embedding[0].shape[1] != len(label_values):
+        if task_embedding is not None and task_embedding[0].shape[1] != len(label_values):
             raise ValueError(f"task embedding has {task_embedding[0].shape[1]} tasks for {len(label_values)} labels")
         self.network = network.to(device).eval()
         self.device = torch.device(device)
-        self.task_embedding = [t.detach().to(self.device) for t in task_embedding]
+        self.task_embedding = None if task_embedding is None else [t.detach().to(self.device) for t in task_embedding]
         self.label_values = [int(v) for v in label_values]
         self.plans, self.configuration = plans, configuration
         self.window = list(plans.configuration(configuration).patch_size_zyx)
         self.settings = settings or InferenceSettings()
 
     def _logits(self, windows: Tensor) -> Tensor:
+        if self.task_embedding is None:
+            return self.network(windows)
         size = self.settings.max_labels_per_forward or len(self.label_values)
         chunks = chunk_task_embedding(self.task_embedding, size)
         return torch.cat([self.network.segment(windows, chunk) for chunk in chunks], dim=1)

@@ -17,16 +17,15 @@ import torch
 
 from mass_nn.errors import MassError
 from mass_nn.io.atomic import write_json_atomic
-from mass_nn.networks.config import InContextNetworkConfig
-from mass_nn.networks.fixed_class_segmenter import FixedClassConfig, FixedClassSegmenter
+from mass_nn.networks.fixed_class_segmenter import FixedClassSegmenter
 from mass_nn.parallel import default_num_processes
 from mass_nn.preprocessing.blosc2_storage import open_array
-from mass_nn.training.checkpoint import model_state_dict
 from mass_nn.training.data.labelled_patch_loader import make_labelled_loader
+from mass_nn.training.finetune.downstream_network import build_downstream_network, is_in_context_checkpoint
 from mass_nn.training.finetune.labelled_data import resolve_labelled_dataset, select_shots
 from mass_nn.training.finetune.segmentation_scores import dice_on_preprocessed, evaluate_on_raw_cases
 from mass_nn.training.losses import SegmentationLoss
-from mass_nn.training.pretrained import load_pretrained_checkpoint, transfer_weights
+from mass_nn.training.pretrained import load_pretrained_checkpoint
 from mass_nn.training.trainer import Trainer
 
 logger = logging.getLogger(__name__)
@@ -79,32 +78,21 @@ class SegmentationFinetuner(Trainer):
         checkpoint = None
         if o.pretrained:
             checkpoint = load_pretrained_checkpoint(o.pretrained, self.plans, o.configuration, self.dataset_name)
-        network_config = self._network_config(checkpoint)
-        self.network = FixedClassSegmenter(FixedClassConfig(network_config, list(self.classes),
-                                                            list(self.classes.values())))
-        self.network_class_name, self.network_config = "FixedClassSegmenter", self.network.config.to_dict()
-        self.weight_transfer = None
-        if checkpoint is not None:
-            self.weight_transfer = transfer_weights(self.network.segmenter, _in_context_weights(checkpoint),
-                                                    str(o.pretrained), allow_missing=False, allow_unexpected=False)
-        self._initialise_class_embeddings()
+            if self.freeze_backbone and not is_in_context_checkpoint(checkpoint):
+                raise MassError(f"{o.pretrained}: {self.name} freezes a pretrained in-context network, and a "
+                                f"{checkpoint.meta.network_class} has none; use SegmentationFinetuner")
+        self.network, self.network_class_name, self.weight_transfer = build_downstream_network(
+            checkpoint, str(o.pretrained), self.configuration_plan, len(self.plans.channels), list(self.classes),
+            list(self.classes.values()))
+        self.network_config = self.network.config.to_dict()
+        if isinstance(self.network, FixedClassSegmenter):
+            self._initialise_class_embeddings()
         if self.freeze_backbone:
             for module in (self.network.segmenter.encoder, self.network.segmenter.decoder,
                            self.network.segmenter.task_encoder):
                 module.requires_grad_(False)
         self.loss = SegmentationLoss(dice=o.dice)
         self._write_selection()
-
-    def _network_config(self, checkpoint) -> InContextNetworkConfig:
-        if checkpoint is None:
-            return InContextNetworkConfig.from_configuration(self.configuration_plan, len(self.plans.channels))
-        config = checkpoint.meta.network_config
-        config = config.get("network", config)  # a finetuned checkpoint nests the in-context configuration
-        try:
-            return InContextNetworkConfig.from_dict(config)
-        except (TypeError, ValueError, KeyError) as err:
-            raise MassError(f"{self.options.pretrained}: holds a {checkpoint.meta.network_class}, not an in-context "
-                            f"model; segmentation finetuning starts from MASS checkpoints") from err
 
     def _initialise_class_embeddings(self) -> None:
         from mass_nn.inference.reference_encoding import encode_reference_labels
@@ -178,13 +166,3 @@ class EmbeddingTuner(SegmentationFinetuner):
     """Class embeddings and mask head trained on a frozen pretrained encoder, decoder and task encoder."""
 
     freeze_backbone: ClassVar[bool] = True
-
-
-def _in_context_weights(checkpoint) -> dict:
-    """The in-context network's weights of a MASS or finetuned checkpoint (EMA when saved), keys as
-    InContextSegmenter names them."""
-    state = model_state_dict(checkpoint)
-    prefix = "segmenter."
-    if any(key.startswith(prefix) for key in state):
-        return {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
-    return state

@@ -10,7 +10,6 @@ import torch
 
 from mass_nn.evaluation.metrics import label_map_metrics
 from mass_nn.io.dataset_json import CaseFiles
-from mass_nn.networks.fixed_class_segmenter import FixedClassSegmenter
 from mass_nn.planning.plans import Plans
 from mass_nn.preprocessing.blosc2_storage import open_array
 from mass_nn.training.data.labelled_patch_loader import LabelledCase
@@ -22,13 +21,12 @@ def _mean_finite(values) -> float:
 
 
 @torch.no_grad()
-def dice_on_preprocessed(network: FixedClassSegmenter, cases: list[LabelledCase], classes: dict[str, int],
+def dice_on_preprocessed(network: torch.nn.Module, cases: list[LabelledCase], classes: dict[str, int],
                          plans: Plans, configuration: str, device) -> dict[str, float]:
     """{"val_dice": mean over classes of the per-class mean Dice, "val_dice_<class>": ...} of whole preprocessed
     cases segmented by sliding window (classes absent from a case and its prediction do not count)."""
     from mass_nn.inference.predictor import SegmentationPredictor
-    predictor = SegmentationPredictor(network.segmenter, network.task_embedding(), list(classes.values()), plans,
-                                      configuration, device)
+    predictor = SegmentationPredictor(network, None, list(classes.values()), plans, configuration, device)
     spacing = plans.configuration(configuration).target_spacing_zyx_mm
     per_class: dict[str, list[float]] = {name: [] for name in classes}
     for case in cases:
