@@ -33,6 +33,7 @@ from mass_nn.training.finetune.classification_loss import ClassificationLoss, pr
 from mass_nn.training.finetune.classification_report import auc_defined, score_probabilities, write_test_results
 from mass_nn.training.finetune.classification_settings import DEFAULT_BATCH_SIZE, ClassificationSettings
 from mass_nn.training.finetune.classifier_initialisation import encoder_config, load_pretrained_encoder
+from mass_nn.registry import NETWORKS
 from mass_nn.training.pretrain.pretraining_data import resolve_source
 from mass_nn.training.pretrained import load_pretrained_checkpoint
 from mass_nn.training.trainer import Trainer
@@ -116,14 +117,8 @@ class ClassificationProbe(Trainer):
         checkpoint = None
         if o.pretrained:
             checkpoint = load_pretrained_checkpoint(o.pretrained, self.plans, o.configuration, self.dataset_name)
-        config = EncoderClassifierConfig(
-            encoder=encoder_config(checkpoint, o.pretrained, self.configuration_plan, len(self.plans.channels),
-                                   self.settings.input_size),
-            num_classes=len(self.labels.class_names), dropout=float(self.settings.dropout))
-        self.network = EncoderClassifier(config)
-        self.network_class_name, self.network_config = "EncoderClassifier", config.to_dict()
+        report = self._build_network(checkpoint)
         if checkpoint is not None:
-            report = load_pretrained_encoder(self.network, checkpoint, o.pretrained)
             self.initialisation = {"initialisation": "pretrained", "checkpoint": str(o.pretrained),
                                    "checkpoint_trainer": checkpoint.meta.trainer,
                                    "checkpoint_epoch": checkpoint.meta.epoch, **report.to_dict()}
@@ -132,6 +127,28 @@ class ClassificationProbe(Trainer):
         targets = self.labels.target_array(self.train_cases)
         self.train_targets = torch.as_tensor(targets)
         self.loss = ClassificationLoss(self.labels.kind, targets, len(self.labels.class_names))
+
+    def _build_network(self, checkpoint):
+        """The classifier (self.network): the ResUNet EncoderClassifier, or the classification network a
+        baseline's network class names (`classification_network`, e.g. a ViT's); returns the weight-transfer
+        report (None without a checkpoint). Every classifier offers deepest_features, classify_features,
+        forward(inputs, from_features) and freeze_encoder."""
+        o = self.options
+        num_classes = len(self.labels.class_names)
+        special = getattr(NETWORKS.get(checkpoint.meta.network_class), "classification_network", None) \
+            if checkpoint is not None else None
+        if special is not None:
+            self.network, report = NETWORKS.get(special).from_pretrained_for_classification(
+                checkpoint, num_classes, list(self.settings.input_size), float(self.settings.dropout), o.pretrained)
+            self.network_class_name, self.network_config = special, self.network.config.to_dict()
+            return report
+        config = EncoderClassifierConfig(
+            encoder=encoder_config(checkpoint, o.pretrained, self.configuration_plan, len(self.plans.channels),
+                                   self.settings.input_size),
+            num_classes=num_classes, dropout=float(self.settings.dropout))
+        self.network = EncoderClassifier(config)
+        self.network_class_name, self.network_config = "EncoderClassifier", config.to_dict()
+        return load_pretrained_encoder(self.network, checkpoint, o.pretrained) if checkpoint is not None else None
 
     def build_optimizer(self) -> torch.optim.Optimizer:
         trainable = [p for p in self.network.parameters() if p.requires_grad]
