@@ -43,4 +43,5 @@ NETWORKS = Registry("network", {
     "InContextSegmenter": "mass_nn.networks.in_context_model:InContextSegmenter",
     "EncoderClassifier": "mass_nn.networks.encoder_classifier:EncoderClassifier",
     "FixedClassSegmenter": "mass_nn.networks.fixed_class_segmenter:FixedClassSegmenter",
+    "ReconstructionUNet": "mass_nn.networks.reconstruction_unet:ReconstructionUNet",
 })
