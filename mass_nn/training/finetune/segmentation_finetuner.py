@@ -25,6 +25,7 @@ from mass_nn.training.finetune.downstream_network import build_downstream_networ
 from mass_nn.training.finetune.labelled_data import resolve_labelled_dataset, select_shots
 from mass_nn.training.finetune.segmentation_scores import dice_on_preprocessed, evaluate_on_raw_cases
 from mass_nn.training.losses import SegmentationLoss
+from mass_nn.training.options import check_settings
 from mass_nn.training.pretrained import load_pretrained_checkpoint
 from mass_nn.training.trainer import Trainer
 
@@ -64,10 +65,7 @@ class SegmentationFinetuner(Trainer):
 
     def setup(self) -> None:
         o = self.options
-        unknown = sorted(set(o.extra) - set(FINETUNE_SETTINGS))
-        if unknown:
-            raise MassError(f"unknown {self.name} setting(s) {unknown}; known: {sorted(FINETUNE_SETTINGS)}")
-        o.extra = {**FINETUNE_SETTINGS, **o.extra}
+        o.extra = check_settings(self.name, o.extra, FINETUNE_SETTINGS)
         o.batch_size = o.batch_size or self.configuration_plan.batch_size
         if o.num_workers is None:
             o.num_workers = max(1, min(4, default_num_processes() - 1))

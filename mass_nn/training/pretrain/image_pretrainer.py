@@ -16,28 +16,12 @@ from mass_nn.parallel import default_num_processes
 from mass_nn.training.data.augmentation import ViewAugmentation
 from mass_nn.training.data.image_crop_loader import ImageCase, make_image_crop_loader
 from mass_nn.training.pretrain.pretraining_data import resolve_sources
+from mass_nn.training.options import check_settings
 from mass_nn.training.trainer import Trainer
 
 logger = logging.getLogger(__name__)
 
 VALIDATION_SEED_OFFSET = 1_000_003  # fixed held-out batches, drawn apart from the training stream
-
-
-def check_settings(trainer_name: str, given: dict, defaults: dict) -> dict:
-    """`defaults` updated by `given` (the -s settings); unknown keys or values of another type than the default
-    raise MassError (an int is accepted where a float is expected)."""
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        raise MassError(f"unknown {trainer_name} setting(s) {unknown}; known: {sorted(defaults)}")
-    merged = {**defaults, **given}
-    for key, default in defaults.items():
-        value = merged[key]
-        expected = type(default)
-        if expected is float and type(value) is int:
-            merged[key] = value = float(value)
-        if type(value) is not expected:
-            raise MassError(f"setting {key}={value!r}: expected {expected.__name__} like the default {default!r}")
-    return merged
 
 
 class ImagePretrainer(Trainer):

@@ -18,6 +18,7 @@ from mass_nn.parallel import default_num_processes
 from mass_nn.training.data.pretraining_loader import PretrainingCase, make_pretraining_loader
 from mass_nn.training.data.augmentation import TwoViewSettings
 from mass_nn.training.losses import SegmentationLoss
+from mass_nn.training.options import check_settings
 from mass_nn.training.pretrain.pretraining_data import (cases_with_banks, mask_bank_folder, resolve_sources)
 from mass_nn.training.trainer import Trainer
 
@@ -58,15 +59,9 @@ class MASSPretrainer(Trainer):
 
     def setup(self) -> None:
         o = self.options
-        unknown = sorted(set(o.extra) - set(MASS_SETTINGS))
-        if unknown:
-            raise MassError(f"unknown {self.name} setting(s) {unknown}; known: {sorted(MASS_SETTINGS)}")
-        o.extra = {**MASS_SETTINGS, **o.extra}
-        for key, default in MASS_SETTINGS.items():
-            value = o.extra[key]
-            if type(value) is not type(default) or (key == "num_tasks" and value < 1):
-                expected = "a positive integer" if key == "num_tasks" else "true or false"
-                raise MassError(f"setting {key}={value!r}: expected {expected}")
+        o.extra = check_settings(self.name, o.extra, MASS_SETTINGS)
+        if o.extra["num_tasks"] < 1:
+            raise MassError(f"setting num_tasks={o.extra['num_tasks']}: expected a positive integer")
         o.batch_size = o.batch_size or self.configuration_plan.batch_size
         if o.num_workers is None:
             o.num_workers = max(1, min(4, default_num_processes() - 1))
