@@ -34,6 +34,7 @@ MASK_GENERATORS = Registry("mask generator", {
 
 TRAINERS = Registry("trainer", {
     "MASSPretrainer": "mass_nn.training.pretrain.mass_pretrainer:MASSPretrainer",
+    "MiMPretrainer": "mass_nn.training.pretrain.mim_pretrainer:MiMPretrainer",
     "HiEndMAEPretrainer": "mass_nn.training.pretrain.hi_end_mae_pretrainer:HiEndMAEPretrainer",
     "ClassificationProbe": "mass_nn.training.finetune.classification_trainer:ClassificationProbe",
     "SegmentationFinetuner": "mass_nn.training.finetune.segmentation_finetuner:SegmentationFinetuner",
@@ -45,6 +46,9 @@ NETWORKS = Registry("network", {
     "EncoderClassifier": "mass_nn.networks.encoder_classifier:EncoderClassifier",
     "FixedClassSegmenter": "mass_nn.networks.fixed_class_segmenter:FixedClassSegmenter",
     "ReconstructionUNet": "mass_nn.networks.reconstruction_unet:ReconstructionUNet",
+    "MiMNetwork": "mass_nn.networks.mim_network:MiMNetwork",
+    "MiMSegmenter": "mass_nn.networks.mim_segmenter:MiMSegmenter",
+    "MiMClassifier": "mass_nn.networks.mim_classifier:MiMClassifier",
     "HiEndMAE": "mass_nn.networks.hi_end_mae:HiEndMAE",
     "UNETRSegmenter": "mass_nn.networks.unetr:UNETRSegmenter",
     "ViTClassifier": "mass_nn.networks.vit_classifier:ViTClassifier",
