@@ -39,6 +39,8 @@ TRAINERS = Registry("trainer", {
     "ClassificationProbe": "mass_nn.training.finetune.classification_trainer:ClassificationProbe",
     "SegmentationFinetuner": "mass_nn.training.finetune.segmentation_finetuner:SegmentationFinetuner",
     "EmbeddingTuner": "mass_nn.training.finetune.segmentation_finetuner:EmbeddingTuner",
+    "SimCLRPretrainer": "mass_nn.training.pretrain.simclr_pretrainer:SimCLRPretrainer",
+    "ModelsGenesisPretrainer": "mass_nn.training.pretrain.models_genesis_pretrainer:ModelsGenesisPretrainer",
 })
 
 NETWORKS = Registry("network", {
@@ -49,6 +51,7 @@ NETWORKS = Registry("network", {
     "MiMNetwork": "mass_nn.networks.mim_network:MiMNetwork",
     "MiMSegmenter": "mass_nn.networks.mim_segmenter:MiMSegmenter",
     "MiMClassifier": "mass_nn.networks.mim_classifier:MiMClassifier",
+    "ContrastiveEncoder": "mass_nn.networks.contrastive_encoder:ContrastiveEncoder",
     "HiEndMAE": "mass_nn.networks.hi_end_mae:HiEndMAE",
     "UNETRSegmenter": "mass_nn.networks.unetr:UNETRSegmenter",
     "ViTClassifier": "mass_nn.networks.vit_classifier:ViTClassifier",
