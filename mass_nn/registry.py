@@ -36,6 +36,8 @@ TRAINERS = Registry("trainer", {
     "MASSPretrainer": "mass_nn.training.pretrain.mass_pretrainer:MASSPretrainer",
     "MiMPretrainer": "mass_nn.training.pretrain.mim_pretrainer:MiMPretrainer",
     "HiEndMAEPretrainer": "mass_nn.training.pretrain.hi_end_mae_pretrainer:HiEndMAEPretrainer",
+    "MAEPretrainer": "mass_nn.training.pretrain.mae_pretrainer:MAEPretrainer",
+    "S3DPretrainer": "mass_nn.training.pretrain.s3d_pretrainer:S3DPretrainer",
     "ClassificationProbe": "mass_nn.training.finetune.classification_trainer:ClassificationProbe",
     "SegmentationFinetuner": "mass_nn.training.finetune.segmentation_finetuner:SegmentationFinetuner",
     "EmbeddingTuner": "mass_nn.training.finetune.segmentation_finetuner:EmbeddingTuner",
@@ -55,4 +57,5 @@ NETWORKS = Registry("network", {
     "HiEndMAE": "mass_nn.networks.hi_end_mae:HiEndMAE",
     "UNETRSegmenter": "mass_nn.networks.unetr:UNETRSegmenter",
     "ViTClassifier": "mass_nn.networks.vit_classifier:ViTClassifier",
+    "S3DNetwork": "mass_nn.networks.s3d_network:S3DNetwork",
 })
