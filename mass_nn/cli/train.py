@@ -39,6 +39,7 @@ def _add_run_arguments(p, default_trainer: str, defaults: str) -> None:
     p.add_argument("--iters-per-epoch", type=int, help="optimiser steps per epoch (trainer default)")
     p.add_argument("--batch-size", type=int, help="per-process batch size (default: the plans')")
     p.add_argument("--lr", type=float, help="peak learning rate (trainer default)")
+    p.add_argument("--grad-clip", type=float, help="max gradient norm (trainer default, e.g. 1.0)")
     p.add_argument("--seed", type=int, default=0, help="seed of weights, batch order and shot selection "
                                                        "(default: %(default)s)")
     p.add_argument("--continue", dest="continue_training", action="store_true",
@@ -99,6 +100,7 @@ def options_from_args(args) -> TrainingOptions:
                            iters_per_epoch=args.iters_per_epoch, batch_size=args.batch_size, lr=args.lr,
                            seed=args.seed, tag=args.tag, continue_training=args.continue_training,
                            num_workers=args.num_workers, device=args.device, val_every=args.val_every,
+                           grad_clip=args.grad_clip,
                            extra=dict(args.setting), **{key: getattr(args, key) for key in mode_specific})
 
 

@@ -42,7 +42,7 @@ class TrainingOptions:
     warmup_fraction: float = 0.05
     dice: str = "adaptive_tversky"
     ema_decay: float = 0.99
-    grad_clip: float = 1.0
+    grad_clip: float | None = None  # None: the trainer's default_grad_clip
     pretrained: str | None = None  # FINETUNE: checkpoint to start from (None: from scratch)
     shots: int | None = None  # FINETUNE segmentation: labelled training cases (None: all of the train split)
     train_fraction: float | None = None  # FINETUNE classification: share of the train split used (None: all)

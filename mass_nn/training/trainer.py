@@ -45,6 +45,7 @@ class Trainer:
     default_epochs: ClassVar[int] = 100
     default_iters_per_epoch: ClassVar[int] = 1000
     default_lr: ClassVar[float] = 2e-3
+    default_grad_clip: ClassVar[float] = 1.0  # max global gradient norm
     best_metric_key: ClassVar[str] = "val_loss"  # validate() may override per run through self.best_metric_key
     best_metric_mode: ClassVar[str] = "min"
     ema_warmup: ClassVar[bool] = False  # see ModelEMA; short downstream runs turn it on
@@ -169,6 +170,7 @@ class Trainer:
         o.epochs = o.epochs if o.epochs is not None else self.default_epochs
         o.iters_per_epoch = o.iters_per_epoch if o.iters_per_epoch is not None else self.default_iters_per_epoch
         o.lr = o.lr if o.lr is not None else self.default_lr
+        o.grad_clip = o.grad_clip if o.grad_clip is not None else self.default_grad_clip
         if o.epochs < 1 or o.iters_per_epoch < 1:
             raise MassError(f"--epochs and --iters-per-epoch must be at least 1 (got {o.epochs}, {o.iters_per_epoch})")
 

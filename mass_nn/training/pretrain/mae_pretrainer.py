@@ -46,6 +46,7 @@ class MAEPretrainer(ImagePretrainer):
     default_epochs: ClassVar[int] = 1000
     default_iters_per_epoch: ClassVar[int] = 250
     default_lr: ClassVar[float] = 1e-2
+    default_grad_clip: ClassVar[float] = 12.0  # nnssl's value
     momentum: ClassVar[float] = 0.99
     weight_decay: ClassVar[float] = 3e-5
     settings_defaults: ClassVar[dict] = MAE_SETTINGS
