@@ -26,7 +26,8 @@ from mass_nn.preprocessing.crop_pad import crop_or_pad
 from mass_nn.registry import TRAINERS
 from mass_nn.training.checkpoint import encoder_state_dict, load_checkpoint
 from mass_nn.training.data.contrastive_crops import (ContrastiveAugmentation, ContrastiveCropSettings,
-                                                     derived_crop_size, make_contrastive_loader, plan_crop_pairs)
+                                                     derived_crop_size, derived_region_size, make_contrastive_loader,
+                                                     plan_crop_pairs)
 from mass_nn.training.data.image_crop_loader import ImageCase
 from mass_nn.training.finetune.downstream_network import build_downstream_network
 from mass_nn.training.options import TrainingOptions
@@ -48,13 +49,15 @@ def _train_cases(paths: MassPaths) -> list[ImageCase]:
 
 def _crop_settings(augmentation: ContrastiveAugmentation | None = None) -> ContrastiveCropSettings:
     """The trainer's derived sizes for the phantom's 3d_cpu patch (64, 48, 48)."""
-    return ContrastiveCropSettings(crop_size_zyx=derived_crop_size((64, 48, 48)), region_size_zyx=(64, 48, 48),
+    crop = derived_crop_size((64, 48, 48))
+    return ContrastiveCropSettings(crop_size_zyx=crop, region_size_zyx=derived_region_size(crop),
                                    augmentation=augmentation or ContrastiveAugmentation())
 
 
 # ----------------------------------------------------------------- SimCLR crops, network, loss
 def test_crop_pairs_come_from_the_same_place_and_batches_are_a_function_of_the_index(phantom_with_masks):
     assert derived_crop_size((64, 48, 48)) == (32, 32, 32) and derived_crop_size((128, 128, 128)) == (64, 64, 64)
+    assert derived_region_size((64, 64, 64)) == ContrastiveCropSettings.paper().region_size_zyx == (64, 192, 192)
     cases = _train_cases(phantom_with_masks)
     settings = _crop_settings(ContrastiveAugmentation.none())
     with make_contrastive_loader(cases, settings, batch_size=3, seed=5, num_workers=0) as loader:
@@ -311,7 +314,7 @@ def test_bad_settings_are_clear_errors(trainer, extra, message, transfer_paths):
 
 
 @pytest.mark.parametrize("trainer,network_class,full_finetuning,recorded", [
-    ("SimCLRPretrainer", "ContrastiveEncoder", True, {"crop_size": [32, 32, 32], "region_size": [64, 48, 48],
+    ("SimCLRPretrainer", "ContrastiveEncoder", True, {"crop_size": [32, 32, 32], "region_size": [32, 96, 96],
                                                       "projector_width": 512}),
     ("ModelsGenesisPretrainer", "ReconstructionUNet", False, {"num_shuffle_blocks": 360})])
 def test_pretrain_resume_and_transfer_on_the_phantom(trainer, network_class, full_finetuning, recorded,

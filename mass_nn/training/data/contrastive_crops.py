@@ -39,6 +39,7 @@ from mass_nn.training.data.two_view_sampler import plan_view_starts
 
 OPEN_CASES_PER_WORKER = 32
 IMAGE_KEY = "image"
+REGION_CROPS_IN_PLANE = 3  # the reference region is 3 x 3 crops in-plane, 1 crop deep
 
 
 @dataclass
@@ -121,6 +122,14 @@ def derived_crop_size(patch_size_zyx) -> tuple[int, int, int]:
     """Crops for a plans patch: half the patch per axis, rounded down to a multiple of 16, at least 32 (64^3 for
     the paper's 128^3 patch, as in the reference; 32^3 for the phantom's CPU patch)."""
     return tuple(max(MIN_SIZE, SIZE_DIVISOR * (int(p) // (2 * SIZE_DIVISOR))) for p in patch_size_zyx)
+
+
+def derived_region_size(crop_size_zyx) -> tuple[int, int, int]:
+    """The reference's region for a crop: as deep as the crop, three crops wide in-plane (64 x 192 x 192 for 64^3
+    crops). Two reference crops of one region then overlap less on average than a crop and its partner, so the
+    negatives from the same region stay harder to confuse with the positive than the partner is to find."""
+    depth, height, width = (int(s) for s in crop_size_zyx)
+    return depth, REGION_CROPS_IN_PLANE * height, REGION_CROPS_IN_PLANE * width
 
 
 def plan_crop_pairs(volume_shape, settings: ContrastiveCropSettings,

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from mass_nn.errors import MassError
 from mass_nn.networks.contrastive_encoder import ContrastiveEncoder, ContrastiveEncoderConfig
 from mass_nn.training.data.contrastive_crops import (ContrastiveCropSettings, derived_crop_size,
-                                                     make_contrastive_loader)
+                                                     derived_region_size, make_contrastive_loader)
 from mass_nn.training.options import TrainingOptions
 from mass_nn.training.pretrain.image_pretrainer import VALIDATION_SEED_OFFSET, ImagePretrainer
 from mass_nn.training.pretrain.nt_xent import nt_xent_loss
@@ -26,7 +26,7 @@ OPTIONS_GRAD_CLIP = {f.name: f.default for f in dataclasses.fields(TrainingOptio
 REFERENCE_GRAD_CLIP = 0.1
 SIMCLR_SETTINGS = {
     "crop_size": [],  # [z, y, x]; empty: half the plans' patch, rounded down to a multiple of 16, at least 32
-    "region_size": [],  # [z, y, x] the pairs are cut from; empty: the plans' patch
+    "region_size": [],  # [z, y, x] the pairs are cut from; empty: crop deep, 3 crops wide in-plane (reference)
     "crops_per_sample": 2,  # reference crops (each with a partner) per region
     "min_overlap": 0.5,  # least overlap of a pair per axis, as a share of the crop
     "temperature": 0.5,
@@ -67,7 +67,7 @@ class SimCLRPretrainer(ImagePretrainer):
         super().setup()
         s = self.settings
         crop = _size_setting(s["crop_size"], "crop_size", derived_crop_size(self.patch_size_zyx))
-        region = _size_setting(s["region_size"], "region_size", self.patch_size_zyx)
+        region = _size_setting(s["region_size"], "region_size", derived_region_size(crop))
         self.crop_settings = ContrastiveCropSettings(crop_size_zyx=crop, region_size_zyx=region,
                                                      crops_per_sample=int(s["crops_per_sample"]),
                                                      min_overlap=float(s["min_overlap"]))
