@@ -315,8 +315,8 @@ def test_bad_settings_are_clear_errors(trainer, extra, message, transfer_paths):
 
 @pytest.mark.parametrize("trainer,network_class,full_finetuning,recorded", [
     ("SimCLRPretrainer", "ContrastiveEncoder", True, {"crop_size": [32, 32, 32], "region_size": [32, 96, 96],
-                                                      "projector_width": 512}),
-    ("ModelsGenesisPretrainer", "ReconstructionUNet", False, {"num_shuffle_blocks": 360})])
+                                                      "projector_width": 512, "grad_clip": 0.1}),
+    ("ModelsGenesisPretrainer", "ReconstructionUNet", False, {"num_shuffle_blocks": 360, "grad_clip": 12.0})])
 def test_pretrain_resume_and_transfer_on_the_phantom(trainer, network_class, full_finetuning, recorded,
                                                      transfer_paths, monkeypatch):
     straight = run_training(_options(trainer, "straight"), transfer_paths)
@@ -329,7 +329,8 @@ def test_pretrain_resume_and_transfer_on_the_phantom(trainer, network_class, ful
     checkpoint = f"{straight['output_folder']}/checkpoint_final.pt"
     a, b = load_checkpoint(checkpoint), load_checkpoint(f"{resumed['output_folder']}/checkpoint_final.pt")
     assert a.meta.network_class == network_class and a.meta.encoder_key_prefix == "encoder."
-    assert recorded.items() <= a.meta.run_config["extra"].items()  # derived settings are recorded as used
+    used = {**a.meta.run_config["extra"], "grad_clip": a.meta.run_config["grad_clip"]}
+    assert recorded.items() <= used.items()  # derived settings and trainer defaults are recorded as used
     for key in a.model:
         torch.testing.assert_close(a.model[key], b.model[key], rtol=0, atol=1e-6, msg=key)
     assert straight["best_metric"] == pytest.approx(resumed["best_metric"], abs=1e-6)  # the held-out loss

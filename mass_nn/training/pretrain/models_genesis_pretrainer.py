@@ -4,8 +4,8 @@ MASS ResUNet).
 The loader's workers crop and spatially augment as for MAE, then corrupt each patch (models_genesis_corruptions.py:
 flip shared with the target, local pixel shuffling, Bezier intensity map, in-/out-painting). The full ResUNet
 (ReconstructionUNet) predicts the flipped original from the corrupted input; the loss is the mean squared error
-over the valid voxels (padding counts nowhere). SGD with Nesterov momentum and poly decay as nnssl. The encoder
-(`encoder.*`) transfers to the downstream ResUNet.
+over the valid voxels (padding counts nowhere). SGD with Nesterov momentum, poly decay and gradient clipping at 12
+as nnssl. The encoder (`encoder.*`) transfers to the downstream ResUNet.
 """
 from __future__ import annotations
 
@@ -66,6 +66,7 @@ class ModelsGenesisPretrainer(ImagePretrainer):
     default_epochs: ClassVar[int] = 1000
     default_iters_per_epoch: ClassVar[int] = 250
     default_lr: ClassVar[float] = 1e-2
+    default_grad_clip: ClassVar[float] = 12.0  # nnssl's trainer default
     momentum: ClassVar[float] = 0.99
     weight_decay: ClassVar[float] = 3e-5
     settings_defaults: ClassVar[dict] = GENESIS_SETTINGS

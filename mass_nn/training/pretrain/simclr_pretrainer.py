@@ -8,7 +8,6 @@ clipping at 0.1 as the reference. The encoder (`encoder.*`) transfers downstream
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import ClassVar
 
 import torch
@@ -18,12 +17,9 @@ from mass_nn.errors import MassError
 from mass_nn.networks.contrastive_encoder import ContrastiveEncoder, ContrastiveEncoderConfig
 from mass_nn.training.data.contrastive_crops import (ContrastiveCropSettings, derived_crop_size,
                                                      derived_region_size, make_contrastive_loader)
-from mass_nn.training.options import TrainingOptions
 from mass_nn.training.pretrain.image_pretrainer import VALIDATION_SEED_OFFSET, ImagePretrainer
 from mass_nn.training.pretrain.nt_xent import nt_xent_loss
 
-OPTIONS_GRAD_CLIP = {f.name: f.default for f in dataclasses.fields(TrainingOptions)}["grad_clip"]
-REFERENCE_GRAD_CLIP = 0.1
 SIMCLR_SETTINGS = {
     "crop_size": [],  # [z, y, x]; empty: half the plans' patch, rounded down to a multiple of 16, at least 32
     "region_size": [],  # [z, y, x] the pairs are cut from; empty: crop deep, 3 crops wide in-plane (reference)
@@ -50,6 +46,7 @@ class SimCLRPretrainer(ImagePretrainer):
     default_epochs: ClassVar[int] = 1000
     default_iters_per_epoch: ClassVar[int] = 250
     default_lr: ClassVar[float] = 1e-2
+    default_grad_clip: ClassVar[float] = 0.1  # the reference clips SimCLR's gradients harder than nnssl's 12
     momentum: ClassVar[float] = 0.99
     weight_decay: ClassVar[float] = 3e-5
     settings_defaults: ClassVar[dict] = SIMCLR_SETTINGS
@@ -61,9 +58,6 @@ class SimCLRPretrainer(ImagePretrainer):
         return ContrastiveEncoder(config), "ContrastiveEncoder", config.to_dict()
 
     def setup(self) -> None:
-        # the CLI offers no --grad-clip, so the options' default stands for "the trainer's": the reference's 0.1
-        if self.options.grad_clip == OPTIONS_GRAD_CLIP:
-            self.options.grad_clip = REFERENCE_GRAD_CLIP
         super().setup()
         s = self.settings
         crop = _size_setting(s["crop_size"], "crop_size", derived_crop_size(self.patch_size_zyx))
