@@ -10,9 +10,10 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from mass_nn.networks.attention_pool_head import AttentionPoolHead
+from mass_nn.networks.pooled_classifier import PooledClassifier, check_head_settings
 from mass_nn.networks.config import InContextNetworkConfig
 from mass_nn.networks.encoder import ResUNetEncoder
 from mass_nn.schema import from_dict, to_dict
@@ -42,13 +43,10 @@ class EncoderClassifierConfig:
     def validate(self) -> None:
         """Raise ValueError naming the first field that cannot build a network."""
         self.encoder.validate()
-        if self.num_classes < 1 or self.attention_channels < 1 or not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"invalid EncoderClassifierConfig: need num_classes >= 1 (got {self.num_classes}), "
-                             f"attention_channels >= 1 (got {self.attention_channels}) and dropout in [0, 1) "
-                             f"(got {self.dropout})")
+        check_head_settings("EncoderClassifierConfig", self.num_classes, self.attention_channels, self.dropout)
 
 
-class EncoderClassifier(nn.Module):
+class EncoderClassifier(PooledClassifier):
     """Images [B, in_channels, D, H, W] (sides divisible by 16, at least 32) → logits [B, num_classes]."""
 
     encoder_key_prefix = "encoder."
@@ -68,19 +66,3 @@ class EncoderClassifier(nn.Module):
             raise ValueError(f"images of shape {list(images.shape)} have {images.shape[1]} channels; the network "
                              f"expects {self.config.encoder.in_channels}")
         return self.encoder(images)[0]
-
-    def classify_features(self, features: Tensor) -> Tensor:
-        """Logits [B, num_classes] from deepest features (as returned by `deepest_features`)."""
-        return self.head(features)
-
-    def forward(self, inputs: Tensor, from_features: bool = False) -> Tensor:
-        """Logits of images, or of cached deepest features when `from_features` (the frozen-encoder probe calls
-        the network this way so that DistributedDataParallel still sees the call)."""
-        if from_features:
-            return self.classify_features(inputs)
-        return self.classify_features(self.deepest_features(inputs))
-
-    def freeze_encoder(self) -> None:
-        """Stop gradients into the encoder (the frozen-encoder probe trains the head only)."""
-        for parameter in self.encoder.parameters():
-            parameter.requires_grad_(False)

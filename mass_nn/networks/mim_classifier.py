@@ -12,10 +12,11 @@ import dataclasses
 from dataclasses import dataclass
 
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from mass_nn.errors import MassError
 from mass_nn.networks.attention_pool_head import AttentionPoolHead
+from mass_nn.networks.pooled_classifier import PooledClassifier, check_head_settings
 from mass_nn.networks.mim_backbone import MiMBackbone, MiMBackboneConfig
 from mass_nn.schema import from_dict, to_dict
 
@@ -40,15 +41,13 @@ class MiMClassifierConfig:
 
     def validate(self) -> None:
         self.backbone.validate()
-        if self.num_classes < 1 or self.attention_channels < 1 or not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"invalid MiMClassifierConfig: need num_classes >= 1 (got {self.num_classes}), "
-                             f"attention_channels >= 1 (got {self.attention_channels}) and dropout in [0, 1) "
-                             f"(got {self.dropout})")
+        check_head_settings("MiMClassifierConfig", self.num_classes, self.attention_channels, self.dropout)
 
 
-class MiMClassifier(nn.Module):
+class MiMClassifier(PooledClassifier):
     """Images [B, in_channels, D, H, W] (sides divisible by 2**n) -> logits [B, num_classes]."""
 
+    encoder_attribute = "backbone"
     encoder_key_prefix = "backbone."
     config_class = MiMClassifierConfig
 
@@ -64,21 +63,6 @@ class MiMClassifier(nn.Module):
         """The normalised transformer tokens as a grid [B, C, D/2^n, H/2^n, W/2^n]."""
         tokens = self.backbone.feature_maps(images)[-1]
         return F.layer_norm(tokens.movedim(1, -1), (tokens.shape[1],)).movedim(-1, 1)
-
-    def classify_features(self, features: Tensor) -> Tensor:
-        """Logits [B, num_classes] from deepest features."""
-        return self.head(features)
-
-    def forward(self, inputs: Tensor, from_features: bool = False) -> Tensor:
-        """Logits of images, or of cached deepest features when `from_features`."""
-        if from_features:
-            return self.classify_features(inputs)
-        return self.classify_features(self.deepest_features(inputs))
-
-    def freeze_encoder(self) -> None:
-        """Stop gradients into the backbone (the frozen probe trains the head only)."""
-        for parameter in self.backbone.parameters():
-            parameter.requires_grad_(False)
 
     @classmethod
     def from_pretrained_for_classification(cls, checkpoint, num_classes: int, input_size: list[int], dropout: float,

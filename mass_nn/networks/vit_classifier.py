@@ -11,10 +11,11 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from mass_nn.errors import MassError
 from mass_nn.networks.attention_pool_head import AttentionPoolHead
+from mass_nn.networks.pooled_classifier import PooledClassifier, check_head_settings
 from mass_nn.networks.vit import (ViTConfig, ViTEncoder, patch_grid, pretrained_vit_config, tokens_to_grid,
                                   transfer_vit_weights)
 from mass_nn.schema import from_dict, to_dict
@@ -42,15 +43,13 @@ class ViTClassifierConfig:
     def validate(self) -> None:
         """Raise ValueError naming the first field that cannot build a network."""
         self.vit.validate()
-        if self.num_classes < 1 or self.attention_channels < 1 or not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"invalid ViTClassifierConfig: need num_classes >= 1 (got {self.num_classes}), "
-                             f"attention_channels >= 1 (got {self.attention_channels}) and dropout in [0, 1) "
-                             f"(got {self.dropout})")
+        check_head_settings("ViTClassifierConfig", self.num_classes, self.attention_channels, self.dropout)
 
 
-class ViTClassifier(nn.Module):
+class ViTClassifier(PooledClassifier):
     """Images [B, in_channels, Z, Y, X] (sides multiples of the patch) -> logits [B, num_classes]."""
 
+    encoder_attribute = "vit"
     encoder_key_prefix = "vit."
     config_class = ViTClassifierConfig
 
@@ -66,21 +65,6 @@ class ViTClassifier(nn.Module):
         """The final patch tokens on their grid [B, dim, Z/p, Y/p, X/p]."""
         final, _ = self.vit(images)
         return tokens_to_grid(final[:, 1:], self.vit.grid(images.shape[2:]))
-
-    def classify_features(self, features: Tensor) -> Tensor:
-        """Logits [B, num_classes] from deepest features (as returned by `deepest_features`)."""
-        return self.head(features)
-
-    def forward(self, inputs: Tensor, from_features: bool = False) -> Tensor:
-        """Logits of images, or of cached deepest features when `from_features`."""
-        if from_features:
-            return self.classify_features(inputs)
-        return self.classify_features(self.deepest_features(inputs))
-
-    def freeze_encoder(self) -> None:
-        """Stop gradients into the ViT (the frozen-encoder probe trains the head only)."""
-        for parameter in self.vit.parameters():
-            parameter.requires_grad_(False)
 
     @classmethod
     def from_pretrained_for_classification(cls, checkpoint, num_classes: int, input_size: list[int], dropout: float,
