@@ -4,6 +4,7 @@ Examples:
   mass_train PRETRAIN -d 990                          # MASSPretrainer, 3d_cpu on CPU / 3d_paper on GPU
   mass_train PRETRAIN -d 990 --epochs 2 --iters-per-epoch 50 --tag short
   mass_train PRETRAIN -d 990 --continue               # resume the run exactly where it stopped
+  mass_train PRETRAIN -d 990 -tr MAEPretrainer        # a baseline: MAE, S3D, SimCLR, ModelsGenesis, HiEndMAE, MiM
   torchrun --nproc_per_node 4 -m mass_nn.cli.train PRETRAIN -d 990   # DistributedDataParallel
   mass_train FINETUNE -d 991 -shots 1 --pretrained RUN/checkpoint_final.pt    # few-shot segmentation
   mass_train FINETUNE -d 991 -tr ClassificationProbe --pretrained CKPT --train-fraction 0.3
