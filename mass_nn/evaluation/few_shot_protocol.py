@@ -14,6 +14,7 @@ from mass_nn.evaluation.tables import json_safe, markdown_table, mean_std
 from mass_nn.io.atomic import atomic_path, read_json, write_json_atomic
 from mass_nn.io.dataset_json import find_dataset_name
 from mass_nn.paths import MassPaths
+from mass_nn.training.checkpoint import load_checkpoint
 from mass_nn.training.finetune.labelled_data import resolve_labelled_dataset
 from mass_nn.training.finetune.segmentation_finetuner import finetune_run_tag
 from mass_nn.training.options import TrainingOptions
@@ -22,7 +23,13 @@ from mass_nn.training.run_training import run_training
 
 logger = logging.getLogger(__name__)
 
-METHOD_LABELS = {"in_context": "MASS in-context", "finetune": "MASS finetuned", "scratch": "scratch finetuned"}
+METHOD_LABELS = {"in_context": "{model} in-context", "finetune": "{model} finetuned", "scratch": "scratch finetuned"}
+
+
+def method_label(method: str, checkpoint_trainer: str) -> str:
+    """Row label of a method: the pretraining trainer's name without "Pretrainer" (MASS, MAE, ...) for the
+    methods that start from the checkpoint."""
+    return METHOD_LABELS[method].format(model=checkpoint_trainer.removesuffix("Pretrainer") or "pretrained")
 
 
 @dataclass
@@ -89,7 +96,7 @@ def run_few_shot_protocol(protocol: FewShotProtocol, paths: MassPaths, out_folde
     for k in shots:
         for seed in protocol.seeds:
             for method in protocol.methods:
-                logger.info("few-shot protocol: %s, %d-shot, seed %d", METHOD_LABELS[method], k, seed)
+                logger.info("few-shot protocol: %s, %d-shot, seed %d", method, k, seed)
                 summary = (_in_context(protocol, paths, out_folder, k, seed) if method == "in_context"
                            else _finetune(protocol, paths, method, k, seed))
                 runs.append({"method": method, "shots": k, "seed": seed, "mean_dice": summary["mean_dice"],
@@ -97,15 +104,17 @@ def run_few_shot_protocol(protocol: FewShotProtocol, paths: MassPaths, out_folde
                              "run_folder": summary["run_folder"]})
     results = {"dataset": protocol.dataset, "checkpoint": str(protocol.checkpoint), "shots": shots,
                "skipped_shots": skipped, "seeds": protocol.seeds, "methods": protocol.methods, "runs": runs,
-               "epochs": protocol.epochs, "iters_per_epoch": protocol.iters_per_epoch}
-    results["figure"] = _write_figure(runs, protocol, paths, out_folder)
+               "epochs": protocol.epochs, "iters_per_epoch": protocol.iters_per_epoch,
+               "checkpoint_trainer": load_checkpoint(protocol.checkpoint).meta.trainer if protocol.checkpoint else ""}
+    results["figure"] = _write_figure(runs, protocol, paths, out_folder, results["checkpoint_trainer"])
     write_json_atomic(json_safe(results), out_folder / "results.json")
     with atomic_path(out_folder / "results.md") as tmp:
         tmp.write_text(results_markdown(results))
     return results
 
 
-def _write_figure(runs: list[dict], protocol: FewShotProtocol, paths: MassPaths, out_folder: Path) -> str | None:
+def _write_figure(runs: list[dict], protocol: FewShotProtocol, paths: MassPaths, out_folder: Path,
+                  trainer: str) -> str | None:
     """Reference, query and each method's prediction for the first test case of the smallest k, first seed."""
     first = [r for r in runs if r["shots"] == runs[0]["shots"] and r["seed"] == runs[0]["seed"]] if runs else []
     if not first:
@@ -122,7 +131,7 @@ def _write_figure(runs: list[dict], protocol: FewShotProtocol, paths: MassPaths,
         folder = Path(run["run_folder"]) / ("" if run["method"] == "in_context" else "test") / "predictions"
         prediction = next(folder.glob(f"{query.case_id}.*"), None)
         if prediction is not None:
-            panels.append((METHOD_LABELS[run["method"]], query.images[0], prediction))
+            panels.append((method_label(run["method"], trainer), query.images[0], prediction))
     path = out_folder / "examples.png"
     write_segmentation_figure(panels, path, f"{runs[0]['shots']}-shot, seed {runs[0]['seed']}")
     return str(path)
@@ -137,7 +146,7 @@ def results_table(results: dict) -> str:
         for k in results["shots"]:
             values = [r["mean_dice"] for r in results["runs"] if r["method"] == method and r["shots"] == k]
             cells.append(mean_std([v if v is not None else math.nan for v in values]))
-        rows.append([METHOD_LABELS[method], *cells])
+        rows.append([method_label(method, results["checkpoint_trainer"]), *cells])
     return markdown_table(header, rows)
 
 
