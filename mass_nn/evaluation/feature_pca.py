@@ -1,0 +1,64 @@
+"""Seeing what a network learnt: its dense decoder features reduced to 3 principal components and shown as RGB
+(the MASS supplement's Figure 7). Voxels with similar features get similar colours, so anatomy the network
+separates shows up as coloured regions without any labels."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mass_nn.io.atomic import atomic_path
+
+
+def pca_rgb(features: torch.Tensor | np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Features [C, D, H, W] -> colours [D, H, W, 3] in [0, 1]: the first three principal components (fitted on the
+    voxels of `mask`, all voxels when None), each scaled by its 1st-99th percentile range over those voxels."""
+    features = torch.as_tensor(features, dtype=torch.float32)
+    channels, shape = features.shape[0], features.shape[1:]
+    flat = features.reshape(channels, -1).T  # [N, C]
+    selected = None if mask is None else torch.as_tensor(np.asarray(mask).reshape(-1), dtype=torch.bool)
+    chosen = flat if selected is None else flat[selected]
+    mean = chosen.mean(dim=0, keepdim=True)
+    # principal axes from the SVD of the centred samples; a sign fixed per axis keeps colours stable across runs
+    _, _, vh = torch.linalg.svd(chosen - mean, full_matrices=False)
+    axes = vh[:3]
+    axes = axes * torch.sign(axes[:, axes.abs().argmax(dim=1)].diagonal())[:, None]
+    projected = (flat - mean) @ axes.T  # [N, <=3]
+    if projected.shape[1] < 3:
+        projected = torch.cat([projected, projected.new_zeros(projected.shape[0], 3 - projected.shape[1])], dim=1)
+    reference = projected if selected is None else projected[selected]
+    low = torch.quantile(reference, 0.01, dim=0)
+    high = torch.quantile(reference, 0.99, dim=0)
+    rgb = ((projected - low) / (high - low).clamp(min=1e-8)).clamp(0, 1)
+    return rgb.reshape(*shape, 3).numpy()
+
+
+@torch.no_grad()
+def dense_feature_rgb(network, image: np.ndarray) -> np.ndarray:
+    """Colours [D, H, W, 3] of an in-context network's last decoder features of `image` (c, D, H, W; sides
+    divisible by 16, at most the network's input size), decoded under the whole-view task."""
+    network.eval()
+    features = network.dense_features(torch.as_tensor(image, dtype=torch.float32)[None])[0]
+    return pca_rgb(features)
+
+
+def write_feature_figure(image: np.ndarray, rgb: np.ndarray, path: Path, title: str = "") -> None:
+    """A PNG with the middle axial slice of `image` (c, D, H, W; channel 0 shown) next to its feature colours."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    index = image.shape[1] // 2
+    figure, axes = plt.subplots(1, 2, figsize=(6.4, 3.4))
+    axes[0].imshow(image[0, index], cmap="gray", origin="lower")
+    axes[0].set_title("image", fontsize=9)
+    axes[1].imshow(rgb[index], origin="lower")
+    axes[1].set_title("decoder features, PCA -> RGB", fontsize=9)
+    for axis in axes:
+        axis.axis("off")
+    if title:
+        figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=110)
+    plt.close(figure)
