@@ -16,7 +16,6 @@ start corner. Batch i is a pure function of (seed, i) (indexed_loader.py).
 from __future__ import annotations
 
 import os
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,7 +36,6 @@ from mass_nn.training.data.indexed_loader import (AugmentedBatches, IndexedBatch
                                                   seed_everything_for_batch)
 from mass_nn.training.data.two_view_sampler import plan_view_starts
 
-OPEN_CASES_PER_WORKER = 32
 IMAGE_KEY = "image"
 REGION_CROPS_IN_PLANE = 3  # the reference region is 3 x 3 crops in-plane, 1 crop deep
 
@@ -152,15 +150,9 @@ class ContrastiveCropLoader(IndexedBatchLoader):
                  start_batch: int = 0, rank: int = 0, world_size: int = 1, num_threads_in_multithreaded: int = 1):
         super().__init__(cases, batch_size, seed, start_batch, rank, world_size, num_threads_in_multithreaded)
         self.settings = settings
-        self._open: OrderedDict[int, object] = OrderedDict()
 
-    def _image(self, index: int):
-        if index not in self._open:
-            self._open[index] = open_array(self._data[index].image_path)
-            if len(self._open) > OPEN_CASES_PER_WORKER:
-                self._open.popitem(last=False)
-        self._open.move_to_end(index)
-        return self._open[index]
+    def open_case(self, index: int):
+        return open_array(self._data[index].image_path)
 
     def _sample(self, image, rng: np.random.Generator) -> tuple[list, list, np.ndarray]:
         """Reference crops, partner crops and their starts for one case."""
@@ -176,7 +168,7 @@ class ContrastiveCropLoader(IndexedBatchLoader):
         picks = rng.integers(0, len(self._data), size=self.batch_size)
         references, partners, starts = [], [], []
         for index in picks:
-            sample = self._sample(self._image(int(index)), rng)
+            sample = self._sample(self.case(int(index)), rng)
             references += sample[0]
             partners += sample[1]
             starts.append(sample[2])

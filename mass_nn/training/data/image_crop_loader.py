@@ -6,7 +6,6 @@ needed. Batch order and resume follow indexed_loader.py.
 from __future__ import annotations
 
 import os
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,9 +17,6 @@ from mass_nn.training.data.augmentation import ViewAugmentation, build_single_vi
 from mass_nn.training.data.indexed_loader import (AugmentedBatches, IndexedBatchLoader, augmented_batches,
                                                   seed_everything_for_batch)
 from mass_nn.training.data.two_view_sampler import plan_view_starts
-
-OPEN_CASES_PER_WORKER = 32
-
 
 @dataclass(frozen=True)
 class ImageCase:
@@ -39,22 +35,16 @@ class ImageCropLoader(IndexedBatchLoader):
         super().__init__(cases, batch_size, seed, start_batch, rank, world_size, num_threads_in_multithreaded)
         self.patch_size_zyx = tuple(int(p) for p in patch_size_zyx)
         self.crop_size_zyx = tuple(p + 2 * m for p, m in zip(self.patch_size_zyx, margin_for_patch(patch_size_zyx)))
-        self._open: OrderedDict[int, object] = OrderedDict()
 
-    def _image(self, index: int):
-        if index not in self._open:
-            self._open[index] = open_array(self._data[index].image_path)
-            if len(self._open) > OPEN_CASES_PER_WORKER:
-                self._open.popitem(last=False)
-        self._open.move_to_end(index)
-        return self._open[index]
+    def open_case(self, index: int):
+        return open_array(self._data[index].image_path)
 
     def make_batch(self, batch_index: int) -> dict:
         rng = seed_everything_for_batch(self.seed, batch_index)
         picks = rng.integers(0, len(self._data), size=self.batch_size)
         images, valid = [], []
         for index in picks:
-            image = self._image(int(index))
+            image = self.case(int(index))
             start = plan_view_starts(image.shape[1:], self.crop_size_zyx, 1.0, rng)[0]
             images.append(crop_or_pad(image, start, self.crop_size_zyx).astype(np.float32))
             inside = np.ones((1, *image.shape[1:]), dtype=np.uint8)

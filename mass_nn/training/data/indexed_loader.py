@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections import OrderedDict
 
 import numpy as np
 from batchgenerators.dataloading.data_loader import DataLoader
@@ -34,7 +35,14 @@ def seed_everything_for_batch(seed: int, batch_index: int) -> np.random.Generato
 
 class IndexedBatchLoader(DataLoader):
     """Infinite batchgenerators DataLoader whose batch for each step is `make_batch(global index)`; subclasses
-    implement make_batch and may seed from `seed_everything_for_batch(self.seed, index)`."""
+    implement make_batch and may seed from `seed_everything_for_batch(self.seed, index)`.
+
+    `case(index)` gives what `open_case(index)` opened for item `index`, kept in a per-process LRU of
+    `open_cases_per_worker` entries (opened lazily, so worker processes open their own after the fork);
+    `close_case` releases an entry the LRU drops.
+    """
+
+    open_cases_per_worker = 32
 
     def __init__(self, items: list, batch_size: int, seed: int, start_batch: int = 0, rank: int = 0,
                  world_size: int = 1, num_threads_in_multithreaded: int = 1):
@@ -46,6 +54,7 @@ class IndexedBatchLoader(DataLoader):
         self.indices = np.arange(len(self._data))
         self.seed, self.start_batch, self.rank, self.world_size = seed, start_batch, rank, world_size
         self._steps_done = 0
+        self._open_cases: OrderedDict[int, object] = OrderedDict()
 
     def global_batch_index(self, step: int) -> int:
         """The global batch number of this rank's `step`."""
@@ -58,6 +67,23 @@ class IndexedBatchLoader(DataLoader):
 
     def make_batch(self, batch_index: int) -> dict:
         raise NotImplementedError
+
+    def open_case(self, index: int):
+        """Subclass: open item `index` (e.g. memory-map its arrays)."""
+        raise NotImplementedError
+
+    def close_case(self, opened) -> None:
+        """Release what open_case returned when the LRU drops it (nothing to release by default)."""
+
+    def case(self, index: int):
+        """open_case(index), from the LRU when it is there."""
+        if index in self._open_cases:
+            self._open_cases.move_to_end(index)
+            return self._open_cases[index]
+        opened = self._open_cases[index] = self.open_case(index)
+        if len(self._open_cases) > self.open_cases_per_worker:
+            self.close_case(self._open_cases.popitem(last=False)[1])
+        return opened
 
 
 class AugmentedBatches:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,7 +21,6 @@ from mass_nn.training.data.indexed_loader import (AugmentedBatches, IndexedBatch
 
 logger = logging.getLogger(__name__)
 
-OPEN_CASES_PER_WORKER = 16
 MAX_FOREGROUND_SAMPLES = 10_000  # voxel coordinates kept per class and case to draw centres from
 
 
@@ -50,6 +48,8 @@ class LabelledPatchLoader(IndexedBatchLoader):
     """Raw labelled crops: `image` (B, C, *crop) float32, `masks` (B, K, *crop) uint8 (K = len(label_values)),
     `case_ids`, `batch_index`."""
 
+    open_cases_per_worker = 16  # label maps are read whole into memory, so fewer cases stay open
+
     def __init__(self, cases: list[LabelledCase], label_values: list[int], patch_size_zyx, batch_size: int,
                  seed: int, foreground_probability: float = 1 / 3, start_batch: int = 0, rank: int = 0,
                  world_size: int = 1, num_threads_in_multithreaded: int = 1):
@@ -58,20 +58,13 @@ class LabelledPatchLoader(IndexedBatchLoader):
         self.patch_size_zyx = tuple(int(p) for p in patch_size_zyx)
         self.crop_size_zyx = tuple(p + 2 * m for p, m in zip(self.patch_size_zyx, margin_for_patch(patch_size_zyx)))
         self.foreground_probability = foreground_probability
-        self._open: OrderedDict[int, tuple] = OrderedDict()
 
-    def _case(self, index: int) -> tuple:
-        """(image array, seg (z, y, x), per-class coordinates) of case `index`, cached per process."""
-        if index in self._open:
-            self._open.move_to_end(index)
-            return self._open[index]
+    def open_case(self, index: int) -> tuple:
+        """(image array, seg (z, y, x), per-class coordinates) of case `index`."""
         case = self._data[index]
         seg = np.asarray(open_array(case.seg_path)[0])
         coordinates = class_voxels(seg, self.label_values, np.random.default_rng([self.seed, index]))
-        self._open[index] = (open_array(case.image_path), seg, coordinates)
-        if len(self._open) > OPEN_CASES_PER_WORKER:
-            self._open.popitem(last=False)
-        return self._open[index]
+        return open_array(case.image_path), seg, coordinates
 
     def _centre(self, shape, coordinates: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
         present = [c for c in coordinates if len(c)]
@@ -86,7 +79,7 @@ class LabelledPatchLoader(IndexedBatchLoader):
         images, masks = [], []
         values = np.asarray(self.label_values, dtype=np.int16)[:, None, None, None]
         for index in picks:
-            image, seg, coordinates = self._case(int(index))
+            image, seg, coordinates = self.case(int(index))
             start = centered_start(self._centre(seg.shape, coordinates, rng), self.crop_size_zyx)
             images.append(crop_or_pad(image, start, self.crop_size_zyx).astype(np.float32))
             seg_crop = crop_or_pad(seg[None], start, self.crop_size_zyx)

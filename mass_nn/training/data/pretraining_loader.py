@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +22,6 @@ from mass_nn.training.data.two_view_sampler import sample_two_views
 
 logger = logging.getLogger(__name__)
 
-OPEN_CASES_PER_WORKER = 32  # memory-mapped images and bank headers kept open per process (LRU)
 __all__ = ["PretrainingCase", "TwoViewDataLoader", "make_pretraining_loader", "measure_loader_throughput",
            "seed_everything_for_batch", "validate_cases"]
 
@@ -64,31 +62,25 @@ class TwoViewDataLoader(IndexedBatchLoader):
         super().__init__(cases, batch_size, seed, start_batch, rank, world_size, num_threads_in_multithreaded)
         self.settings = settings
         self.case_probabilities = _normalised_weights(case_weights, len(self._data))
-        self._open_cases: OrderedDict[int, tuple] = OrderedDict()
 
     def make_batch(self, batch_index: int) -> dict:
         """Raw batch number `batch_index`; also seeds the global random state the augmentation then uses."""
         rng = seed_everything_for_batch(self.seed, batch_index)
         picks = rng.choice(len(self._data), size=self.batch_size, replace=True, p=self.case_probabilities)
         s = self.settings
-        samples = [sample_two_views(*self._open_case(int(i)), crop_size=s.crop_size_zyx,
+        samples = [sample_two_views(*self.case(int(i)), crop_size=s.crop_size_zyx,
                                     patch_size=s.patch_size_zyx, num_tasks=s.num_tasks,
                                     overlap_ratio=s.overlap_ratio, everything_task=s.everything_task,
                                     prefer_in_view=s.prefer_masks_in_view, rng=rng) for i in picks]
         return stack_samples(samples, [self._data[int(i)].case_id for i in picks], batch_index)
 
-    def _open_case(self, index: int) -> tuple:
-        """(image, bank) of case `index`, opened lazily in the process that reads them (workers after fork)."""
-        if index in self._open_cases:
-            self._open_cases.move_to_end(index)
-            return self._open_cases[index]
+    def open_case(self, index: int) -> tuple:
+        """(memory-mapped image, mask bank) of case `index`."""
         case = self._data[index]
-        opened = (open_array(case.image_path), MaskBank(case.bank_path))
-        self._open_cases[index] = opened
-        if len(self._open_cases) > OPEN_CASES_PER_WORKER:
-            _, (_, bank) = self._open_cases.popitem(last=False)
-            bank.close()
-        return opened
+        return open_array(case.image_path), MaskBank(case.bank_path)
+
+    def close_case(self, opened: tuple) -> None:
+        opened[1].close()
 
 
 def stack_samples(samples: list, case_ids: list[str], batch_index: int) -> dict:
