@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mass_nn.io.atomic import atomic_path
+from mass_nn.io.figures import pyplot, save_figure
 
 
 def pca_rgb(features: torch.Tensor | np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
@@ -45,9 +45,7 @@ def dense_feature_rgb(network, image: np.ndarray) -> np.ndarray:
 
 def write_feature_figure(image: np.ndarray, rgb: np.ndarray, path: Path, title: str = "") -> None:
     """A PNG with the middle axial slice of `image` (c, D, H, W; channel 0 shown) next to its feature colours."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     index = image.shape[1] // 2
     figure, axes = plt.subplots(1, 2, figsize=(6.4, 3.4))
     axes[0].imshow(image[0, index], cmap="gray", origin="lower")
@@ -58,7 +56,4 @@ def write_feature_figure(image: np.ndarray, rgb: np.ndarray, path: Path, title: 
         axis.axis("off")
     if title:
         figure.suptitle(title, fontsize=10)
-    figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path, dpi=110)

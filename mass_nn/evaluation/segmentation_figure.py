@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mass_nn.io.atomic import atomic_path
+from mass_nn.io.figures import pyplot, save_figure
 from mass_nn.io.image_io import read_image
 
 
@@ -32,9 +32,7 @@ def write_segmentation_figure(panels: list[tuple[str, Path, Path]], path: Path, 
     """One row of panels (title, image file, label file) written as a PNG. A panel shows the axial slice with the
     most labelled voxels; panels of the same image file (a query's ground truth and its predictions) all show
     the slice chosen for the first of them."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     figure, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), squeeze=False)
     query_slice: dict[str, int] = {}
     for axis, (panel_title, image_path, label_path) in zip(axes[0], panels):
@@ -47,7 +45,4 @@ def write_segmentation_figure(panels: list[tuple[str, Path, Path]], path: Path, 
         axis.axis("off")
     if title:
         figure.suptitle(title, fontsize=10)
-    figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path, dpi=110)

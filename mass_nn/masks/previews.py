@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mass_nn.io.atomic import atomic_path
+from mass_nn.io.figures import pyplot, save_figure
 from mass_nn.masks.mask_bank import MaskBank
 
 MAX_OVERLAYS_PER_SLICE = 80
@@ -41,9 +41,7 @@ def slice_overlay(bank: MaskBank, axis: int, index: int, rgb: np.ndarray, seed: 
 
 def write_preview(bank: MaskBank, windowed: np.ndarray, axis: int, interval: int, path: Path) -> None:
     """Write the preview PNG of one case; `windowed` is the uint8 (3, z, y, x) image the masks were made from."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     slices = preview_slices(bank, axis, interval)
     fig, axes = plt.subplots(1, len(slices) + 1, figsize=(4 * (len(slices) + 1), 4.2))
@@ -60,7 +58,4 @@ def write_preview(bank: MaskBank, windowed: np.ndarray, axis: int, interval: int
     hist_ax.set_ylabel("masks")
     hist_ax.set_title(f"{len(bank)} masks, median {int(np.median(volumes)) if volumes.size else 0} voxels")
     fig.suptitle(f"{bank.case_id} — {bank.generator}")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=72)
-    plt.close(fig)
+    save_figure(fig, path, dpi=72)

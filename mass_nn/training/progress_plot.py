@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mass_nn.io.atomic import atomic_path
+from mass_nn.io.figures import pyplot, save_figure
 
 
 def _series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
@@ -13,9 +13,7 @@ def _series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
 
 def write_progress_plot(records: list[dict], path: Path, title: str = "") -> None:
     """Three panels: losses (train_* and val_loss), validation scores (val_* other than loss), learning rate."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     keys = sorted({k for r in records for k, v in r.items() if isinstance(v, (int, float))})
     loss_keys = [k for k in keys if k.startswith("train_") and "loss" in k] + [k for k in keys if k == "val_loss"]
@@ -36,7 +34,4 @@ def write_progress_plot(records: list[dict], path: Path, title: str = "") -> Non
         axis.grid(alpha=0.3)
     if title:
         figure.suptitle(title)
-    figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, dpi=80)
-    plt.close(figure)
+    save_figure(figure, path, dpi=80)
