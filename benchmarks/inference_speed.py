@@ -82,8 +82,7 @@ def measure_dataset(dataset_id: int, paths: MassPaths, repeats: int, out: Path) 
     checkpoint = pretrained_checkpoint(dataset_id, paths)
     network, _, _ = load_in_context_checkpoint(checkpoint)
     data = resolve_labelled_dataset(str(dataset_id), paths, "MassPlans", CONFIGURATION)
-    reference_case = data.patch_case(data.labelled_cases("train")[0])
-    reference = (np.asarray(open_array(reference_case.image_path)), np.asarray(open_array(reference_case.seg_path))[0])
+    reference = data.preprocessed_pairs(data.labelled_cases("train")[:1])[0]
     present = [v for v in data.classes.values() if (reference[1] == v).any()]
     patch = network.config.input_size_zyx
 

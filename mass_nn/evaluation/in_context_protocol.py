@@ -5,11 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from mass_nn.io.atomic import write_json_atomic
 from mass_nn.paths import MassPaths
-from mass_nn.preprocessing.blosc2_storage import open_array
 
 
 def in_context_evaluation(checkpoint: Path, dataset: str, paths: MassPaths, shots: int, seed: int,
@@ -28,9 +25,8 @@ def in_context_evaluation(checkpoint: Path, dataset: str, paths: MassPaths, shot
     load_pretrained_checkpoint(checkpoint, data.source.plans, configuration, data.source.dataset_name)
     network, _, _ = load_in_context_checkpoint(checkpoint, device)
     shot_cases = select_shots(data.labelled_cases("train"), shots, seed)
-    references = [(np.asarray(open_array(c.image_path)), np.asarray(open_array(c.seg_path))[0])
-                  for c in map(data.patch_case, shot_cases)]
-    present = {n: v for n, v in data.classes.items() if any((seg == v).any() for _, seg in references)}
+    references = data.preprocessed_pairs(shot_cases)
+    present = data.classes_present(references)
     embedding = encode_reference_labels(network, references, list(present.values()), network.config.input_size_zyx,
                                         device, names=list(present))
     predictor = SegmentationPredictor(network, embedding, list(present.values()), data.source.plans, configuration,

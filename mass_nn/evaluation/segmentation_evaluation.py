@@ -195,7 +195,8 @@ def _case_entry(result: dict, labels: dict[str, int]) -> dict:
             "metrics": metrics}
 
 
-def _finite_mean(values: list[float]) -> float:
+def finite_mean(values) -> float:
+    """Mean of the finite values; NaN when there is none (undefined metrics do not count)."""
     finite = [v for v in values if math.isfinite(v)]
     return float(np.mean(finite)) if finite else math.nan
 
@@ -206,11 +207,11 @@ def _means(per_case: list[dict], labels: dict[str, int]) -> dict:
     for name in labels:
         dice = [c["metrics"][name]["dice"] for c in per_case]
         distance = [c["metrics"][name]["hd95"] for c in per_case]
-        mean[name] = {"dice": _finite_mean(dice), "hd95": _finite_mean(distance),
+        mean[name] = {"dice": finite_mean(dice), "hd95": finite_mean(distance),
                       "dice_cases": sum(math.isfinite(v) for v in dice),
                       "hd95_cases": sum(math.isfinite(v) for v in distance)}
-    return {"mean_dice": _finite_mean([m["dice"] for m in mean.values()]),
-            "mean_hd95": _finite_mean([m["hd95"] for m in mean.values()]), "mean": mean}
+    return {"mean_dice": finite_mean([m["dice"] for m in mean.values()]),
+            "mean_hd95": finite_mean([m["hd95"] for m in mean.values()]), "mean": mean}
 
 
 def _text(value: float, scale: float = 100.0, digits: int = 1) -> str:

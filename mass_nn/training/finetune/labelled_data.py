@@ -10,6 +10,7 @@ import numpy as np
 from mass_nn.errors import MassError
 from mass_nn.io.dataset_json import CaseFiles, list_cases, load_dataset_json
 from mass_nn.paths import MassPaths
+from mass_nn.preprocessing.blosc2_storage import open_array
 from mass_nn.training.data.labelled_patch_loader import LabelledCase
 from mass_nn.training.pretrain.pretraining_data import PreprocessedSource, resolve_source
 
@@ -29,6 +30,15 @@ class LabelledDataset:
     def patch_case(self, case_id: str) -> LabelledCase:
         folder = self.source.data_folder
         return LabelledCase(case_id, folder / f"{case_id}.b2nd", folder / f"{case_id}_seg.b2nd")
+
+    def preprocessed_pairs(self, case_ids: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(image (c, z, y, x), label map (z, y, x)) of each case, read into memory (e.g. the shots as references)."""
+        return [(np.asarray(open_array(c.image_path)), np.asarray(open_array(c.seg_path))[0])
+                for c in map(self.patch_case, case_ids)]
+
+    def classes_present(self, pairs: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, int]:
+        """The classes (name -> value) that occur in at least one of the label maps of `pairs`."""
+        return {n: v for n, v in self.classes.items() if any((seg == v).any() for _, seg in pairs)}
 
     def raw_cases(self, case_ids: list[str]) -> list[CaseFiles]:
         """The raw image and label files of `case_ids` (imagesTr/labelsTr), in the given order."""

@@ -12,14 +12,12 @@ import logging
 from pathlib import Path
 from typing import ClassVar
 
-import numpy as np
 import torch
 
 from mass_nn.errors import MassError
 from mass_nn.io.atomic import write_json_atomic
 from mass_nn.networks.fixed_class_segmenter import FixedClassSegmenter
 from mass_nn.parallel import default_num_processes
-from mass_nn.preprocessing.blosc2_storage import open_array
 from mass_nn.training.data.labelled_patch_loader import make_labelled_loader
 from mass_nn.training.finetune.downstream_network import build_downstream_network, is_in_context_checkpoint
 from mass_nn.training.finetune.labelled_data import resolve_labelled_dataset, select_shots
@@ -94,13 +92,12 @@ class SegmentationFinetuner(Trainer):
 
     def _initialise_class_embeddings(self) -> None:
         from mass_nn.inference.reference_encoding import encode_reference_labels
-        references = [(np.asarray(open_array(c.image_path)), np.asarray(open_array(c.seg_path))[0])
-                      for c in map(self.data.patch_case, self.shot_cases)]
-        missing = [n for n, v in self.classes.items() if not any((seg == v).any() for _, seg in references)]
+        references = self.data.preprocessed_pairs(self.shot_cases)
+        present = self.data.classes_present(references)
+        missing = [n for n in self.classes if n not in present]
         if missing:
             logger.warning("classes %s occur in none of the %d shot case(s); their embeddings start random",
                            missing, len(references))
-        present = {n: v for n, v in self.classes.items() if n not in missing}
         if not present:
             return
         self.network.eval()

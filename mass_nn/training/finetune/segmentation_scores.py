@@ -2,22 +2,17 @@
 evaluation on raw cases (predicted through mass_predict's path, scored in the raw geometry)."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from mass_nn.evaluation.metrics import label_map_metrics
+from mass_nn.evaluation.segmentation_evaluation import finite_mean
 from mass_nn.io.dataset_json import CaseFiles
 from mass_nn.planning.plans import Plans
 from mass_nn.preprocessing.blosc2_storage import open_array
 from mass_nn.training.data.labelled_patch_loader import LabelledCase
-
-
-def _mean_finite(values) -> float:
-    finite = [v for v in values if math.isfinite(v)]
-    return float(np.mean(finite)) if finite else float("nan")
 
 
 @torch.no_grad()
@@ -35,8 +30,8 @@ def dice_on_preprocessed(network: torch.nn.Module, cases: list[LabelledCase], cl
         metrics = label_map_metrics(prediction, reference, classes, spacing, hd95=False)
         for name in classes:
             per_class[name].append(metrics[name]["dice"])
-    means = {name: _mean_finite(values) for name, values in per_class.items()}
-    return {"val_dice": _mean_finite(means.values()), **{f"val_dice_{n}": v for n, v in means.items()}}
+    means = {name: finite_mean(values) for name, values in per_class.items()}
+    return {"val_dice": finite_mean(means.values()), **{f"val_dice_{n}": v for n, v in means.items()}}
 
 
 def evaluate_on_raw_cases(checkpoint: Path, cases: list[CaseFiles], classes: dict[str, int], out_folder: Path,
