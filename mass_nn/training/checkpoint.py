@@ -2,7 +2,7 @@
 
 A checkpoint is a dict of tensors and plain containers saved with torch.save and read back with
 `weights_only=True`. Its descriptive part (trainer, network class and configuration, plans, configuration name,
-encoder key prefix, progress) is one JSON string, so it can be inspected with any tool and never runs code.
+encoder key prefix, progress, channel layouts trained on) is one JSON string, so it can be inspected with any tool and never runs code.
 """
 from __future__ import annotations
 
@@ -38,6 +38,9 @@ class CheckpointMeta:
     run_config: dict = field(default_factory=dict)
     best_metric: float | None = None
     mass_nn_version: str = __version__
+    # the (modality, normalization) of each channel, for every dataset the run trained on (all pooled datasets of
+    # a pretraining run); empty in checkpoints written before it existed: read them with meta.plans' channels
+    trained_channel_layouts: list[list[dict]] = field(default_factory=list)
 
 
 @dataclass

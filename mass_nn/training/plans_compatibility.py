@@ -1,33 +1,107 @@
 """Which differences between two plans make a model trained on one unusable on the other.
 
-Used when a run is continued (everything that shapes the data or the network must be equal) and when a
-checkpoint is loaded for another dataset (grid, channels and normalisation scheme must agree).
+Used when a run is continued (everything that shapes the data or the network must be equal), when several
+datasets are pooled in one pretraining run (grid, channel count, patch and network must agree) and when a
+checkpoint is loaded for another dataset (grid and channel count must agree, and the dataset's channel layout
+must be one the checkpoint was trained on).
+
+A channel layout is the (modality, normalisation) of every channel, in order. Across datasets channel names are
+not compared: they are labels a user chose ("PET" and "SUV" are the same kind of input). Each dataset is
+normalised by its own plans during preprocessing, so datasets of different layouts can be pooled in pretraining.
 """
 from __future__ import annotations
 
 from mass_nn.planning.plans import Plans
 from mass_nn.schema import to_dict
 
+ChannelLayout = list[dict[str, str]]  # [{"modality": ..., "normalization": ...}] per channel, JSON-ready
 
-def _channel_summary(plans: Plans, with_statistics: bool) -> list[dict]:
-    keys = ("name", "modality", "normalization") + (("clip_lower", "clip_upper", "mean", "std") if with_statistics
-                                                   else ())
+
+def channel_layout(plans: Plans) -> ChannelLayout:
+    """The (modality, normalisation) of each channel of `plans`, in channel order."""
+    return [{"modality": c.modality, "normalization": c.normalization} for c in plans.channels]
+
+
+def pool_channel_layouts(pool: list[Plans]) -> list[ChannelLayout]:
+    """The distinct channel layouts of the plans in `pool`, in first-seen order."""
+    layouts: list[ChannelLayout] = []
+    for plans in pool:
+        layout = channel_layout(plans)
+        if layout not in layouts:
+            layouts.append(layout)
+    return layouts
+
+
+def describe_layout(layout: ChannelLayout) -> str:
+    """A layout as one short string, e.g. "[CT/ct_clip_zscore, PET/zscore_per_image]"."""
+    return "[" + ", ".join(f"{c['modality']}/{c['normalization']}" for c in layout) + "]"
+
+
+def layout_pool_differences(pool: list[ChannelLayout], candidate: Plans) -> list[str]:
+    """Empty when the candidate's channel layout is one of `pool`; otherwise one line naming both."""
+    layout = channel_layout(candidate)
+    if layout in pool:
+        return []
+    known = " or ".join(describe_layout(p) for p in pool) or "none recorded"
+    return [f"channel layout (modality/normalisation): {known} vs {describe_layout(layout)}"]
+
+
+def _channel_summary(plans: Plans) -> list[dict]:
+    keys = ("name", "modality", "normalization", "clip_lower", "clip_upper", "mean", "std")
     return [{k: getattr(c, k) for k in keys} for c in plans.channels]
+
+
+def _grid_checks(reference: Plans, reference_configuration: str, candidate: Plans,
+                 candidate_configuration: str) -> list[tuple[str, object, object]]:
+    ref = reference.configuration(reference_configuration)
+    cand = candidate.configuration(candidate_configuration)
+    return [("target spacing (mm, zyx)", ref.target_spacing_zyx_mm, cand.target_spacing_zyx_mm),
+            ("number of input channels", len(reference.channels), len(candidate.channels))]
+
+
+def _network_checks(reference: Plans, reference_configuration: str, candidate: Plans,
+                    candidate_configuration: str) -> list[tuple[str, object, object]]:
+    ref = reference.configuration(reference_configuration)
+    cand = candidate.configuration(candidate_configuration)
+    return [("patch size (zyx)", ref.patch_size_zyx, cand.patch_size_zyx),
+            ("network", to_dict(ref.network), to_dict(cand.network))]
+
+
+def _lines(checks: list[tuple[str, object, object]]) -> list[str]:
+    return [f"{what}: {a} vs {b}" for what, a, b in checks if a != b]
 
 
 def plans_differences(reference: Plans, reference_configuration: str, candidate: Plans,
                       candidate_configuration: str, same_dataset: bool = True) -> list[str]:
     """Human-readable differences ("what: reference vs candidate"); empty when compatible.
 
-    same_dataset=True also compares the patch, the network and the per-dataset normalisation statistics.
+    same_dataset=True: target spacing, channel count, channels (name, modality, normalisation and the
+    normalisation statistics), patch and network must all be equal. same_dataset=False: target spacing, channel
+    count and channel layout (modality, normalisation; names are not compared) must be equal.
     """
-    ref = reference.configuration(reference_configuration)
-    cand = candidate.configuration(candidate_configuration)
-    checks = [("target spacing (mm, zyx)", ref.target_spacing_zyx_mm, cand.target_spacing_zyx_mm),
-              ("number of input channels", len(reference.channels), len(candidate.channels)),
-              ("channels (name, modality, normalisation)", _channel_summary(reference, same_dataset),
-               _channel_summary(candidate, same_dataset))]
+    checks = _grid_checks(reference, reference_configuration, candidate, candidate_configuration)
     if same_dataset:
-        checks += [("patch size (zyx)", ref.patch_size_zyx, cand.patch_size_zyx),
-                   ("network", to_dict(ref.network), to_dict(cand.network))]
-    return [f"{what}: {a} vs {b}" for what, a, b in checks if a != b]
+        checks.append(("channels (name, modality, normalisation)", _channel_summary(reference),
+                       _channel_summary(candidate)))
+        checks += _network_checks(reference, reference_configuration, candidate, candidate_configuration)
+    else:
+        checks.append(("channel layout (modality/normalisation)", describe_layout(channel_layout(reference)),
+                       describe_layout(channel_layout(candidate))))
+    return _lines(checks)
+
+
+def pretraining_pool_differences(reference: Plans, candidate: Plans, configuration: str) -> list[str]:
+    """Differences that forbid pretraining on both datasets in one run: target spacing, channel count, patch and
+    network of `configuration`. Channel names, modality and normalisation may differ."""
+    return _lines(_grid_checks(reference, configuration, candidate, configuration)
+                  + _network_checks(reference, configuration, candidate, configuration))
+
+
+def pooled_model_differences(reference: Plans, reference_configuration: str, pool: list[ChannelLayout],
+                             candidate: Plans, candidate_configuration: str) -> list[str]:
+    """Differences that forbid using a model trained with `reference` plans on the layouts in `pool` for
+    `candidate`: target spacing and channel count must equal the reference's, and the candidate's channel layout
+    must be one of `pool` (an empty pool falls back to the reference's own layout)."""
+    layouts = pool or [channel_layout(reference)]
+    return (_lines(_grid_checks(reference, reference_configuration, candidate, candidate_configuration))
+            + layout_pool_differences(layouts, candidate))

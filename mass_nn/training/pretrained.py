@@ -12,23 +12,30 @@ from torch import nn
 from mass_nn.errors import MassError
 from mass_nn.planning.plans import Plans
 from mass_nn.training.checkpoint import Checkpoint, load_checkpoint
-from mass_nn.training.plans_compatibility import plans_differences
+from mass_nn.training.plans_compatibility import channel_layout, pooled_model_differences
 
 logger = logging.getLogger(__name__)
 
 
+def checkpoint_channel_layouts(checkpoint: Checkpoint) -> list[list[dict]]:
+    """The channel layouts the checkpoint was trained on; for checkpoints that predate the record, the layout of
+    the plans saved in it."""
+    return checkpoint.meta.trained_channel_layouts or [channel_layout(Plans.from_dict(checkpoint.meta.plans))]
+
+
 def load_pretrained_checkpoint(path: str | Path, plans: Plans, configuration: str, dataset_name: str) -> Checkpoint:
-    """The checkpoint at `path`, after checking that its plans fit `plans`/`configuration` of `dataset_name`
-    (target spacing, channel count, channel modality and normalisation scheme); a mismatch names every
-    difference and the fix."""
+    """The checkpoint at `path`, after checking that it fits `plans`/`configuration` of `dataset_name`: same
+    target spacing and channel count as the checkpoint's plans, and a channel layout (modality and normalisation
+    scheme per channel; names are not compared) that is one of the layouts the checkpoint was trained on. A
+    mismatch names every difference and the fix."""
     checkpoint = load_checkpoint(path)
-    differences = plans_differences(Plans.from_dict(checkpoint.meta.plans), checkpoint.meta.configuration,
-                                    plans, configuration, same_dataset=False)
+    differences = pooled_model_differences(Plans.from_dict(checkpoint.meta.plans), checkpoint.meta.configuration,
+                                           checkpoint_channel_layouts(checkpoint), plans, configuration)
     if differences:
         raise MassError(f"{path}: the checkpoint was trained with plans ({checkpoint.meta.configuration}) that do not "
                         f"fit {dataset_name} ({configuration}); checkpoint vs dataset:\n  " + "\n  ".join(differences)
-                        + f"\nre-plan {dataset_name} with the checkpoint's settings (same target spacing and "
-                          f"channels), or use a checkpoint pretrained on data like it")
+                        + f"\nre-plan {dataset_name} with the checkpoint's target spacing and channel count, or use "
+                          f"a checkpoint pretrained on data with {dataset_name}'s channel modalities")
     return checkpoint
 
 

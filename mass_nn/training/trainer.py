@@ -31,7 +31,7 @@ from mass_nn.training.metrics_log import (RunLogFile, append_metrics, format_epo
 from mass_nn.training.optim.ema import ModelEMA
 from mass_nn.training.optim.schedules import build_lr_scheduler
 from mass_nn.training.options import TrainingOptions, load_run_config, merge_for_continue, save_run_config
-from mass_nn.training.plans_compatibility import plans_differences
+from mass_nn.training.plans_compatibility import plans_differences, pool_channel_layouts
 from mass_nn.training.pretrain.pretraining_data import default_configuration
 from mass_nn.training.progress_plot import write_progress_plot
 from mass_nn.training.stop_signal import StopRequest
@@ -55,6 +55,7 @@ class Trainer:
         self.paths = paths
         self.context = DistributedContext()
         self.plans: Plans | None = None
+        self.trained_plans: list[Plans] = []  # every dataset's plans when a run pools several; else self.plans
         self.configuration_plan: ConfigurationPlan | None = None
         self.dataset_name = ""
         self.network: nn.Module | None = None
@@ -234,13 +235,18 @@ class Trainer:
         if "torch_rng" in state:
             torch.set_rng_state(state["torch_rng"])
 
+    def trained_channel_layouts(self) -> list[list[dict]]:
+        """The distinct channel layouts (modality, normalisation per channel) of the datasets this run trains on."""
+        return pool_channel_layouts(self.trained_plans or [self.plans])
+
     def _make_checkpoint(self) -> Checkpoint:
         meta = CheckpointMeta(trainer=self.name, network_class=self.network_class_name,
                               network_config=self.network_config, plans=self.plans.to_dict(),
                               configuration=self.options.configuration,
                               encoder_key_prefix=getattr(self.network, "encoder_key_prefix", "encoder."),
                               epoch=self.epoch, global_step=self.global_step, run_config=self.options.to_dict(),
-                              best_metric=self.best_metric)
+                              best_metric=self.best_metric,
+                              trained_channel_layouts=self.trained_channel_layouts())
         state = {"epoch_sums": dict(self._epoch_sums), "epoch_steps": self._epoch_steps,
                  "validations_since_best": self._validations_since_best, "torch_rng": torch.get_rng_state(),
                  "world_size": self.context.world_size}

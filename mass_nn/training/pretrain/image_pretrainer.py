@@ -56,6 +56,7 @@ class ImagePretrainer(Trainer):
             raise MassError(f"{self.sources[0].data_folder}: the train split has no cases; check splits.json")
         first = self.sources[0]
         self.plans, self.configuration_plan, self.dataset_name = first.plans, first.configuration, first.dataset_name
+        self.trained_plans = [s.plans for s in self.sources]
 
     def setup(self) -> None:
         o = self.options

@@ -56,6 +56,7 @@ class MASSPretrainer(Trainer):
             raise MassError(f"{self.sources[0].data_folder}: the train split has no cases; check splits.json")
         first = self.sources[0]
         self.plans, self.configuration_plan, self.dataset_name = first.plans, first.configuration, first.dataset_name
+        self.trained_plans = [s.plans for s in self.sources]
 
     def setup(self) -> None:
         o = self.options
@@ -82,7 +83,8 @@ class MASSPretrainer(Trainer):
         from mass_nn.training.pretrain.validation import AutoMaskValidation, InContextValidation
         if self.options.val_dataset is not None:
             return InContextValidation.from_dataset(self.options.val_dataset, self.paths, self.plans,
-                                                    self.options.plans_name, self.options.configuration)
+                                                    self.options.plans_name, self.options.configuration,
+                                                    pool_layouts=self.trained_channel_layouts())
         if self.val_cases:
             return AutoMaskValidation(self.val_cases, self.sampler_settings, self.options.batch_size,
                                       self.options.val_batches, seed=self.options.seed, loss=self.loss)

@@ -13,7 +13,7 @@ from mass_nn.io.atomic import read_json
 from mass_nn.io.dataset_json import find_dataset_name
 from mass_nn.paths import MassPaths
 from mass_nn.planning.plans import ConfigurationPlan, Plans, load_plans
-from mass_nn.training.plans_compatibility import plans_differences
+from mass_nn.training.plans_compatibility import pretraining_pool_differences
 
 
 @dataclass
@@ -54,15 +54,12 @@ def resolve_source(dataset: str, paths: MassPaths, plans_name: str, configuratio
 
 def resolve_sources(datasets: list[str], paths: MassPaths, plans_name: str,
                     configuration: str) -> list[PreprocessedSource]:
-    """All datasets of a run; they must share grid, patch, network and channel layout."""
+    """All datasets of a run; they must share target spacing, channel count, patch and network, and may differ
+    in channel names, modality and normalisation (each is normalised by its own plans when preprocessed)."""
     sources = [resolve_source(d, paths, plans_name, configuration) for d in datasets]
     first = sources[0]
     for other in sources[1:]:
-        differences = [d for d in plans_differences(first.plans, configuration, other.plans, configuration,
-                                                    same_dataset=False)]
-        if first.configuration.patch_size_zyx != other.configuration.patch_size_zyx:
-            differences.append(f"patch size: {first.configuration.patch_size_zyx} vs "
-                               f"{other.configuration.patch_size_zyx}")
+        differences = pretraining_pool_differences(first.plans, other.plans, configuration)
         if differences:
             raise MassError(f"{first.dataset_name} and {other.dataset_name} cannot be pretrained on together "
                             f"({plans_name}/{configuration}):\n  " + "\n  ".join(differences))

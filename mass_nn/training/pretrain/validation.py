@@ -19,7 +19,7 @@ from mass_nn.planning.plans import Plans
 from mass_nn.preprocessing.blosc2_storage import open_array
 from mass_nn.preprocessing.case_properties import load_properties
 from mass_nn.preprocessing.crop_pad import centered_start, crop_or_pad
-from mass_nn.training.plans_compatibility import plans_differences
+from mass_nn.training.plans_compatibility import pooled_model_differences
 from mass_nn.training.pretrain.pretraining_data import resolve_source
 
 MAX_QUERY_CASES = 8
@@ -95,13 +95,15 @@ class InContextValidation:
         self.references, self.queries, self.label_values = references, queries, label_values
 
     @classmethod
-    def from_dataset(cls, dataset: str, paths: MassPaths, plans: Plans, plans_name: str,
-                     configuration: str) -> "InContextValidation":
+    def from_dataset(cls, dataset: str, paths: MassPaths, plans: Plans, plans_name: str, configuration: str,
+                     pool_layouts: list[list[dict]] | None = None) -> "InContextValidation":
+        """Fixed references and queries of `dataset`, whose target spacing and channel count must equal `plans`'
+        and whose channel layout must be one of `pool_layouts` (the run's sources; default: `plans`' own)."""
         source = resolve_source(dataset, paths, plans_name, configuration)
-        differences = plans_differences(plans, configuration, source.plans, configuration, same_dataset=False)
+        differences = pooled_model_differences(plans, configuration, pool_layouts or [], source.plans, configuration)
         if differences:
-            raise MassError(f"--val-dataset {dataset}: its plans do not match the pretraining data:\n  "
-                            + "\n  ".join(differences))
+            raise MassError(f"--val-dataset {dataset}: its plans do not match the pretraining data (pretraining "
+                            f"data vs val dataset):\n  " + "\n  ".join(differences))
         labels = {n: v for n, v in (load_dataset_json(paths.preprocessed / source.dataset_name).labels or {}).items()
                   if v != 0}
         patch = source.configuration.patch_size_zyx
