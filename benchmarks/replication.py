@@ -1,0 +1,232 @@
+"""A small-scale replication of MASS on the real volumes of `../shared/data`, end to end, with one command.
+
+    python benchmarks/replication.py            # the full run (about 1.5 h on 2 cores), writes benchmarks.md
+    python benchmarks/replication.py --quick    # every stage at a token budget (< 20 min), workspace report only
+
+Stages (each resumable; re-running the command skips what is finished):
+  datasets  raw datasets + patient-level splits (benchmarks/replication_datasets.py), plans + preprocessing with
+            the `replication_cpu` preset (4.5 mm, 48³ patch on every dataset)
+  masks     weight-free (supervoxel) masks of the CT, MR and PET pretraining pools
+  pretrain  MASS and every baseline on the pooled CT + MR + PET data, each for the same number of optimiser steps
+  fewshot   mass_fewshot per method and evaluation set: 1-shot in context (MASS only), 1/5-shot finetuning and
+            scratch, 3 seeds
+  classify  frozen-encoder classification probe per method on the sarcoma size task
+  report    tables, figures and the reading -> documentation/benchmarks.md (full run) or the workspace (--quick)
+  stage_benchmarks  the stage benchmarks of steps 1-4 (their own scripts, each replacing its section of the page)
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+if str(REPOSITORY) not in sys.path:  # run as a script from anywhere: `python benchmarks/replication.py`
+    sys.path.insert(0, str(REPOSITORY))
+
+from benchmarks.replication_datasets import EVALUATION_IDS, build_replication_datasets, write_splits  # noqa: E402
+from benchmarks.replication_runs import (PRETRAINERS, classification_job, fewshot_job, pretraining_job,  # noqa: E402
+                                         run_jobs)
+from mass_nn.io.atomic import read_json, write_json_atomic  # noqa: E402
+from mass_nn.paths import MassPaths  # noqa: E402
+
+logger = logging.getLogger("replication")
+STAGES = ("datasets", "masks", "pretrain", "fewshot", "classify", "report", "stage_benchmarks")
+METHODS = (*PRETRAINERS, "scratch")
+PRESET = "replication_cpu"
+CLASSIFICATION_DATASET = "sts_pet"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What each run gets. Pretraining: the same number of optimiser steps for every method (epochs x iters)."""
+
+    name: str
+    pretrain_epochs: int
+    pretrain_iters_per_epoch: int
+    finetune_epochs: int
+    finetune_iters_per_epoch: int
+    shots: tuple[int, ...]
+    seeds: tuple[int, ...]
+    classification_fractions: tuple[float, ...]
+    classification_epochs: int
+    parallel_jobs: int = 2
+    threads_per_job: int = 1
+
+    @property
+    def pretrain_steps(self) -> int:
+        return self.pretrain_epochs * self.pretrain_iters_per_epoch
+
+    @property
+    def finetune_steps(self) -> int:
+        return self.finetune_epochs * self.finetune_iters_per_epoch
+
+
+FULL = Budget("full", pretrain_epochs=5, pretrain_iters_per_epoch=60, finetune_epochs=2, finetune_iters_per_epoch=12,
+              shots=(1, 5), seeds=(0, 1, 2), classification_fractions=(0.5, 1.0), classification_epochs=20)
+QUICK = Budget("quick", pretrain_epochs=1, pretrain_iters_per_epoch=4, finetune_epochs=1, finetune_iters_per_epoch=3,
+               shots=(1,), seeds=(0,), classification_fractions=(1.0,), classification_epochs=3)
+
+
+class Replication:
+    """The stages over one workspace (raw / preprocessed / results roots, logs, state)."""
+
+    def __init__(self, workspace: Path, shared_data: Path, budget: Budget):
+        self.workspace, self.shared_data, self.budget = workspace, shared_data, budget
+        self.paths = MassPaths.resolve(raw=str(workspace / "raw"), preprocessed=str(workspace / "preprocessed"),
+                                       results=str(workspace / "results"))
+        self.logs = workspace / "logs"
+        self.timings = workspace / "timings.json"
+        self.state_path = workspace / "state.json"
+
+    # ------------------------------------------------------------------ bookkeeping
+    def state(self) -> dict:
+        return read_json(self.state_path) if self.state_path.is_file() else {"finished": {}}
+
+    def mark_finished(self, stage: str, seconds: float, **info) -> None:
+        state = self.state()
+        state["finished"][stage] = {"seconds": round(seconds, 1), **info}
+        state["budget"] = asdict(self.budget)
+        write_json_atomic(state, self.state_path)
+
+    def datasets(self) -> dict[str, str]:
+        """key -> dataset folder name of every replication dataset (after the datasets stage)."""
+        return self.state()["datasets"]
+
+    # ------------------------------------------------------------------ stages
+    def stage_datasets(self) -> dict:
+        from mass_nn.planning.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess
+        built = build_replication_datasets(self.shared_data, self.paths.raw)
+        summary = {}
+        for key, dataset in built.items():
+            write_splits(dataset, self.paths.preprocessed)
+            plan_and_preprocess(dataset.dataset_id, self.paths,
+                                PlanAndPreprocessOptions(preset=PRESET, num_processes=2, progress=False))
+            summary[key] = {"folder": dataset.folder_name, "modality": dataset.modality, "labelled": dataset.labelled,
+                            **{split: len(cases) for split, cases in dataset.splits.items()}}
+        state = self.state()
+        state["datasets"] = {k: v["folder"] for k, v in summary.items()}
+        state["dataset_summary"] = summary
+        write_json_atomic(state, self.state_path)
+        return {}
+
+    def pool(self) -> list[str]:
+        return [self.datasets()[f"pool_{m}"] for m in ("CT", "MR", "PET")]
+
+    def stage_masks(self) -> dict:
+        from mass_nn.masks.generate import MaskGenerationOptions, generate_masks
+        counts = {}
+        options = MaskGenerationOptions(generator="supervoxel", configuration="3d_cpu", num_processes=2,
+                                        progress=False)
+        for dataset in self.pool():
+            counts[dataset] = generate_masks(dataset, self.paths, options)
+        return {"masks": counts}
+
+    def pretraining_jobs(self):
+        b = self.budget
+        return {m: pretraining_job(m, self.pool(), self.paths, b.pretrain_epochs, b.pretrain_iters_per_epoch,
+                                   f"repl_{b.name}", self.logs) for m in PRETRAINERS}
+
+    def checkpoint(self, method: str) -> Path | None:
+        return None if method == "scratch" else self.pretraining_jobs()[method].done
+
+    def stage_pretrain(self) -> dict:
+        # the slowest (MASS) first so that the cheap baselines fill the other slot meanwhile
+        jobs = sorted(self.pretraining_jobs().values(), key=lambda j: j.name != "pretrain MASS")
+        self._run(jobs)
+        return {}
+
+    def fewshot_output(self, dataset_key: str, method: str) -> Path:
+        return self.workspace / "fewshot" / dataset_key / method
+
+    def stage_fewshot(self) -> dict:
+        b, mass = self.budget, self.checkpoint("MASS")
+        jobs = []
+        for key in EVALUATION_IDS:
+            for method in METHODS:
+                checkpoint = self.checkpoint(method) or mass  # scratch: mass_fewshot needs a checkpoint path
+                jobs.append(fewshot_job(method, self.datasets()[key], checkpoint, self.paths, list(b.shots),
+                                        list(b.seeds), b.finetune_epochs, b.finetune_iters_per_epoch,
+                                        self.fewshot_output(key, method), self.logs))
+        self._run(jobs)
+        return {}
+
+    def classification_jobs(self):
+        b, dataset = self.budget, self.datasets()[CLASSIFICATION_DATASET]
+        return [(method, fraction, seed,
+                 classification_job(method, dataset, self.checkpoint(method), self.paths, fraction, seed,
+                                    b.classification_epochs, self.logs))
+                for method in METHODS for fraction in b.classification_fractions for seed in b.seeds]
+
+    def stage_classify(self) -> dict:
+        self._run([job for *_, job in self.classification_jobs()])
+        return {}
+
+    def stage_report(self) -> dict:
+        from benchmarks.replication_report import write_report
+        page = write_report(self)
+        return {"page": str(page)}
+
+    def stage_stage_benchmarks(self) -> dict:
+        import importlib.util
+        import subprocess
+        missing = [m for m in ("nnunetv2", "h5py") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise SystemExit(f"the stage benchmarks need {missing}: pip install -e \".[benchmark]\" and re-run "
+                             f"(finished stages are kept)")
+        scripts = ["preprocess_vs_nnunet.py", "mask_bank_vs_hdf5.py", "mask_quality_weight_free.py",
+                   "pretraining_throughput.py", "inference_speed.py"]
+        for script in scripts:
+            logger.info("stage benchmark: %s", script)
+            subprocess.run([sys.executable, str(REPOSITORY / "benchmarks" / script)], check=True)
+        return {}
+
+    def _run(self, jobs) -> None:
+        failed = run_jobs(jobs, self.budget.parallel_jobs, self.budget.threads_per_job, self.timings)
+        if failed:
+            names = "\n  ".join(f"{j.name}: log {j.log}" for j in failed)
+            raise SystemExit(f"{len(failed)} run(s) failed; fix the cause and re-run to resume:\n  {names}")
+
+    def run(self, stages: list[str], redo: bool) -> None:
+        for stage in stages:
+            if stage in self.state()["finished"] and not redo and stage not in ("report",):
+                logger.info("stage %s: finished before, skipped", stage)
+                continue
+            logger.info("stage %s ...", stage)
+            start = time.perf_counter()
+            info = getattr(self, f"stage_{stage}")()
+            self.mark_finished(stage, time.perf_counter() - start, **info)
+            logger.info("stage %s finished in %.1f min", stage, (time.perf_counter() - start) / 60)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="token budget (< 20 min); report in the workspace only")
+    parser.add_argument("--shared-data", default=str(REPOSITORY.parent / "shared" / "data"),
+                        help="folder laid out like ../shared/data (default: %(default)s)")
+    parser.add_argument("--workspace", help="default: benchmarks/_work/replication[_quick]")
+    parser.add_argument("--stages", nargs="+", choices=STAGES, help="run only these stages (default: all; the quick "
+                        "run leaves out stage_benchmarks)")
+    parser.add_argument("--redo", action="store_true", help="run the chosen stages even if finished before")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    budget = QUICK if args.quick else FULL
+    workspace = Path(args.workspace or REPOSITORY / "benchmarks" / "_work" / f"replication{'_quick' if args.quick else ''}")
+    stages = args.stages or [s for s in STAGES if not (args.quick and s == "stage_benchmarks")]
+    shared = Path(args.shared_data)
+    if not shared.is_dir():
+        print(f"error: {shared} not found; the replication needs the real volumes (--shared-data)", file=sys.stderr)
+        return 1
+    Replication(workspace.resolve(), shared.resolve(), budget).run(stages, args.redo)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
