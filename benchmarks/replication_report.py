@@ -139,7 +139,7 @@ def dataset_figure(rep, key: str, out: Path) -> Path | None:
         if prediction is not None:
             panels.append((title, query.images[0], prediction))
     path = out / f"fewshot_{key}.png"
-    write_segmentation_figure(panels, path, f"{DATASET_TITLES[key]}, {k}-shot, seed {seed}")
+    write_segmentation_figure(panels, path, f"{DATASET_TITLES[key]}, {k}-shot, seed {seed}", columns=6)
     return path
 
 
@@ -234,6 +234,35 @@ def _setup_text(rep) -> list[str]:
     ]
 
 
+def _reading(rep) -> list[str]:
+    """The limits that hold whatever the numbers are (the per-column sentences above say who won)."""
+    b = rep.budget
+    return [
+        f"- Scale: the pool holds tens of images (the paper: about 5,000 volumes), every method trains "
+        f"{b.pretrain_steps} steps at batch 2 on 48³ patches at 4.5 mm (the paper: 1.5 mm and 128³ on GPUs), and "
+        f"finetuning gets {b.finetune_steps} steps (the paper: 50 epochs of 100 steps). These tables show where the "
+        f"methods stand at a CPU budget on real data and that the whole comparison runs end to end; they do not "
+        f"test the paper's claims at its scale.",
+        "- Noise: test splits hold 1 to 10 cases, so one case moves a mean by several points; read a difference "
+        "between rows against the std in brackets (over seeds, which change the shot cases and the finetuning "
+        "initialisation, not the test cases). AUCs on the 10 test cases rest on their few positive-negative pairs.",
+        "- Tumours in context: the paper itself reports MASS (IC) at 2.6-18.6 % Dice on tumour sets (KiTS, LiTS, "
+        "AutoPET, BraTS T1CE; Table 2) and explains it in its supplement (Figure 8): a tumour has no "
+        "cross-patient correspondence, so a reference from another patient says little about where the query's "
+        "tumour is. Three of the four sets here are tumour sets; TotalSegmentator organs are the in-context case "
+        "the method is built for (one test scan).",
+        "- Classification: the size labels come from the expert masks, but the source crops every image to 5 cm "
+        "around the tumour, so image extent alone carries size information that any encoder can pick up.",
+    ]
+
+
+def _mask_summary(rep) -> str:
+    banks = rep.state().get("finished", {}).get("masks", {}).get("masks", {})
+    parts = [f"{name}: {b['masks']} masks for {b['cases']} cases in {b['seconds']:.0f} s" for name, b in banks.items()
+             if b.get("generated")]
+    return ("; ".join(parts) + ".") if parts else ""
+
+
 def _image_links(paths: list[Path], relative_to: Path) -> str:
     return " ".join(f"![{p.stem}]({p.relative_to(relative_to).as_posix()})" for p in paths if p is not None)
 
@@ -248,7 +277,8 @@ def report_markdown(rep, figures: dict, relative_to: Path) -> str:
                                                      "train loss, first → last epoch"], pretraining_rows(rep)), "",
              "Losses are each method's own objective (not comparable across rows). Progress plots: "
              + _image_links(figures["progress"], relative_to), "",
-             "Weight-free mask proposals, one case per pool: " + _image_links(figures["masks"], relative_to), "",
+             "Weight-free mask proposals (`supervoxel`, 2 processes): " + _mask_summary(rep) + " One case per pool: "
+             + _image_links(figures["masks"], relative_to), "",
              "### Few-shot segmentation (Table 1 layout)", "",
              "Mean Dice (%) over the classes of the test split, mean (std) over seeds; FT = finetuned, IC = in "
              "context without training. Bold: best mean per column.", "", table_markdown(seg_columns, seg_rows), "",
@@ -259,6 +289,7 @@ def report_markdown(rep, figures: dict, relative_to: Path) -> str:
              "whole randomly initialised encoder (the paper's 'full training' row). AUC (%) on the test split, "
              "mean (std) over seeds.", "", table_markdown(cls_columns, cls_rows), "",
              *(_rank_sentences(cls_columns, cls_rows, "classification", "AUC")), "",
+             "### How to read these numbers", "", *_reading(rep), "",
              "### Figures", "", _image_links(figures["datasets"], relative_to), "",
              "Decoder features of the pretrained MASS model, 3 principal components as RGB (supplement Figure 7): "
              + _image_links(figures["pca"], relative_to), ""]

@@ -325,3 +325,22 @@ def test_explicit_case_pairs(folders):
     assert [c["case_id"] for c in summary["per_case"]] == ["b"] and summary["errors"][0]["case_id"] == "c"
     assert summary["mean_dice"] == pytest.approx(0.75) and summary["prediction_folder"] == ""
     assert summary["references_without_prediction"] == []
+
+
+def test_segmentation_figure_lays_panels_out_in_rows(tmp_path):
+    from PIL import Image
+
+    from mass_nn.evaluation.segmentation_figure import write_segmentation_figure
+    from mass_nn.io.image_io import ImageGeometry, write_image
+    geometry = ImageGeometry(spacing_xyz=(1.0, 1.0, 1.0), origin_xyz=(0.0, 0.0, 0.0),
+                             direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0), size_xyz=(8, 8, 4))
+    image = np.random.default_rng(0).random((4, 8, 8)).astype(np.float32)
+    label = np.zeros((4, 8, 8), dtype=np.uint8)
+    label[2, 2:5, 2:5] = 1
+    write_image(image, geometry, tmp_path / "image.nii.gz")
+    write_image(label, geometry, tmp_path / "label.nii.gz")
+    panels = [(f"panel {i}", tmp_path / "image.nii.gz", tmp_path / "label.nii.gz") for i in range(5)]
+    write_segmentation_figure(panels, tmp_path / "row.png")
+    write_segmentation_figure(panels, tmp_path / "grid.png", columns=2)
+    row, grid = Image.open(tmp_path / "row.png").size, Image.open(tmp_path / "grid.png").size
+    assert row[0] > row[1] and grid[1] > grid[0]  # 5 x 1 is wide; 2 columns x 3 rows is tall

@@ -28,14 +28,19 @@ def _overlay(image_slice: np.ndarray, label_slice: np.ndarray, num_colours: int)
     return rgb
 
 
-def write_segmentation_figure(panels: list[tuple[str, Path, Path]], path: Path, title: str = "") -> None:
-    """One row of panels (title, image file, label file) written as a PNG. A panel shows the axial slice with the
-    most labelled voxels; panels of the same image file (a query's ground truth and its predictions) all show
-    the slice chosen for the first of them."""
+def write_segmentation_figure(panels: list[tuple[str, Path, Path]], path: Path, title: str = "",
+                              columns: int | None = None) -> None:
+    """Panels (title, image file, label file) in rows of `columns` (default: one row) written as a PNG. A panel
+    shows the axial slice with the most labelled voxels; panels of the same image file (a query's ground truth
+    and its predictions) all show the slice chosen for the first of them."""
     plt = pyplot()
-    figure, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), squeeze=False)
+    columns = min(columns or len(panels), len(panels))
+    rows = -(-len(panels) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.4 * rows), squeeze=False)
+    for axis in axes.flat[len(panels):]:
+        axis.axis("off")
     query_slice: dict[str, int] = {}
-    for axis, (panel_title, image_path, label_path) in zip(axes[0], panels):
+    for axis, (panel_title, image_path, label_path) in zip(axes.flat, panels):
         image, _ = read_image(image_path)
         labels, _ = read_image(label_path, dtype=np.int16)
         key = str(image_path)
