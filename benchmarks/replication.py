@@ -218,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     budget = QUICK if args.quick else FULL
-    workspace = Path(args.workspace or REPOSITORY / "benchmarks" / "_work" / f"replication{'_quick' if args.quick else ''}")
+    default_workspace = REPOSITORY / "benchmarks" / "_work" / ("replication_quick" if args.quick else "replication")
+    workspace = Path(args.workspace) if args.workspace else default_workspace
     stages = args.stages or [s for s in STAGES if not (args.quick and s == "stage_benchmarks")]
     shared = Path(args.shared_data)
     if not shared.is_dir():

@@ -92,7 +92,8 @@ def _largest_extent_mm(mask_path: Path) -> float:
 
 
 def _splits(cases: list[str], test: set[str]) -> dict[str, list[str]]:
-    return {"train": sorted(c for c in cases if c not in test), "val": [], "test": sorted(c for c in cases if c in test)}
+    return {"train": sorted(c for c in cases if c not in test), "val": [],
+            "test": sorted(c for c in cases if c in test)}
 
 
 def _write_sts(source: Path, raw: Path, dataset_id: int, name: str, prefix: str, test: set[str]) -> ReplicationDataset:

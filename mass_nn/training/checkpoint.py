@@ -2,7 +2,8 @@
 
 A checkpoint is a dict of tensors and plain containers saved with torch.save and read back with
 `weights_only=True`. Its descriptive part (trainer, network class and configuration, plans, configuration name,
-encoder key prefix, progress, channel layouts trained on) is one JSON string, so it can be inspected with any tool and never runs code.
+encoder key prefix, progress, channel layouts trained on) is one JSON string, so it can be inspected with any
+tool and never runs code.
 """
 from __future__ import annotations
 
