@@ -221,7 +221,8 @@ def _setup_text(rep) -> list[str]:
         f"Data: `{rep.shared_data.name}/` next to the repository, converted by `benchmarks/replication_datasets.py`. "
         f"Pretraining pool (unlabelled images, patients of every test split left out, BRATS T1c held out as in "
         f"the paper): {pool}. Evaluation sets: {evaluation}. Plans: preset `replication_cpu` (4.5 mm, 48³ patch on "
-        f"every dataset, ResUNet 8-128); weight-free `supervoxel` masks.",
+        f"every dataset, ResUNet 8-128); weight-free `supervoxel` masks. The pools have no validation split "
+        f"(every image trains) and the evaluation sets none either (no early stopping).",
         f"Budget (`{b.name}`): every pretraining method gets the same number of optimiser steps, "
         f"{b.pretrain_epochs} × {b.pretrain_iters_per_epoch} = {b.pretrain_steps} (batch 2; wall time differs by "
         f"method and is reported); every finetuning run {b.finetune_epochs} × {b.finetune_iters_per_epoch} = "
