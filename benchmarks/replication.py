@@ -1,7 +1,8 @@
 """A small-scale replication of MASS on the real volumes of `../shared/data`, end to end, with one command.
 
-    python benchmarks/replication.py            # the full run (about 1.5 h on 2 cores), writes benchmarks.md
+    python benchmarks/replication.py            # the full run (about 2 h on 2 cores), writes benchmarks.md
     python benchmarks/replication.py --quick    # every stage at a token budget (< 20 min), workspace report only
+    python benchmarks/replication.py --pretrain-epochs 40   # a larger budget, its own workspace and report.md
 
 Stages (each resumable; re-running the command skips what is finished):
   datasets  raw datasets + patient-level splits (benchmarks/replication_datasets.py), plans + preprocessing with
@@ -20,7 +21,7 @@ import argparse
 import logging
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -190,7 +191,15 @@ class Replication:
             names = "\n  ".join(f"{j.name}: log {j.log}" for j in failed)
             raise SystemExit(f"{len(failed)} run(s) failed; fix the cause and re-run to resume:\n  {names}")
 
+    def check_budget(self) -> None:
+        """A workspace holds the runs of one budget; finished runs of another must not be read back as this one's."""
+        recorded = self.state().get("budget")
+        if recorded is not None and recorded != json_like(asdict(self.budget)):
+            raise SystemExit(f"{self.workspace} holds runs of budget {recorded}, not {asdict(self.budget)}: pass "
+                             f"--workspace with a new folder, or delete {self.workspace} to start over")
+
     def run(self, stages: list[str], redo: bool) -> None:
+        self.check_budget()
         for stage in stages:
             if stage in self.state()["finished"] and not redo and stage not in ("report",):
                 logger.info("stage %s: finished before, skipped", stage)
@@ -202,25 +211,54 @@ class Replication:
             logger.info("stage %s finished in %.1f min", stage, (time.perf_counter() - start) / 60)
 
 
+def json_like(value):
+    """The value as it reads back from JSON (tuples become lists)."""
+    if isinstance(value, dict):
+        return {k: json_like(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_like(v) for v in value]
+    return value
+
+
+def choose_budget(quick: bool, pretrain_epochs: int | None, finetune_epochs: int | None) -> Budget:
+    """FULL or QUICK, or FULL with more (or fewer) epochs of the same length: a `custom` budget."""
+    if pretrain_epochs is None and finetune_epochs is None:
+        return QUICK if quick else FULL
+    if quick:
+        raise SystemExit("--quick has its own budget; leave out --pretrain-epochs/--finetune-epochs, or --quick")
+    for flag, value in (("--pretrain-epochs", pretrain_epochs), ("--finetune-epochs", finetune_epochs)):
+        if value is not None and value < 1:
+            raise SystemExit(f"{flag} must be at least 1, got {value}")
+    return replace(FULL, name="custom", pretrain_epochs=pretrain_epochs or FULL.pretrain_epochs,
+                   finetune_epochs=finetune_epochs or FULL.finetune_epochs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="token budget (< 20 min); report in the workspace only")
     parser.add_argument("--shared-data", default=str(REPOSITORY.parent / "shared" / "data"),
                         help="folder laid out like ../shared/data (default: %(default)s)")
     parser.add_argument("--workspace", help="default: benchmarks/_work/replication[_quick]")
-    parser.add_argument("--stages", nargs="+", choices=STAGES, help="run only these stages (default: all; the quick "
-                        "run leaves out stage_benchmarks)")
+    parser.add_argument("--stages", nargs="+", choices=STAGES, help="run only these stages (default: all; --quick "
+                        "and a custom budget leave out stage_benchmarks)")
     parser.add_argument("--redo", action="store_true", help="run the chosen stages even if finished before")
+    parser.add_argument("--pretrain-epochs", type=int, help=f"pretraining epochs of {FULL.pretrain_iters_per_epoch} "
+                        f"steps for every method (default {FULL.pretrain_epochs}); with --finetune-epochs, a budget "
+                        "other than the default runs in benchmarks/_work/replication_custom and writes report.md there")
+    parser.add_argument("--finetune-epochs", type=int, help=f"finetuning epochs of {FULL.finetune_iters_per_epoch} "
+                        f"steps (default {FULL.finetune_epochs})")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    budget = QUICK if args.quick else FULL
-    default_workspace = REPOSITORY / "benchmarks" / "_work" / ("replication_quick" if args.quick else "replication")
+    budget = choose_budget(args.quick, args.pretrain_epochs, args.finetune_epochs)
+    default_workspace = REPOSITORY / "benchmarks" / "_work" / {"full": "replication"}.get(
+        budget.name, f"replication_{budget.name}")
     workspace = Path(args.workspace) if args.workspace else default_workspace
-    stages = args.stages or [s for s in STAGES if not (args.quick and s == "stage_benchmarks")]
+    # the stage benchmarks write the page, which only the default budget's report does as well
+    stages = args.stages or [s for s in STAGES if not (budget.name != "full" and s == "stage_benchmarks")]
     shared = Path(args.shared_data)
     if not shared.is_dir():
         print(f"error: {shared} not found; the replication needs the real volumes (--shared-data)", file=sys.stderr)

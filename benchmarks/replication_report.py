@@ -1,6 +1,6 @@
 """The replication's results as tables (paper Table 1 / Table 3 layout), figures and a reading: the `replication`
-section of documentation/benchmarks.md (full run) or report.md in the workspace (--quick). Every number here is
-read from the files the runs wrote; nothing is typed in."""
+section of documentation/benchmarks.md (full run) or report.md in the workspace (--quick, custom budget). Every
+number here is read from the files the runs wrote; nothing is typed in."""
 from __future__ import annotations
 
 import json
@@ -231,8 +231,15 @@ def _setup_text(rep) -> list[str]:
         f"{list(b.classification_fractions)}. {b.parallel_jobs} runs at a time, {b.threads_per_job} torch thread "
         f"each. Whole run: {minutes:.0f} min.",
         f"Machine: {machine_description()}. Versions: {versions()}. Produced by `python benchmarks/replication.py`"
-        + (" --quick" if b.name == "quick" else "") + ".",
+        + _command_flags(b) + ".",
     ]
+
+
+def _command_flags(b) -> str:
+    """The flags of `benchmarks/replication.py` that give budget `b`."""
+    if b.name == "custom":
+        return f" --pretrain-epochs {b.pretrain_epochs} --finetune-epochs {b.finetune_epochs}"
+    return " --quick" if b.name == "quick" else ""
 
 
 def _reading(rep) -> list[str]:
@@ -298,8 +305,8 @@ def report_markdown(rep, figures: dict, relative_to: Path) -> str:
 
 
 def write_report(rep) -> Path:
-    """Figures + markdown; the full run replaces the `replication` section of the page, --quick writes
-    report.md in the workspace. Returns the file written."""
+    """Figures + markdown; the full run replaces the `replication` section of the page, --quick and a custom
+    budget write report.md in the workspace. Returns the file written."""
     for_page = rep.budget.name == "full"
     out = _figure_folder(rep, for_page)
     figures = copy_figures(rep, out)

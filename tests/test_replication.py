@@ -64,3 +64,23 @@ def test_budget_gives_every_pretraining_method_the_same_steps(quick):
     budget = QUICK if quick else FULL
     assert budget.pretrain_steps == budget.pretrain_epochs * budget.pretrain_iters_per_epoch > 0
     assert budget.threads_per_job * budget.parallel_jobs <= 2
+
+
+def test_custom_budget_scales_epochs_and_refuses_mixing_with_quick():
+    from benchmarks.replication import FULL, choose_budget
+    custom = choose_budget(False, 40, None)
+    assert (custom.name, custom.pretrain_steps, custom.finetune_steps) == (
+        "custom", 40 * FULL.pretrain_iters_per_epoch, FULL.finetune_steps)
+    assert choose_budget(False, None, None) is FULL
+    with pytest.raises(SystemExit, match="--quick has its own budget"):
+        choose_budget(True, 40, None)
+    with pytest.raises(SystemExit, match="--finetune-epochs must be at least 1"):
+        choose_budget(False, None, 0)
+
+
+def test_workspace_of_another_budget_is_refused(tmp_path):
+    from benchmarks.replication import FULL, QUICK, Replication
+    Replication(tmp_path, tmp_path, FULL).mark_finished("datasets", 1.0)
+    Replication(tmp_path, tmp_path, FULL).check_budget()  # same budget: resumes
+    with pytest.raises(SystemExit, match="pass --workspace with a new folder"):
+        Replication(tmp_path, tmp_path, QUICK).check_budget()
