@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -82,16 +83,25 @@ class Replication:
         self.logs = workspace / "logs"
         self.timings = workspace / "timings.json"
         self.state_path = workspace / "state.json"
+        self.state_lock = threading.Lock()
 
     # ------------------------------------------------------------------ bookkeeping
     def state(self) -> dict:
         return read_json(self.state_path) if self.state_path.is_file() else {"finished": {}}
 
+    def update_state(self, change) -> None:
+        """Read, change (a function of the state dict) and write the state atomically, one writer at a time."""
+        with self.state_lock:
+            state = self.state()
+            change(state)
+            write_json_atomic(state, self.state_path)
+
     def mark_finished(self, stage: str, seconds: float, **info) -> None:
-        state = self.state()
-        state["finished"][stage] = {"seconds": round(seconds, 1), **info}
-        state["budget"] = asdict(self.budget)
-        write_json_atomic(state, self.state_path)
+        def finish(state: dict) -> None:
+            state["finished"][stage] = {"seconds": round(seconds, 1), **info}
+            state.get("elapsed", {}).pop(stage, None)
+            state["budget"] = asdict(self.budget)
+        self.update_state(finish)
 
     def datasets(self) -> dict[str, str]:
         """key -> dataset folder name of every replication dataset (after the datasets stage)."""
@@ -108,10 +118,8 @@ class Replication:
                                 PlanAndPreprocessOptions(preset=PRESET, num_processes=2, progress=False))
             summary[key] = {"folder": dataset.folder_name, "modality": dataset.modality, "labelled": dataset.labelled,
                             **{split: len(cases) for split, cases in dataset.splits.items()}}
-        state = self.state()
-        state["datasets"] = {k: v["folder"] for k, v in summary.items()}
-        state["dataset_summary"] = summary
-        write_json_atomic(state, self.state_path)
+        self.update_state(lambda state: state.update(datasets={k: v["folder"] for k, v in summary.items()},
+                                                     dataset_summary=summary))
         return {}
 
     def pool(self) -> list[str]:
@@ -205,10 +213,42 @@ class Replication:
                 logger.info("stage %s: finished before, skipped", stage)
                 continue
             logger.info("stage %s ...", stage)
-            start = time.perf_counter()
-            info = getattr(self, f"stage_{stage}")()
-            self.mark_finished(stage, time.perf_counter() - start, **info)
-            logger.info("stage %s finished in %.1f min", stage, (time.perf_counter() - start) / 60)
+            with StageClock(self, stage) as clock:
+                info = getattr(self, f"stage_{stage}")()
+            self.mark_finished(stage, clock.seconds(), **info)
+            logger.info("stage %s finished in %.1f min", stage, clock.seconds() / 60)
+
+
+class StageClock:
+    """Wall time of a stage summed over its attempts: an interrupted attempt's time is saved every
+    `every_s` seconds in the state's `elapsed`, and a resumed attempt starts from it."""
+
+    def __init__(self, replication: Replication, stage: str, every_s: float = 30.0):
+        self.replication, self.stage, self.every_s = replication, stage, every_s
+        self.before = 0.0 if stage in replication.state()["finished"] else \
+            replication.state().get("elapsed", {}).get(stage, 0.0)
+        self.start = time.perf_counter()
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._save_periodically, daemon=True)
+
+    def seconds(self) -> float:
+        return self.before + time.perf_counter() - self.start
+
+    def _save(self) -> None:
+        self.replication.update_state(lambda s: s.setdefault("elapsed", {}).update({self.stage: self.seconds()}))
+
+    def _save_periodically(self) -> None:
+        while not self.stopped.wait(self.every_s):
+            self._save()
+
+    def __enter__(self) -> StageClock:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopped.set()
+        self.thread.join()
+        self._save()  # a failed attempt keeps its time too; mark_finished drops the entry
 
 
 def json_like(value):

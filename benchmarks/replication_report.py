@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import shutil
 from pathlib import Path
@@ -21,6 +22,8 @@ from mass_nn.evaluation.tables import markdown_table, mean_std
 from mass_nn.io.atomic import read_json
 from mass_nn.preprocessing.blosc2_storage import load_array
 from mass_nn.training.finetune.labelled_data import resolve_labelled_dataset
+from mass_nn.training.metrics_log import read_metrics
+from mass_nn.training.progress_plot import write_progress_plot
 
 DATASET_TITLES = {"sts_pet": "Sarcoma PET", "sts_ct": "Sarcoma CT", "brats_t1c": "BRATS T1c",
                   "totalseg_ct": "TotalSeg CT"}
@@ -144,7 +147,8 @@ def dataset_figure(rep, key: str, out: Path) -> Path | None:
 
 
 def pca_figure(rep, key: str, out: Path) -> Path | None:
-    """Decoder features of the pretrained MASS model on the centre 48³ of the first test case, PCA -> RGB."""
+    """Decoder features of the pretrained MASS model on the centre 48³ of the first test case, PCA -> RGB
+    (components fitted on the image's voxels; a case smaller than the patch is padded with its background)."""
     from mass_nn.inference.model_loading import load_in_context_checkpoint
     checkpoint = rep.checkpoint("MASS")
     if checkpoint is None or not checkpoint.is_file():
@@ -153,24 +157,31 @@ def pca_figure(rep, key: str, out: Path) -> Path | None:
     edge = plans.configuration(configuration).patch_size_zyx
     data = resolve_labelled_dataset(rep.datasets()[key], rep.paths, "MassPlans", configuration)
     image = load_array(data.source.data_folder / f"{data.labelled_cases('test')[0]}.b2nd").astype(np.float32)
-    window = np.zeros((image.shape[0], *edge), dtype=np.float32)
+    window = np.full((image.shape[0], *edge), image.min(), dtype=np.float32)
     starts = [max(0, (s - e) // 2) for s, e in zip(image.shape[1:], edge)]
     crop = image[:, starts[0]:starts[0] + edge[0], starts[1]:starts[1] + edge[1], starts[2]:starts[2] + edge[2]]
     window[:, :crop.shape[1], :crop.shape[2], :crop.shape[3]] = crop
+    inside = np.zeros(edge, dtype=bool)
+    inside[:crop.shape[1], :crop.shape[2], :crop.shape[3]] = True
     with torch.no_grad():
-        rgb = dense_feature_rgb(network, window)
+        rgb = dense_feature_rgb(network, window, inside)
     path = out / f"pca_{key}.png"
-    write_feature_figure(window, rgb, path, f"MASS pretrained on the pool: {DATASET_TITLES[key]} test case")
+    write_feature_figure(window, rgb, path, f"MASS pretrained on the pool: {DATASET_TITLES[key]} test case",
+                         slice_index=crop.shape[1] // 2)
     return path
 
 
 def copy_figures(rep, out: Path) -> dict[str, list[Path]]:
-    """progress.png of every pretraining run and one mask preview per pool, copied next to the page."""
+    """progress.png of every pretraining run (redrawn from its metrics.jsonl) and one mask preview per pool,
+    next to the page."""
     copied = {"progress": [], "masks": []}
     for method, job in rep.pretraining_jobs().items():
-        source = Path(job.extra["run_folder"]) / "progress.png"
-        if source.is_file():
-            copied["progress"].append(_copy(source, out / f"progress_{method}.png"))
+        records = read_metrics(Path(job.extra["run_folder"]))
+        if records:
+            target = out / f"progress_{method}.png"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_progress_plot(records, target, f"{PRETRAINERS[method]} on the CT + MR + PET pool")
+            copied["progress"].append(target)
     for dataset in rep.pool():
         previews = sorted((rep.paths.preprocessed / dataset / "MassPlans_3d_cpu" / "masks_supervoxel" /
                            "previews").glob("*.png"))
@@ -217,8 +228,10 @@ def _setup_text(rep) -> list[str]:
                            f"{summary[k]['test']} test" for k in EVALUATION_IDS if k in summary)
     finished = state.get("finished", {})
     minutes = sum(v.get("seconds", 0) for k, v in finished.items() if k != "stage_benchmarks") / 60
+    run_seconds = list((read_json(rep.timings) if rep.timings.is_file() else {}).values())
     return [
-        f"Data: `{rep.shared_data.name}/` next to the repository, converted by `benchmarks/replication_datasets.py`. "
+        f"Data: `{os.path.relpath(rep.shared_data, PAGE.parents[1])}/`, converted by "
+        f"`benchmarks/replication_datasets.py`. "
         f"Pretraining pool (unlabelled images, patients of every test split left out, BRATS T1c held out as in "
         f"the paper): {pool}. Evaluation sets: {evaluation}. Plans: preset `replication_cpu` (4.5 mm, 48³ patch on "
         f"every dataset, ResUNet 8-128); weight-free `supervoxel` masks. The pools have no validation split "
@@ -229,7 +242,8 @@ def _setup_text(rep) -> list[str]:
         f"{b.finetune_steps} steps; k = {list(b.shots)}, seeds {list(b.seeds)} (k above a train split's size is "
         f"skipped); classification: {b.classification_epochs} epochs at train fractions "
         f"{list(b.classification_fractions)}. {b.parallel_jobs} runs at a time, {b.threads_per_job} torch thread "
-        f"each. Whole run: {minutes:.0f} min.",
+        f"each. Whole run: {minutes:.0f} min (stage wall time); its {len(run_seconds)} training and evaluation runs "
+        f"took {sum(run_seconds) / 60:.0f} min between them.",
         f"Machine: {machine_description()}. Versions: {versions()}. Produced by `python benchmarks/replication.py`"
         + _command_flags(b) + ".",
     ]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from mass_nn.evaluation.feature_pca import dense_feature_rgb, pca_rgb, write_feature_figure
@@ -42,3 +43,18 @@ def test_dense_feature_colours_of_a_network_and_the_figure(tmp_path):
     assert rgb.shape == (32, 32, 32, 3)
     write_feature_figure(image, rgb, tmp_path / "pca.png", "tiny")
     assert (tmp_path / "pca.png").stat().st_size > 1000
+
+
+def test_feature_colours_fitted_inside_a_mask_and_a_chosen_slice(tmp_path):
+    torch.manual_seed(0)
+    network = InContextSegmenter(InContextNetworkConfig.tiny())
+    image = np.full((1, 32, 32, 32), -3.0, dtype=np.float32)  # a thin slab padded with background
+    image[:, :6] = np.random.default_rng(3).normal(size=(1, 6, 32, 32))
+    inside = np.zeros((32, 32, 32), dtype=bool)
+    inside[:6] = True
+    rgb = dense_feature_rgb(network, image, inside)
+    assert not np.allclose(rgb, dense_feature_rgb(network, image))
+    write_feature_figure(image, rgb, tmp_path / "slab.png", slice_index=3)
+    assert (tmp_path / "slab.png").stat().st_size > 1000
+    with pytest.raises(ValueError, match="slice_index 32 is outside the image's 32 axial slices"):
+        write_feature_figure(image, rgb, tmp_path / "bad.png", slice_index=32)

@@ -84,3 +84,19 @@ def test_workspace_of_another_budget_is_refused(tmp_path):
     Replication(tmp_path, tmp_path, FULL).check_budget()  # same budget: resumes
     with pytest.raises(SystemExit, match="pass --workspace with a new folder"):
         Replication(tmp_path, tmp_path, QUICK).check_budget()
+
+
+def test_stage_clock_counts_the_time_of_an_interrupted_attempt(tmp_path):
+    import time
+
+    from benchmarks.replication import FULL, Replication, StageClock
+    replication = Replication(tmp_path, tmp_path, FULL)
+    with StageClock(replication, "fewshot", every_s=0.02):  # an attempt that ends without finishing the stage
+        time.sleep(0.15)
+    saved = replication.state()["elapsed"]["fewshot"]
+    assert saved >= 0.1
+    with StageClock(replication, "fewshot", every_s=0.02) as resumed:
+        assert resumed.seconds() >= saved
+    replication.mark_finished("fewshot", resumed.seconds())
+    state = replication.state()
+    assert state["finished"]["fewshot"]["seconds"] >= round(saved, 1) and "fewshot" not in state["elapsed"]

@@ -35,18 +35,23 @@ def pca_rgb(features: torch.Tensor | np.ndarray, mask: np.ndarray | None = None)
 
 
 @torch.no_grad()
-def dense_feature_rgb(network, image: np.ndarray) -> np.ndarray:
+def dense_feature_rgb(network, image: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     """Colours [D, H, W, 3] of an in-context network's last decoder features of `image` (c, D, H, W; sides
-    divisible by 16, at most the network's input size), decoded under the whole-view task."""
+    divisible by 16, at most the network's input size), decoded under the whole-view task; the components are
+    fitted on the voxels of `mask` [D, H, W] (e.g. the image without its padding), all voxels when None."""
     network.eval()
     features = network.dense_features(torch.as_tensor(image, dtype=torch.float32)[None])[0]
-    return pca_rgb(features)
+    return pca_rgb(features, mask)
 
 
-def write_feature_figure(image: np.ndarray, rgb: np.ndarray, path: Path, title: str = "") -> None:
-    """A PNG with the middle axial slice of `image` (c, D, H, W; channel 0 shown) next to its feature colours."""
+def write_feature_figure(image: np.ndarray, rgb: np.ndarray, path: Path, title: str = "",
+                         slice_index: int | None = None) -> None:
+    """A PNG with axial slice `slice_index` (default: the middle one) of `image` (c, D, H, W; channel 0 shown)
+    next to its feature colours."""
     plt = pyplot()
-    index = image.shape[1] // 2
+    index = image.shape[1] // 2 if slice_index is None else slice_index
+    if not 0 <= index < image.shape[1]:
+        raise ValueError(f"slice_index {index} is outside the image's {image.shape[1]} axial slices")
     figure, axes = plt.subplots(1, 2, figsize=(6.4, 3.4))
     axes[0].imshow(image[0, index], cmap="gray", origin="lower")
     axes[0].set_title("image", fontsize=9)

@@ -36,7 +36,9 @@ def write_segmentation_figure(panels: list[tuple[str, Path, Path]], path: Path, 
     plt = pyplot()
     columns = min(columns or len(panels), len(panels))
     rows = -(-len(panels) // columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.4 * rows), squeeze=False)
+    # constrained layout keeps every row's titles clear of the row above (tight layout does not, with axes off)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.4 * rows), squeeze=False,
+                                layout="constrained")
     for axis in axes.flat[len(panels):]:
         axis.axis("off")
     query_slice: dict[str, int] = {}

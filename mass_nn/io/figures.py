@@ -15,8 +15,10 @@ def pyplot():
 
 
 def save_figure(figure, path: Path, dpi: int) -> None:
-    """Lay out `figure`, write it to `path` atomically (the format follows the ending) and close it."""
-    figure.tight_layout()
+    """Lay out `figure` (tight, unless it was made with a layout engine of its own), write it to `path` atomically
+    (the format follows the ending) and close it."""
+    if figure.get_layout_engine() is None:
+        figure.tight_layout()
     with atomic_path(path) as tmp:
         figure.savefig(tmp, dpi=dpi)
     pyplot().close(figure)

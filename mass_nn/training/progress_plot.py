@@ -25,6 +25,9 @@ def write_progress_plot(records: list[dict], path: Path, title: str = "") -> Non
     for key in score_keys:
         axes[1].plot(*_series(records, key), label=key, marker=".")
     axes[1].set_title("validation")
+    if not score_keys:  # say so rather than leave an empty frame that reads like a plotting failure
+        axes[1].text(0.5, 0.5, "no validation scores in this run", ha="center", va="center",
+                     transform=axes[1].transAxes, color="gray")
     axes[2].plot(*_series(records, "lr"), color="tab:green", marker=".")
     axes[2].set_title("learning rate (end of epoch)")
     for axis in axes:
