@@ -130,9 +130,10 @@ def build_trainer(dataset_id: int, paths: MassPaths, steps: int):
     from mass_nn.training.options import TrainingOptions
     from mass_nn.training.pretrain.mass_pretrainer import MASSPretrainer
     options = TrainingOptions(mode="PRETRAIN", datasets=[str(dataset_id)], configuration=CONFIGURATION,
-                              epochs=1, iters_per_epoch=steps, lr=MASSPretrainer.default_lr, device="cpu")
+                              epochs=1, iters_per_epoch=steps, device="cpu")
     trainer = MASSPretrainer(options, paths)
     trainer.resolve_data()
+    trainer.fill_defaults()
     trainer.setup()
     return trainer
 

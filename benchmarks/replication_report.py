@@ -294,7 +294,8 @@ def report_markdown(rep, figures: dict, relative_to: Path) -> str:
     cls_columns, cls_rows, _ = classification_rows(rep)
     lines = ["## Replication: MASS vs the baselines on real CT, MR and PET (step 6)", "",
              "Does MASS beat the baselines here, on small real data? Every method is pretrained on the same pooled "
-             "CT + MR + PET images, then evaluated with the step-4 protocol.", "", *_setup_text(rep), "",
+             "CT + MR + PET images, then evaluated with the step-4 protocol.", "",
+             *(f"- {line}" for line in _setup_text(rep)), "",
              "### Pretraining", "", markdown_table(["method", "trainer", "steps", "wall (min)",
                                                      "train loss, first → last epoch"], pretraining_rows(rep)), "",
              "Losses are each method's own objective (not comparable across rows). Progress plots: "

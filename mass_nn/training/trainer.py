@@ -142,7 +142,7 @@ class Trainer:
         if self.options.continue_training and (self.output_folder / "run_config.json").is_file():
             self.options = merge_for_continue(load_run_config(self.output_folder), self.options)
         self.resolve_data()
-        self._fill_defaults()
+        self.fill_defaults()
         torch.manual_seed(self.options.seed)
         self.setup()
         self.network.to(self.device)
@@ -166,7 +166,8 @@ class Trainer:
             extra = self.on_train_end() if not stopped and self.context.is_main else {}
         return {**self._summary(stopped), **extra}
 
-    def _fill_defaults(self) -> None:
+    def fill_defaults(self) -> None:
+        """Give every option left unset (epochs, steps, lr, gradient clipping) this trainer's default."""
         o = self.options
         o.epochs = o.epochs if o.epochs is not None else self.default_epochs
         o.iters_per_epoch = o.iters_per_epoch if o.iters_per_epoch is not None else self.default_iters_per_epoch

@@ -1,0 +1,14 @@
+"""The throughput benchmark drives MASSPretrainer.train_step outside `run()`: its trainer must carry the same
+resolved settings as one that `mass_train` builds (a missing default once broke the benchmark at clipping)."""
+from __future__ import annotations
+
+from benchmarks.pretraining_throughput import build_trainer, measure_step_rate
+from mass_nn.training.pretrain.mass_pretrainer import MASSPretrainer
+
+
+def test_benchmark_trainer_has_the_trainer_defaults_and_steps(pretraining_roots):
+    trainer = build_trainer(990, pretraining_roots, steps=2)
+    options = trainer.options
+    assert (options.lr, options.grad_clip) == (MASSPretrainer.default_lr, MASSPretrainer.default_grad_clip)
+    assert (options.epochs, options.iters_per_epoch) == (1, 2)
+    assert measure_step_rate(trainer, 1) > 0
