@@ -1,6 +1,6 @@
 """A small-scale replication of MASS on the real volumes of `../shared/data`, end to end, with one command.
 
-    python benchmarks/replication.py            # the full run (about 2 h on 2 cores), writes benchmarks.md
+    python benchmarks/replication.py            # the full run (about 2 h 15 min on 2 cores), writes benchmarks.md
     python benchmarks/replication.py --quick    # every stage at a token budget (< 20 min), workspace report only
     python benchmarks/replication.py --pretrain-epochs 40   # a larger budget, its own workspace and report.md
 
