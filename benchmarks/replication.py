@@ -283,8 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "and a custom budget leave out stage_benchmarks)")
     parser.add_argument("--redo", action="store_true", help="run the chosen stages even if finished before")
     parser.add_argument("--pretrain-epochs", type=int, help=f"pretraining epochs of {FULL.pretrain_iters_per_epoch} "
-                        f"steps for every method (default {FULL.pretrain_epochs}); with --finetune-epochs, a budget "
-                        "other than the default runs in benchmarks/_work/replication_custom and writes report.md there")
+                        f"steps for every method (default {FULL.pretrain_epochs}); this flag or --finetune-epochs makes a "
+                        "custom budget, run in benchmarks/_work/replication_custom with its report.md there")
     parser.add_argument("--finetune-epochs", type=int, help=f"finetuning epochs of {FULL.finetune_iters_per_epoch} "
                         f"steps (default {FULL.finetune_epochs})")
     return parser
