@@ -11,7 +11,7 @@ normalised by its own plans during preprocessing, so datasets of different layou
 """
 from __future__ import annotations
 
-from mass_nn.planning.plans import Plans
+from mass_nn.planning.plans import ConfigurationPlan, Plans
 from mass_nn.schema import to_dict
 
 ChannelLayout = list[dict[str, str]]  # [{"modality": ..., "normalization": ...}] per channel, JSON-ready
@@ -51,20 +51,16 @@ def _channel_summary(plans: Plans) -> list[dict]:
     return [{k: getattr(c, k) for k in keys} for c in plans.channels]
 
 
-def _grid_checks(reference: Plans, reference_configuration: str, candidate: Plans,
-                 candidate_configuration: str) -> list[tuple[str, object, object]]:
-    ref = reference.configuration(reference_configuration)
-    cand = candidate.configuration(candidate_configuration)
-    return [("target spacing (mm, zyx)", ref.target_spacing_zyx_mm, cand.target_spacing_zyx_mm),
+def _grid_checks(reference: Plans, reference_plan: ConfigurationPlan, candidate: Plans,
+                 candidate_plan: ConfigurationPlan) -> list[tuple[str, object, object]]:
+    return [("target spacing (mm, zyx)", reference_plan.target_spacing_zyx_mm, candidate_plan.target_spacing_zyx_mm),
             ("number of input channels", len(reference.channels), len(candidate.channels))]
 
 
-def _network_checks(reference: Plans, reference_configuration: str, candidate: Plans,
-                    candidate_configuration: str) -> list[tuple[str, object, object]]:
-    ref = reference.configuration(reference_configuration)
-    cand = candidate.configuration(candidate_configuration)
-    return [("patch size (zyx)", ref.patch_size_zyx, cand.patch_size_zyx),
-            ("network", to_dict(ref.network), to_dict(cand.network))]
+def _network_checks(reference_plan: ConfigurationPlan,
+                    candidate_plan: ConfigurationPlan) -> list[tuple[str, object, object]]:
+    return [("patch size (zyx)", reference_plan.patch_size_zyx, candidate_plan.patch_size_zyx),
+            ("network", to_dict(reference_plan.network), to_dict(candidate_plan.network))]
 
 
 def _lines(checks: list[tuple[str, object, object]]) -> list[str]:
@@ -79,22 +75,21 @@ def plans_differences(reference: Plans, reference_configuration: str, candidate:
     normalisation statistics), patch and network must all be equal. same_dataset=False: target spacing, channel
     count and channel layout (modality, normalisation; names are not compared) must be equal.
     """
-    checks = _grid_checks(reference, reference_configuration, candidate, candidate_configuration)
-    if same_dataset:
-        checks.append(("channels (name, modality, normalisation)", _channel_summary(reference),
-                       _channel_summary(candidate)))
-        checks += _network_checks(reference, reference_configuration, candidate, candidate_configuration)
-    else:
-        checks.append(("channel layout (modality/normalisation)", describe_layout(channel_layout(reference)),
-                       describe_layout(channel_layout(candidate))))
-    return _lines(checks)
+    if not same_dataset:
+        return pooled_model_differences(reference, reference_configuration, [], candidate, candidate_configuration)
+    reference_plan = reference.configuration(reference_configuration)
+    candidate_plan = candidate.configuration(candidate_configuration)
+    channels = ("channels (name, modality, normalisation)", _channel_summary(reference), _channel_summary(candidate))
+    return _lines([*_grid_checks(reference, reference_plan, candidate, candidate_plan), channels,
+                   *_network_checks(reference_plan, candidate_plan)])
 
 
 def pretraining_pool_differences(reference: Plans, candidate: Plans, configuration: str) -> list[str]:
     """Differences that forbid pretraining on both datasets in one run: target spacing, channel count, patch and
     network of `configuration`. Channel names, modality and normalisation may differ."""
-    return _lines(_grid_checks(reference, configuration, candidate, configuration)
-                  + _network_checks(reference, configuration, candidate, configuration))
+    reference_plan, candidate_plan = reference.configuration(configuration), candidate.configuration(configuration)
+    return _lines(_grid_checks(reference, reference_plan, candidate, candidate_plan)
+                  + _network_checks(reference_plan, candidate_plan))
 
 
 def pooled_model_differences(reference: Plans, reference_configuration: str, pool: list[ChannelLayout],
@@ -103,5 +98,6 @@ def pooled_model_differences(reference: Plans, reference_configuration: str, poo
     `candidate`: target spacing and channel count must equal the reference's, and the candidate's channel layout
     must be one of `pool` (an empty pool falls back to the reference's own layout)."""
     layouts = pool or [channel_layout(reference)]
-    return (_lines(_grid_checks(reference, reference_configuration, candidate, candidate_configuration))
+    return (_lines(_grid_checks(reference, reference.configuration(reference_configuration), candidate,
+                                candidate.configuration(candidate_configuration)))
             + layout_pool_differences(layouts, candidate))
