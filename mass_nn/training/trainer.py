@@ -236,6 +236,13 @@ class Trainer:
         if "torch_rng" in state:
             torch.set_rng_state(state["torch_rng"])
 
+    def adopt_sources(self, sources) -> None:
+        """Take plans, configuration and name from the first of a run's datasets (`PreprocessedSource`s, already
+        checked to fit together), and keep every dataset's plans for the channel layouts trained on."""
+        first = sources[0]
+        self.plans, self.configuration_plan, self.dataset_name = first.plans, first.configuration, first.dataset_name
+        self.trained_plans = [s.plans for s in sources]
+
     def trained_channel_layouts(self) -> list[list[dict]]:
         """The distinct channel layouts (modality, normalisation per channel) of the datasets this run trains on."""
         return pool_channel_layouts(self.trained_plans or [self.plans])

@@ -54,9 +54,7 @@ class ImagePretrainer(Trainer):
         self.val_cases = [ImageCase(c, s.data_folder / f"{c}.b2nd") for s in self.sources for c in s.cases("val")]
         if not self.train_cases:
             raise MassError(f"{self.sources[0].data_folder}: the train split has no cases; check splits.json")
-        first = self.sources[0]
-        self.plans, self.configuration_plan, self.dataset_name = first.plans, first.configuration, first.dataset_name
-        self.trained_plans = [s.plans for s in self.sources]
+        self.adopt_sources(self.sources)
 
     def setup(self) -> None:
         o = self.options
