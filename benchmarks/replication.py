@@ -22,7 +22,7 @@ import logging
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -34,6 +34,7 @@ from benchmarks.replication_runs import (PRETRAINERS, classification_job, fewsho
                                          run_jobs)
 from mass_nn.io.atomic import read_json, write_json_atomic  # noqa: E402
 from mass_nn.paths import MassPaths  # noqa: E402
+from mass_nn.schema import to_dict  # noqa: E402
 
 logger = logging.getLogger("replication")
 STAGES = ("datasets", "masks", "pretrain", "fewshot", "classify", "report", "stage_benchmarks")
@@ -100,7 +101,7 @@ class Replication:
         def finish(state: dict) -> None:
             state["finished"][stage] = {"seconds": round(seconds, 1), **info}
             state.get("elapsed", {}).pop(stage, None)
-            state["budget"] = asdict(self.budget)
+            state["budget"] = to_dict(self.budget)
         self.update_state(finish)
 
     def datasets(self) -> dict[str, str]:
@@ -202,8 +203,8 @@ class Replication:
     def check_budget(self) -> None:
         """A workspace holds the runs of one budget; finished runs of another must not be read back as this one's."""
         recorded = self.state().get("budget")
-        if recorded is not None and recorded != json_like(asdict(self.budget)):
-            raise SystemExit(f"{self.workspace} holds runs of budget {recorded}, not {asdict(self.budget)}: pass "
+        if recorded is not None and recorded != to_dict(self.budget):
+            raise SystemExit(f"{self.workspace} holds runs of budget {recorded}, not {to_dict(self.budget)}: pass "
                              f"--workspace with a new folder, or delete {self.workspace} to start over")
 
     def run(self, stages: list[str], redo: bool) -> None:
@@ -251,15 +252,6 @@ class StageClock:
         self._save()  # a failed attempt keeps its time too; mark_finished drops the entry
 
 
-def json_like(value):
-    """The value as it reads back from JSON (tuples become lists)."""
-    if isinstance(value, dict):
-        return {k: json_like(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_like(v) for v in value]
-    return value
-
-
 def choose_budget(quick: bool, pretrain_epochs: int | None, finetune_epochs: int | None) -> Budget:
     """FULL or QUICK, or FULL with more (or fewer) epochs of the same length: a `custom` budget."""
     if pretrain_epochs is None and finetune_epochs is None:
@@ -283,8 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "and a custom budget leave out stage_benchmarks)")
     parser.add_argument("--redo", action="store_true", help="run the chosen stages even if finished before")
     parser.add_argument("--pretrain-epochs", type=int, help=f"pretraining epochs of {FULL.pretrain_iters_per_epoch} "
-                        f"steps for every method (default {FULL.pretrain_epochs}); this flag or --finetune-epochs makes a "
-                        "custom budget, run in benchmarks/_work/replication_custom with its report.md there")
+                        f"steps for every method (default {FULL.pretrain_epochs}); this flag or --finetune-epochs "
+                        "makes a custom budget, run in benchmarks/_work/replication_custom with its report.md there")
     parser.add_argument("--finetune-epochs", type=int, help=f"finetuning epochs of {FULL.finetune_iters_per_epoch} "
                         f"steps (default {FULL.finetune_epochs})")
     return parser

@@ -15,7 +15,7 @@ import torch
 
 from benchmarks.measure import machine_description, replace_section
 from benchmarks.replication_datasets import EVALUATION_IDS
-from benchmarks.replication_runs import PRETRAINERS
+from benchmarks.replication_runs import PRETRAINERS, read_timings
 from mass_nn.evaluation.feature_pca import dense_feature_rgb, write_feature_figure
 from mass_nn.evaluation.segmentation_figure import write_segmentation_figure
 from mass_nn.evaluation.tables import markdown_table, mean_std
@@ -99,7 +99,7 @@ def classification_rows(rep) -> tuple[list[str], list[tuple[str, list[list[float
 
 
 def pretraining_rows(rep) -> list[list[str]]:
-    timings = read_json(rep.timings) if rep.timings.is_file() else {}
+    timings = read_timings(rep.timings)
     rows = []
     for method, job in rep.pretraining_jobs().items():
         folder = Path(job.extra["run_folder"])
@@ -228,7 +228,7 @@ def _setup_text(rep) -> list[str]:
                            f"{summary[k]['test']} test" for k in EVALUATION_IDS if k in summary)
     finished = state.get("finished", {})
     minutes = sum(v.get("seconds", 0) for k, v in finished.items() if k != "stage_benchmarks") / 60
-    run_seconds = list((read_json(rep.timings) if rep.timings.is_file() else {}).values())
+    run_seconds = list(read_timings(rep.timings).values())
     return [
         f"Data: `{os.path.relpath(rep.shared_data, PAGE.parents[1])}/`, converted by "
         f"`benchmarks/replication_datasets.py`. "

@@ -106,12 +106,17 @@ def _run_one(job: Job, threads: int, timings: Path, lock: threading.Lock) -> Job
         job.returncode = subprocess.call(job.argv, stdout=log, stderr=subprocess.STDOUT, env=env)
     job.seconds = time.perf_counter() - start
     with lock:  # wall time per job, kept across resumed runs (a resumed job adds its time)
-        recorded = read_json(timings) if timings.is_file() else {}
+        recorded = read_timings(timings)
         recorded[job.name] = recorded.get(job.name, 0.0) + job.seconds
         write_json_atomic(recorded, timings)
     state = "finished" if job.returncode == 0 and job.done.is_file() else f"FAILED (exit {job.returncode})"
     logger.info("%s: %s in %.0f s; log %s", state, job.name, job.seconds, job.log)
     return job
+
+
+def read_timings(timings: Path) -> dict[str, float]:
+    """Job name -> wall seconds summed over its attempts (empty before the first job ends)."""
+    return read_json(timings) if timings.is_file() else {}
 
 
 def run_jobs(jobs: list[Job], parallel: int, threads_per_job: int, timings: Path) -> list[Job]:
