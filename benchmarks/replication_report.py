@@ -3,7 +3,6 @@ section of documentation/benchmarks.md (full run) or report.md in the workspace 
 number here is read from the files the runs wrote; nothing is typed in."""
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -21,6 +20,7 @@ from mass_nn.evaluation.segmentation_figure import write_segmentation_figure
 from mass_nn.evaluation.tables import markdown_table, mean_std
 from mass_nn.io.atomic import read_json
 from mass_nn.preprocessing.blosc2_storage import load_array
+from mass_nn.preprocessing.crop_pad import crop_or_pad
 from mass_nn.training.finetune.labelled_data import resolve_labelled_dataset
 from mass_nn.training.metrics_log import read_metrics
 from mass_nn.training.progress_plot import write_progress_plot
@@ -103,8 +103,7 @@ def pretraining_rows(rep) -> list[list[str]]:
     rows = []
     for method, job in rep.pretraining_jobs().items():
         folder = Path(job.extra["run_folder"])
-        losses = [json.loads(line).get("train_loss") for line in (folder / "metrics.jsonl").read_text().splitlines()
-                  if line.strip()] if (folder / "metrics.jsonl").is_file() else []
+        losses = [r.get("train_loss") for r in read_metrics(folder)]
         seconds = timings.get(job.name)
         rows.append([method, PRETRAINERS[method], str(rep.budget.pretrain_steps),
                      f"{seconds / 60:.1f}" if seconds else "-",
@@ -157,17 +156,16 @@ def pca_figure(rep, key: str, out: Path) -> Path | None:
     edge = plans.configuration(configuration).patch_size_zyx
     data = resolve_labelled_dataset(rep.datasets()[key], rep.paths, "MassPlans", configuration)
     image = load_array(data.source.data_folder / f"{data.labelled_cases('test')[0]}.b2nd").astype(np.float32)
-    window = np.full((image.shape[0], *edge), image.min(), dtype=np.float32)
-    starts = [max(0, (s - e) // 2) for s, e in zip(image.shape[1:], edge)]
-    crop = image[:, starts[0]:starts[0] + edge[0], starts[1]:starts[1] + edge[1], starts[2]:starts[2] + edge[2]]
-    window[:, :crop.shape[1], :crop.shape[2], :crop.shape[3]] = crop
+    starts = [max(0, (s - e) // 2) for s, e in zip(image.shape[1:], edge)]  # centred, or from 0 when smaller
+    window = crop_or_pad(image, starts, edge, pad_value=float(image.min()))
+    extent = [min(s - start, e) for s, start, e in zip(image.shape[1:], starts, edge)]
     inside = np.zeros(edge, dtype=bool)
-    inside[:crop.shape[1], :crop.shape[2], :crop.shape[3]] = True
+    inside[:extent[0], :extent[1], :extent[2]] = True
     with torch.no_grad():
         rgb = dense_feature_rgb(network, window, inside)
     path = out / f"pca_{key}.png"
     write_feature_figure(window, rgb, path, f"MASS pretrained on the pool: {DATASET_TITLES[key]} test case",
-                         slice_index=crop.shape[1] // 2)
+                         slice_index=extent[0] // 2)
     return path
 
 
