@@ -138,7 +138,8 @@ def test_adjoint_foreground_pool_equals_upsample_pool():
         upsampled = F.interpolate(features, size=high, mode="trilinear", align_corners=True)
         inner = torch.einsum("bchwd,bkhwd->bkc", upsampled, masks)
         adjoint_inner = torch.einsum("bchwd,bkhwd->bkc", features, trilinear_upsample_adjoint(masks, low))
-        assert torch.allclose(adjoint_inner, inner, rtol=1e-5, atol=1e-3)
+        # sums of ~30k fp32 products: the tolerance scales with their size (AMD and Intel kernels round differently)
+        assert torch.allclose(adjoint_inner, inner, rtol=1e-4, atol=1e-5 * float(inner.abs().max()))
 
 
 def test_mask_merge_equals_convolution_of_concatenated_pairs():
