@@ -47,6 +47,9 @@ def _add_run_arguments(p, default_trainer: str, defaults: str) -> None:
                    help="resume the run in the output folder from checkpoint_latest.pt")
     p.add_argument("--tag", default="", help="suffix of the output folder, to keep runs apart")
     p.add_argument("--num-workers", type=int, help="data loading processes (default: from the machine)")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: usable cores minus loader "
+                                               "workers and cores busy with other programs, re-checked while "
+                                               "training; documentation/pretraining.md)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: %(default)s")
     p.add_argument("--val-every", type=int, default=1, help="validate every N epochs (default: %(default)s)")
     p.add_argument("-s", "--setting", action="append", type=_parse_setting, default=[], metavar="KEY=VALUE",
@@ -100,7 +103,7 @@ def options_from_args(args) -> TrainingOptions:
                            configuration=args.configuration, plans_name=args.plans_name, epochs=args.epochs,
                            iters_per_epoch=args.iters_per_epoch, batch_size=args.batch_size, lr=args.lr,
                            seed=args.seed, tag=args.tag, continue_training=args.continue_training,
-                           num_workers=args.num_workers, device=args.device, val_every=args.val_every,
+                           num_workers=args.num_workers, threads=args.threads, device=args.device, val_every=args.val_every,
                            grad_clip=args.grad_clip,
                            extra=dict(args.setting), **{key: getattr(args, key) for key in mode_specific})
 

@@ -13,7 +13,7 @@ from mass_nn.io.atomic import read_json, write_json_atomic
 from mass_nn.schema import from_dict, to_dict
 
 # options that may change when a run is continued (they do not change what is computed)
-RESUMABLE_OVERRIDES = frozenset({"continue_training", "num_workers", "device"})
+RESUMABLE_OVERRIDES = frozenset({"continue_training", "num_workers", "device", "threads"})
 
 
 @dataclass
@@ -33,6 +33,7 @@ class TrainingOptions:
     tag: str = ""
     continue_training: bool = False
     num_workers: int | None = None
+    threads: int | None = None  # torch intra-op threads; None: chosen and adjusted by mass_nn.threads
     device: str = "auto"
     masks: str | None = None  # mask generator whose banks to train on; None: the only one present
     val_dataset: str | None = None

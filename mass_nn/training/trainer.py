@@ -22,6 +22,7 @@ from mass_nn.errors import MassError
 from mass_nn.io.atomic import write_json_atomic
 from mass_nn.paths import MassPaths
 from mass_nn.planning.plans import ConfigurationPlan, Plans
+from mass_nn.threads import ThreadGovernor
 from mass_nn.training.checkpoint import (Checkpoint, CheckpointMeta, checkpoint_path, load_checkpoint,
                                          save_checkpoint)
 from mass_nn.training.distributed import (DistributedContext, any_rank, init_distributed, mean_over_ranks,
@@ -73,6 +74,7 @@ class Trainer:
         self._epoch_steps = 0
         self._validations_since_best = 0  # for early stopping (options.patience)
         self._start_message = ""
+        self.thread_governor: ThreadGovernor | None = None
 
     # ----------------------------------------------------------------- hooks (subclass)
     @property
@@ -145,6 +147,15 @@ class Trainer:
         self.fill_defaults()
         torch.manual_seed(self.options.seed)
         self.setup()
+        if self.options.threads is not None and self.options.threads < 1:
+            raise MassError(f"--threads must be at least 1, got {self.options.threads}")
+        self.thread_governor = ThreadGovernor(self.options.num_workers or 0, requested=self.options.threads)
+        try:
+            return self._run_with_threads()
+        finally:
+            self.thread_governor.restore()
+
+    def _run_with_threads(self) -> dict:
         self.network.to(self.device)
         self.optimizer = self.build_optimizer()
         self.scheduler = build_lr_scheduler(self.optimizer, self.options.schedule, total_steps=self.total_steps,
@@ -156,6 +167,7 @@ class Trainer:
             if self.context.is_main:
                 if self._start_message:
                     logger.info("%s", self._start_message)
+                logger.info("%s", self.thread_governor.plan.describe())
                 logger.info("%s on %s (%s, %s): epochs %d x %d steps, batch %d, lr %g, device %s, world %d -> %s",
                             self.name, self.dataset_name, self.options.plans_name, self.options.configuration,
                             self.options.epochs, self.options.iters_per_epoch, self.options.batch_size,
@@ -310,7 +322,9 @@ class Trainer:
             batch = next(loader)
             step_start = time.time()
             values = self.train_step(batch)
-            values.update(data_seconds=step_start - wait_start, step_seconds=time.time() - step_start)
+            values.update(data_seconds=step_start - wait_start, step_seconds=time.time() - step_start,
+                          threads=float(torch.get_num_threads()))
+            self.thread_governor.update()
             for key, value in values.items():
                 self._epoch_sums[key] = self._epoch_sums.get(key, 0.0) + value
             self._epoch_steps += 1

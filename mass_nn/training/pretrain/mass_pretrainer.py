@@ -14,7 +14,7 @@ import torch
 from mass_nn.errors import MassError
 from mass_nn.networks.config import InContextNetworkConfig
 from mass_nn.networks.in_context_model import InContextSegmenter
-from mass_nn.parallel import default_num_processes
+from mass_nn.threads import default_mass_loader_workers
 from mass_nn.training.data.pretraining_loader import PretrainingCase, make_pretraining_loader
 from mass_nn.training.data.augmentation import TwoViewSettings
 from mass_nn.training.losses import SegmentationLoss
@@ -63,7 +63,7 @@ class MASSPretrainer(Trainer):
             raise MassError(f"setting num_tasks={o.extra['num_tasks']}: expected a positive integer")
         o.batch_size = o.batch_size or self.configuration_plan.batch_size
         if o.num_workers is None:
-            o.num_workers = max(1, min(4, default_num_processes() - 1))
+            o.num_workers = default_mass_loader_workers(self.device.type)
         config = InContextNetworkConfig.from_configuration(self.configuration_plan,
                                                            in_channels=len(self.plans.channels))
         self.network = InContextSegmenter(config)
