@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -29,7 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.measure import machine_description, replace_section  # noqa: E402
-from benchmarks.pretraining_throughput import ensure_phantom, ensure_shared, preprocess_and_generate_masks  # noqa: E402
+from benchmarks.pretraining_workspace import ensure_phantom, ensure_shared, preprocess_and_generate_masks  # noqa: E402
+from benchmarks.step_cost import median_seconds  # noqa: E402
 from mass_nn.paths import MassPaths  # noqa: E402
 
 SECTION = "inference_speed"
@@ -50,16 +50,6 @@ class InferenceResult:
     @property
     def caching_ratio(self) -> float:
         return (self.encode_seconds + self.segment_seconds) / self.segment_seconds
-
-
-def _median_seconds(function, repeats: int) -> float:
-    function()  # warm-up: first-call allocations and kernel selection
-    seconds = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        seconds.append(time.perf_counter() - started)
-    return statistics.median(seconds)
 
 
 def pretrained_checkpoint(dataset_id: int, paths: MassPaths) -> Path:
@@ -94,8 +84,8 @@ def measure_dataset(dataset_id: int, paths: MassPaths, repeats: int, out: Path) 
     predictor = SegmentationPredictor(network, embedding, present, data.source.plans, CONFIGURATION)
     test_ids = data.labelled_cases("test") or data.labelled_cases("val")
     query = np.asarray(open_array(data.patch_case(test_ids[0]).image_path))
-    encode_seconds = _median_seconds(encode, repeats)
-    segment_seconds = _median_seconds(lambda: predictor.label_map(query), repeats)
+    encode_seconds = median_seconds(encode, repeats)
+    segment_seconds = median_seconds(lambda: predictor.label_map(query), repeats)
     predict_seconds = []
     for case in data.raw_cases(test_ids):
         started = time.perf_counter()

@@ -11,7 +11,12 @@ same run:
   - a short real `mass_train PRETRAIN` run: loss per epoch, data-wait fraction per epoch
     (data_seconds / (data_seconds + step_seconds) from metrics.jsonl) and peak RSS of the process tree.
 
-Usage: python benchmarks/pretraining_throughput.py [--quick] [--shared ../shared/data] [--workdir DIR] [--no-write]
+A second section (`--only step`, or both by default; benchmarks/step_cost_report.py): FLOPs and share of the
+processor's peak of one MASS step, where its time goes by part, the step against commit a3d41a4 (MASS at 3d_cpu
+and replication_cpu, every baseline, in-context inference of one query) and `mass_train` beside a busy program.
+
+Usage: python benchmarks/pretraining_throughput.py [--quick] [--only throughput|step] [--shared ../shared/data]
+       [--workdir DIR] [--no-write]
 --quick: phantom only, few batches and steps (a smoke run of a few minutes). The workspace is reused.
 """
 from __future__ import annotations
@@ -30,12 +35,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.measure import machine_description, replace_section, run_measured  # noqa: E402
+from benchmarks.pretraining_workspace import (CONFIGURATION, PLANS_NAME, TRAINER, build_trainer,  # noqa: E402
+                                              ensure_phantom, ensure_shared, loader_of,
+                                              preprocess_and_generate_masks)
+from benchmarks.step_cost_report import SECTION as STEP_SECTION  # noqa: E402
+from benchmarks.step_cost_report import run_step_cost  # noqa: E402
 from mass_nn.paths import MassPaths  # noqa: E402
 
 SECTION = "pretraining_throughput"
-PHANTOM_ID, PHANTOM_CASES = 990, 12
-SHARED_KIND = "ct_tumour"  # -> Dataset607_CTTumour
-CONFIGURATION, PLANS_NAME, TRAINER = "3d_cpu", "MassPlans", "MASSPretrainer"
 RUN_TAG = "throughput_benchmark"
 REQUIRED_RATIO = 2.0
 
@@ -91,59 +98,7 @@ class DatasetResult:
         return self.loader_rates[self.default_workers] * self.run.step_seconds
 
 
-# ----------------------------------------------------------------------------------------------- data
-def ensure_phantom(paths: MassPaths) -> int:
-    """Write the 12-case phantom unless the workspace already holds it."""
-    from dataset_conversion.phantom import write_phantom_dataset
-    if not any((d / "dataset.json").is_file() for d in paths.raw.glob(f"Dataset{PHANTOM_ID}_*")):
-        write_phantom_dataset(paths.raw, PHANTOM_ID, num_cases=PHANTOM_CASES, seed=0)
-    return PHANTOM_ID
-
-
-def ensure_shared(shared: Path, paths: MassPaths) -> int | None:
-    """Convert ../shared/data's CT tumour cases (once); None, with the reason printed, when it is absent."""
-    from dataset_conversion.shared_data import SHARED_KINDS, convert_shared_data
-    spec = SHARED_KINDS[SHARED_KIND]
-    missing = [s for s in spec.subfolders if not (shared / s).is_dir()]
-    if missing:
-        print(f"skipping the real dataset: {shared} lacks {', '.join(missing)}")
-        return None
-    dataset_id = 600 + spec.offset
-    if not any((d / "dataset.json").is_file() for d in paths.raw.glob(f"Dataset{dataset_id}_*")):
-        convert_shared_data(shared, paths.raw, which=[SHARED_KIND])
-    return dataset_id
-
-
-def preprocess_and_generate_masks(dataset_id: int, paths: MassPaths) -> None:
-    """Plan, preprocess (3d_cpu) and generate supervoxel masks; both stages skip what is already done."""
-    from mass_nn.masks.generate import MaskGenerationOptions, generate_masks
-    from mass_nn.planning.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess
-    plan_and_preprocess(dataset_id, paths, PlanAndPreprocessOptions(preset="cpu_only", num_processes=2,
-                                                                    progress=False))
-    generate_masks(dataset_id, paths, MaskGenerationOptions(generator="supervoxel", configuration=CONFIGURATION,
-                                                            num_processes=2, progress=False))
-
-
 # ----------------------------------------------------------------------------------------------- measurements
-def build_trainer(dataset_id: int, paths: MassPaths, steps: int):
-    """A MASSPretrainer with its data, network and settings resolved exactly as `mass_train` does on CPU."""
-    from mass_nn.training.options import TrainingOptions
-    from mass_nn.training.pretrain.mass_pretrainer import MASSPretrainer
-    options = TrainingOptions(mode="PRETRAIN", datasets=[str(dataset_id)], configuration=CONFIGURATION,
-                              epochs=1, iters_per_epoch=steps, device="cpu")
-    trainer = MASSPretrainer(options, paths)
-    trainer.resolve_data()
-    trainer.fill_defaults()
-    trainer.setup()
-    return trainer
-
-
-def loader_of(trainer, workers: int, seed: int = 0):
-    from mass_nn.training.data.pretraining_loader import make_pretraining_loader
-    return make_pretraining_loader(trainer.train_cases, trainer.sampler_settings, trainer.options.batch_size,
-                                   seed=seed, num_workers=workers)
-
-
 def measure_loader(trainer, workers: int, num_batches: int) -> float:
     """Batches per second of the trainer's loader with `workers` worker processes."""
     from mass_nn.training.data.pretraining_loader import measure_loader_throughput
@@ -364,10 +319,19 @@ def main(argv=None) -> int:
     parser.add_argument("--page", default=str(REPO / "documentation" / "benchmarks.md"))
     parser.add_argument("--quick", action="store_true", help="phantom only, few batches and steps")
     parser.add_argument("--no-write", action="store_true", help="print the section, leave the page alone")
+    parser.add_argument("--only", choices=["throughput", "step"], help="one section: loader vs step "
+                        "(throughput) or the step's FLOPs, profile and comparison with an earlier commit (step)")
     args = parser.parse_args(argv)
     started, load_before = time.perf_counter(), os.getloadavg()[0]
     budget = QUICK if args.quick else FULL
     work = Path(args.workdir).absolute()
+    if args.only != "throughput":
+        body = run_step_cost(work / "step_cost", args.quick)
+        if not args.no_write:
+            replace_section(Path(args.page), STEP_SECTION, body)
+        print(body)
+        if args.only == "step":
+            return 0
     paths = MassPaths(raw=work / "MASS_raw", preprocessed=work / "MASS_preprocessed", results=work / "MASS_results")
     dataset_ids, skipped = [ensure_phantom(paths)], ""
     if args.quick:

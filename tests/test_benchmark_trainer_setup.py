@@ -2,7 +2,8 @@
 resolved settings as one that `mass_train` builds (a missing default once broke the benchmark at clipping)."""
 from __future__ import annotations
 
-from benchmarks.pretraining_throughput import build_trainer, measure_step_rate
+from benchmarks.pretraining_throughput import measure_step_rate
+from benchmarks.pretraining_workspace import build_trainer
 from mass_nn.training.pretrain.mass_pretrainer import MASSPretrainer
 
 

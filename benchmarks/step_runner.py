@@ -1,0 +1,100 @@
+"""Times training steps or in-context inference with the mass_nn of a given source tree, in its own process.
+
+`benchmarks/step_comparison.py` runs this file once with the current tree and once with an earlier commit
+checked out into a temporary worktree, on the same saved batches, and compares the two. Only APIs that both
+sides share are used here: TrainingOptions, the trainer registry, Trainer.resolve_data / fill_defaults / setup /
+train_step, load_in_context_checkpoint, encode_reference_labels and SegmentationPredictor.
+
+Usage: python benchmarks/step_runner.py SPEC.json  (SPEC: see `main`); prints one JSON line of seconds.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+
+def _timed(function, repeats: int) -> list[float]:
+    seconds = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        seconds.append(time.perf_counter() - started)
+    return seconds
+
+
+def time_train_steps(spec: dict) -> list[float]:
+    """Seconds of `spec["steps"]` train_step calls of spec["trainer"] on the saved batches, after two untimed
+    warm-up steps; the weights, optimiser and batch-level randomness are seeded identically on both sides."""
+    import torch
+    from mass_nn.paths import MassPaths
+    from mass_nn.registry import TRAINERS
+    from mass_nn.training.optim.ema import ModelEMA
+    from mass_nn.training.optim.schedules import build_lr_scheduler
+    from mass_nn.training.options import TrainingOptions
+    paths = MassPaths(**{key: Path(value) for key, value in spec["paths"].items()})
+    options = TrainingOptions(mode="PRETRAIN", datasets=[str(spec["dataset"])], trainer=spec["trainer"],
+                              configuration=spec["configuration"], epochs=1, iters_per_epoch=spec["steps"] + 2,
+                              device="cpu", num_workers=0)
+    trainer = TRAINERS.get(spec["trainer"])(options, paths)
+    trainer.resolve_data()
+    trainer.fill_defaults()
+    torch.manual_seed(0)
+    trainer.setup()
+    trainer.model = trainer.network
+    trainer.optimizer = trainer.build_optimizer()
+    trainer.scheduler = build_lr_scheduler(trainer.optimizer, trainer.options.schedule,
+                                           total_steps=spec["steps"] + 2, warmup_steps=0)
+    trainer.ema = ModelEMA(trainer.network, decay=trainer.options.ema_decay)
+    batches = torch.load(spec["batches"], weights_only=False)
+    position = iter(range(10 ** 9))
+
+    def step():
+        index = next(position)
+        torch.manual_seed(index)  # baselines draw their corruptions / masks from torch's generator
+        trainer.train_step(batches[index % len(batches)])
+
+    _timed(step, 2)
+    return _timed(step, spec["steps"])
+
+
+def time_in_context_query(spec: dict) -> list[float]:
+    """Seconds of segmenting one preprocessed query (sliding window) under a reference encoded beforehand."""
+    import numpy as np
+    import torch
+    from mass_nn.inference.model_loading import load_in_context_checkpoint
+    from mass_nn.inference.predictor import SegmentationPredictor
+    from mass_nn.inference.reference_encoding import encode_reference_labels
+    from mass_nn.planning.plans import Plans
+    network, _, _ = load_in_context_checkpoint(Path(spec["checkpoint"]))
+    arrays = np.load(spec["arrays"])
+    reference = (arrays["reference_image"], arrays["reference_label"])
+    classes = [int(c) for c in spec["classes"]]
+    with torch.no_grad():
+        embedding = encode_reference_labels(network, [reference], classes, network.config.input_size_zyx)
+    plans = json.loads(Path(spec["plans"]).read_text())
+    predictor = SegmentationPredictor(network, embedding, classes, Plans.from_dict(plans), spec["configuration"])
+    query = arrays["query_image"]
+    _timed(lambda: predictor.label_map(query), 1)
+    return _timed(lambda: predictor.label_map(query), spec["steps"])
+
+
+def main(argv: list[str]) -> int:
+    spec = json.loads(Path(argv[0]).read_text())
+    # mass_nn must come from spec["source"]: the path goes first, and every mass_nn import of this file sits in
+    # the functions above, which run only after this line
+    sys.path.insert(0, spec["source"])
+    import mass_nn
+    import torch
+    torch.set_num_threads(int(spec["threads"]))
+    kind = spec["kind"]
+    seconds = time_train_steps(spec) if kind == "train_step" else time_in_context_query(spec)
+    print(json.dumps({"seconds": seconds, "median": statistics.median(seconds), "threads": torch.get_num_threads(),
+                      "module": str(Path(mass_nn.__file__).resolve().parent)}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
