@@ -252,8 +252,9 @@ def section(peak: PeakEstimate, sgemm: float, configurations: list[Configuration
             idle = next(r for r in load if r.label == label and not r.busy)
             busy = next(r for r in load if r.label == label and r.busy)
             idle_s, busy_s = statistics.median(idle.step_seconds), statistics.median(busy.step_seconds)
-            lines.append(f"| {label} | {idle_s:.2f} | {busy_s:.2f} | **{busy_s / idle_s:.2f}×** | "
-                         f"{statistics.fmean(idle.threads):.1f} / {statistics.fmean(busy.threads):.1f} |")
+            threads = (f"{statistics.fmean(idle.threads):.1f} / {statistics.fmean(busy.threads):.1f}"
+                       if min(idle.threads + busy.threads) > 0 else "not recorded (torch's default: all cores)")
+            lines.append(f"| {label} | {idle_s:.2f} | {busy_s:.2f} | **{busy_s / idle_s:.2f}×** | {threads} |")
     lines += ["", reading(peak, configurations, baselines, inference, load)]
     return "\n".join(lines)
 
