@@ -2,6 +2,8 @@
 protocol (in context and finetuned) and mass_predict with references, scored in the raw geometry."""
 from __future__ import annotations
 
+import pytest
+
 import json
 
 import numpy as np
@@ -18,6 +20,7 @@ from tests.conftest import requires_shared_data, shared_data_dir
 pytestmark = requires_shared_data
 
 
+@pytest.mark.slow  # about 110 s on 2 cores: keeps the default run under 10 minutes
 def test_few_shot_protocol_and_prediction_on_sarcoma_ct(tmp_path):
     from dataset_conversion.shared_data import convert_shared_data
     from mass_nn.masks.generate import MaskGenerationOptions, generate_masks

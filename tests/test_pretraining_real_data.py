@@ -13,6 +13,7 @@ from tests.conftest import requires_shared_data, shared_data_dir
 pytestmark = requires_shared_data
 
 
+@pytest.mark.slow  # about 50 s on 2 cores: keeps the default run under 10 minutes
 def test_pretraining_runs_on_real_mr_and_validates_in_context(tmp_path):
     from dataset_conversion.shared_data import convert_shared_data
     from mass_nn.masks.generate import MaskGenerationOptions, generate_masks
