@@ -103,8 +103,8 @@ def options_from_args(args) -> TrainingOptions:
                            configuration=args.configuration, plans_name=args.plans_name, epochs=args.epochs,
                            iters_per_epoch=args.iters_per_epoch, batch_size=args.batch_size, lr=args.lr,
                            seed=args.seed, tag=args.tag, continue_training=args.continue_training,
-                           num_workers=args.num_workers, threads=args.threads, device=args.device, val_every=args.val_every,
-                           grad_clip=args.grad_clip,
+                           num_workers=args.num_workers, threads=args.threads, device=args.device,
+                           val_every=args.val_every, grad_clip=args.grad_clip,
                            extra=dict(args.setting), **{key: getattr(args, key) for key in mode_specific})
 
 
