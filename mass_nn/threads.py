@@ -94,19 +94,24 @@ def ranks_on_this_node() -> int:
 
 
 def _tree_cpu_seconds(process: psutil.Process) -> float:
+    """CPU seconds of this process and its descendants, the finished ones included (children_user and
+    children_system hold what reaped children used, so a worker that ended since the last look is not taken
+    for another program)."""
     total = 0.0
     for member in [process, *process.children(recursive=True)]:
         try:
             times = member.cpu_times()
-            total += times.user + times.system
+            total += times.user + times.system + times.children_user + times.children_system
         except psutil.Error:
             pass
     return total
 
 
 def _machine_busy_seconds() -> float:
+    """CPU seconds all programs used on this machine: user (which already contains guest time), nice, system and
+    interrupts; idle, I/O wait and the hypervisor's steal are not work of a program here."""
     times = psutil.cpu_times()
-    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+    return sum(getattr(times, name, 0.0) for name in ("user", "nice", "system", "irq", "softirq"))
 
 
 class ThreadGovernor:
