@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks.measure import machine_description, replace_section, run_measured  # noqa: E402
 from benchmarks.pretraining_workspace import (CONFIGURATION, PLANS_NAME, TRAINER, build_trainer,  # noqa: E402
                                               ensure_phantom, ensure_shared, loader_of,
-                                              preprocess_and_generate_masks)
+                                              preprocess_and_generate_masks, ready_for_steps)
 from benchmarks.step_cost_report import SECTION as STEP_SECTION  # noqa: E402
 from benchmarks.step_cost_report import run_step_cost  # noqa: E402
 from mass_nn.paths import MassPaths  # noqa: E402
@@ -141,16 +141,9 @@ def stage_name(transform) -> str:
 def measure_step_rate(trainer, num_steps: int) -> float:
     """Steps per second (1 / median step time, robust to stalls caused by other processes) of
     MASSPretrainer.train_step on pre-loaded batches, after two untimed warm-up steps."""
-    from mass_nn.training.optim.ema import ModelEMA
-    from mass_nn.training.optim.schedules import build_lr_scheduler
     with loader_of(trainer, 0, seed=2) as loader:
         batches = [next(loader) for _ in range(min(num_steps, 8))]
-    trainer.network.to(trainer.device)
-    trainer.model = trainer.network
-    trainer.optimizer = trainer.build_optimizer()
-    trainer.scheduler = build_lr_scheduler(trainer.optimizer, trainer.options.schedule,
-                                           total_steps=num_steps + 2, warmup_steps=0)
-    trainer.ema = ModelEMA(trainer.network, decay=trainer.options.ema_decay)
+    ready_for_steps(trainer, num_steps + 2)
     for batch in batches[:2]:
         trainer.train_step(batch)
     seconds = []

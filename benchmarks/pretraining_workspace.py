@@ -62,3 +62,16 @@ def loader_of(trainer, workers: int, seed: int = 0):
     from mass_nn.training.data.pretraining_loader import make_pretraining_loader
     return make_pretraining_loader(trainer.train_cases, trainer.sampler_settings, trainer.options.batch_size,
                                    seed=seed, num_workers=workers)
+
+
+def ready_for_steps(trainer, total_steps: int) -> None:
+    """Give a trainer built by `build_trainer` what `Trainer.run` would before its first train_step: the model on
+    its device, optimiser, a warm-up-free schedule over `total_steps` and the EMA."""
+    from mass_nn.training.optim.ema import ModelEMA
+    from mass_nn.training.optim.schedules import build_lr_scheduler
+    trainer.network.to(trainer.device)
+    trainer.model = trainer.network
+    trainer.optimizer = trainer.build_optimizer()
+    trainer.scheduler = build_lr_scheduler(trainer.optimizer, trainer.options.schedule, total_steps=total_steps,
+                                           warmup_steps=0)
+    trainer.ema = ModelEMA(trainer.network, decay=trainer.options.ema_decay)

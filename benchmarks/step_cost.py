@@ -15,7 +15,6 @@ step would give it (inputs detached, fixed upstream gradients), so its time, FLO
 """
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -25,6 +24,8 @@ from typing import Callable
 import torch
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
+
+from mass_nn.threads import usable_cores
 
 PARTS = ("encoder", "task encoder", "decoder", "head", "loss", "optimiser", "EMA")
 FMA_PIPES_PER_CORE = 2
@@ -49,13 +50,6 @@ class PeakEstimate:
                 f"{2 if self.fma else 1} (FMA) × {FMA_PIPES_PER_CORE} pipes = {self.flops / 1e9:.0f} GFLOP/s")
 
 
-def usable_core_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def _cpu_flags_and_mhz() -> tuple[set[str], float]:
     flags, mhz = set(), 0.0
     try:
@@ -78,7 +72,7 @@ def peak_fp32_flops() -> PeakEstimate:
     if max_freq.is_file():
         ghz, source = int(max_freq.read_text()) / 1e6, "cpufreq cpuinfo_max_freq"
     lanes = 16 if "avx512f" in flags else 8 if flags & {"avx", "avx2"} else 4
-    return PeakEstimate(cores=usable_core_count(), ghz=ghz, lanes=lanes, fma="fma" in flags or lanes == 16,
+    return PeakEstimate(cores=usable_cores(), ghz=ghz, lanes=lanes, fma="fma" in flags or lanes == 16,
                         clock_source=source)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -18,15 +19,13 @@ import torch
 
 from benchmarks.measure import machine_description
 from benchmarks.pretraining_workspace import (PLANS_NAME, build_trainer, ensure_phantom, loader_of,
-                                              preprocess_and_generate_masks)
+                                              preprocess_and_generate_masks, ready_for_steps)
 from benchmarks.step_comparison import SideBySide, commit_worktree, compare
 from benchmarks.step_cost import (PARTS, PartCost, PeakEstimate, count_flops, measure_parts, measured_sgemm_flops,
                                   part_functions, peak_fp32_flops, top_operators)
 from mass_nn.paths import MassPaths
 from mass_nn.preprocessing.blosc2_storage import open_array
 from mass_nn.training.finetune.labelled_data import resolve_labelled_dataset
-from mass_nn.training.optim.ema import ModelEMA
-from mass_nn.training.optim.schedules import build_lr_scheduler
 from mass_nn.training.pretrain.mass_pretrainer import batch_to_device
 
 SECTION = "pretraining_step_cost"
@@ -90,14 +89,6 @@ def _trainer_batches(trainer, count: int) -> list:
         loader.close()
 
 
-def _ready_for_steps(trainer) -> None:
-    trainer.model = trainer.network
-    trainer.optimizer = trainer.build_optimizer()
-    trainer.scheduler = build_lr_scheduler(trainer.optimizer, trainer.options.schedule, total_steps=10 ** 6,
-                                           warmup_steps=0)
-    trainer.ema = ModelEMA(trainer.network, decay=trainer.options.ema_decay)
-
-
 def measure_configuration(name: str, work: Path, earlier: Path, budget: StepBudget, threads: int,
                           profile_parts: bool) -> ConfigurationCost:
     """FLOPs, parts and the side-by-side step of MASSPretrainer on the phantom planned with `name`'s preset."""
@@ -108,7 +99,7 @@ def measure_configuration(name: str, work: Path, earlier: Path, budget: StepBudg
     batches = _trainer_batches(trainer, 4)
     batch_file = work / f"batches_{name}.pt"
     torch.save(batches, batch_file)
-    _ready_for_steps(trainer)
+    ready_for_steps(trainer, 10 ** 6)
     trainer.train_step(batches[0])
     flops = count_flops(lambda: trainer.train_step(batches[1]))
     spec = _spec("train_step", paths, dataset, "MASSPretrainer", budget.steps, threads, batches=str(batch_file))
@@ -175,7 +166,7 @@ def mass_train_under_load(source: Path, label: str, busy: bool, work: Path, budg
                str(paths.raw), "--preprocessed", str(paths.preprocessed), "--results", str(paths.results),
                *extra_args]
     for folder in paths.results.glob(f"*/MASSPretrainer__MassPlans__3d_cpu__{tag}"):
-        subprocess.run(["rm", "-rf", str(folder)], check=True)
+        shutil.rmtree(folder)
     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
     try:
         environment = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import psutil
 import torch
 
+from mass_nn.errors import MassError
+
 logger = logging.getLogger(__name__)
 
 REPLAN_SECONDS = 20.0  # how often the governor looks at the other programs' CPU use
@@ -65,7 +67,7 @@ def plan_threads(loader_workers: int, ranks_per_node: int = 1, requested: int | 
     ranks_per_node, loader_workers = max(1, ranks_per_node), max(0, loader_workers)
     if requested is not None:
         if requested < 1:
-            raise ValueError(f"--threads must be at least 1, got {requested}")
+            raise MassError(f"--threads must be at least 1, got {requested}")
         threads = requested
     else:
         share = cores / ranks_per_node - loader_workers - busy_elsewhere / ranks_per_node

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from mass_nn.cli.train import build_parser, options_from_args
+from mass_nn.errors import MassError
 from mass_nn.threads import ThreadGovernor, plan_threads, ranks_on_this_node, usable_cores
 
 
@@ -41,7 +42,7 @@ def test_thread_rule(cores, workers, ranks, busy, expected):
 def test_requested_threads_win_and_are_described():
     plan = plan_threads(3, requested=5, cores=2)
     assert plan.threads == 5 and plan.describe() == "torch threads 5 (--threads 5)"
-    with pytest.raises(ValueError, match="at least 1"):
+    with pytest.raises(MassError, match="at least 1"):
         plan_threads(0, requested=0)
 
 

@@ -147,8 +147,6 @@ class Trainer:
         self.fill_defaults()
         torch.manual_seed(self.options.seed)
         self.setup()
-        if self.options.threads is not None and self.options.threads < 1:
-            raise MassError(f"--threads must be at least 1, got {self.options.threads}")
         self.thread_governor = ThreadGovernor(self.options.num_workers or 0, requested=self.options.threads)
         try:
             return self._run_with_threads()
