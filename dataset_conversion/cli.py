@@ -1,6 +1,6 @@
 """mass_convert_dataset: write raw datasets (nnU-Net v2 layout) from public sources, ../shared/data or the phantom.
 
-Subcommands: phantom, shared, msd, bcv, amos, kits19, totalsegmentator. Output goes to --raw, else $MASS_raw,
+Subcommands: phantom, shared, chaos_mr, mscmrseg, msd, bcv, amos, kits19, totalsegmentator. Output goes to --raw, else $MASS_raw,
 else ~/mass_nn_data/MASS_raw. See documentation/conversion.md.
 """
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from dataset_conversion.organ_mr import ORGAN_MR_SETS, convert_organ_mr
 from dataset_conversion.shared_data import SHARED_KINDS
 from mass_nn.cli.common import run_cli
 from mass_nn.errors import MassError
@@ -16,7 +17,7 @@ from mass_nn.paths import resolve_root
 
 # Default dataset ids when --dataset-id is not given (MSD: the task number, as nnU-Net numbers them).
 DEFAULT_IDS = {"phantom": 990, "bcv": 620, "amos CT": 621, "amos MR": 622, "kits19": 623,
-               "totalsegmentator CT": 624, "totalsegmentator MR": 625}
+               "totalsegmentator CT": 624, "totalsegmentator MR": 625, "chaos_mr": 626, "mscmrseg": 627}
 SHARED_FIRST_ID = 600
 
 
@@ -47,7 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     shared.add_argument("source", type=Path, help="folder laid out like ../shared/data")
     shared.add_argument("--which", nargs="+", choices=list(SHARED_KINDS), metavar="KIND",
                         help=f"kinds to convert (default: all): {', '.join(SHARED_KINDS)}")
-    shared.add_argument("--first-id", type=int, default=SHARED_FIRST_ID, help="ids are first-id + 1 ... + 8")
+    shared.add_argument("--first-id", type=int, default=SHARED_FIRST_ID,
+                        help=f"ids are first-id + 1 ... + {len(SHARED_KINDS)}")
+    for key, spec in ORGAN_MR_SETS.items():
+        _add_source_command(commands, key, f"{spec.description.split(' with ')[0]} ({spec.folder}/ of "
+                                           f"../shared/data, or the folder that holds it)", common)
     _add_source_command(commands, "msd", "a Medical Segmentation Decathlon task folder (TaskNN_Name)", common)
     _add_source_command(commands, "bcv", "BCV abdomen (RawData/Training, RawData/Testing)", common)
     amos = _add_source_command(commands, "amos", "AMOS 2022 (amos22/), one modality per call", common)
@@ -78,6 +83,8 @@ def _convert(args, raw_root: Path) -> list[Path]:
     if args.command == "shared":
         from dataset_conversion.shared_data import convert_shared_data
         return list(convert_shared_data(args.source, raw_root, args.which, args.first_id).values())
+    if args.command in ORGAN_MR_SETS:
+        return [convert_organ_mr(args.source, raw_root, dataset_id(args.command), args.command)]
     if args.command == "msd":
         from dataset_conversion.msd import convert_msd
         return [convert_msd(args.source, raw_root, _msd_id(args))]

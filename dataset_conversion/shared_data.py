@@ -12,6 +12,8 @@ One raw dataset per kind; dataset id = `first_dataset_id` + the offset below (60
 | totalseg_mr      | 606 | TotalSegExamplesMR  | totalsegmentator/example_mr_sm + example_seg_mr               |
 | ct_tumour        | 607 | CTTumour            | STS CT cases + pyradiomics lung1/lung2                        |
 | pyradiomics_mr   | 608 | PyradiomicsMR       | pyradiomics brain1, brain2, breast1                           |
+| chaos_mr         | 609 | CHAOSMRT2SPIR       | chaos_mr_t2spir/image_<pid> + label_<pid> (organ_mr.py)       |
+| mscmrseg         | 610 | MSCMRSegbSSFP       | mscmrseg_bssfp/image_<pid> + label_<pid> (organ_mr.py)        |
 
 Cases whose files are absent (the folder is a subset of the collection) are skipped, so case counts follow
 what is present.
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from dataset_conversion.common import RawDatasetWriter, require_folder
+from dataset_conversion.organ_mr import ORGAN_MR_SETS, OrganMRSet, add_organ_mr_cases
 from mass_nn.errors import MassError
 from mass_nn.io.atomic import read_json
 
@@ -145,6 +148,19 @@ def _totalseg_labels(task: str) -> Callable[[Path], dict[str, int]]:
     return lambda source: totalsegmentator_labels(source, task)
 
 
+def _organ_mr(spec: OrganMRSet) -> Callable[[Path, RawDatasetWriter], dict]:
+    def convert(source: Path, writer: RawDatasetWriter) -> dict:
+        add_organ_mr_cases(source, spec, writer)
+        return {}
+    return convert
+
+
+def _organ_mr_kind(offset: int, spec: OrganMRSet) -> SharedKind:
+    return SharedKind(offset=offset, name=spec.name, channel_names=(spec.channel,), subfolders=(spec.folder,),
+                      description=spec.description, licence=spec.licence, add_cases=_organ_mr(spec),
+                      labels=lambda source: spec.labels)
+
+
 SHARED_KINDS: dict[str, SharedKind] = {
     "sts_ct": SharedKind(
         offset=1, name="STS_CT", channel_names=("CT",), subfolders=("ibsi_sts",),
@@ -181,6 +197,8 @@ SHARED_KINDS: dict[str, SharedKind] = {
         offset=8, name="PyradiomicsMR", channel_names=("MR",), subfolders=("pyradiomics",),
         description="PyRadiomics MR test cases with one lesion class: brain1, brain2 (T1 post-Gd), breast1.",
         licence=PYRADIOMICS_LICENCE, add_cases=_pyradiomics_mr, labels=_tumour_labels),
+    "chaos_mr": _organ_mr_kind(9, ORGAN_MR_SETS["chaos_mr"]),
+    "mscmrseg": _organ_mr_kind(10, ORGAN_MR_SETS["mscmrseg"]),
 }
 
 

@@ -144,12 +144,28 @@ def test_missing_masks_unknown_trainer_and_wrong_mode(pretraining_roots, tmp_pat
 
 
 def test_in_context_validation_on_a_labelled_dataset(pretraining_roots):
-    summary = run_training(options(epochs=1, iters_per_epoch=1, val_dataset="990"), pretraining_roots)
+    summary = run_training(options(epochs=1, iters_per_epoch=1, val_dataset=["990"],
+                                   extra={"num_tasks": 4, "val_reference_choices": 2}), pretraining_roots)
     record = read_metrics(run_folder(pretraining_roots))[0]
     assert 0.0 <= record["val_dice"] <= 1.0
     assert any(k.startswith("val_dice_") for k in record)
+    assert "val_loss" in record and "val_mask_dice" in record  # the pretext validation runs beside it
     assert summary["best_metric_key"] == "val_dice"
     assert load_checkpoint(run_folder(pretraining_roots) / "checkpoint_best.pt").meta.best_metric == record["val_dice"]
+
+
+def test_in_context_validation_never_falls_back_to_test_cases(pretraining_roots, tmp_path):
+    splits_path = pretraining_roots.preprocessed / "Dataset990_PhantomCT" / "splits.json"
+    original = splits_path.read_text()
+    splits = json.loads(original)
+    splits["train"] += splits["val"]
+    splits["val"] = []
+    splits_path.write_text(json.dumps(splits))
+    try:
+        with pytest.raises(MassError, match=r"val split \(queries; the test split is never used.*splits\.json"):
+            run_training(options(epochs=1, iters_per_epoch=1, val_dataset=["990"], tag="notest"), pretraining_roots)
+    finally:
+        splits_path.write_text(original)
 
 
 def test_continue_checks_datasets_epochs_and_setting_types(pretraining_roots, capsys):

@@ -24,7 +24,7 @@ def test_pretraining_runs_on_real_mr_and_validates_in_context(tmp_path):
     generate_masks(608, paths, MaskGenerationOptions(generator="supervoxel", configuration="3d_cpu",
                                                      num_processes=2, progress=False))
     options = TrainingOptions(mode="PRETRAIN", datasets=["608"], configuration="3d_cpu", epochs=2, iters_per_epoch=2,
-                              batch_size=1, num_workers=1, device="cpu", val_dataset="608", extra={"num_tasks": 4})
+                              batch_size=1, num_workers=1, device="cpu", val_dataset=["608"], extra={"num_tasks": 4})
     summary = run_training(options, paths)
     records = read_metrics(summary["output_folder"])
     assert [r["epoch"] for r in records] == [1, 2]

@@ -14,7 +14,8 @@ from mass_nn.training.data.affine_transform import (ViewAffineTransform, centre_
                                                     warp_image, warp_masks_nearest)
 from mass_nn.training.data.augmentation import TwoViewSettings, ViewAugmentation
 from mass_nn.training.data.pretraining_loader import PretrainingCase, make_pretraining_loader
-from mass_nn.training.data.two_view_sampler import plan_view_starts
+from mass_nn.masks.mask_bank import MaskBank
+from mass_nn.training.data.two_view_sampler import EVERYTHING, PADDING, choose_tasks, plan_view_starts
 
 PATCH = (16, 16, 16)
 SHAPE = (40, 36, 32)
@@ -219,6 +220,43 @@ def test_masks_in_view_are_preferred(tmp_path):
 
     assert nonempty_rate(True) == 1.0  # solid blocks: a box meeting a patch window means voxels in it
     assert nonempty_rate(False) < 0.3
+
+
+def _sized_bank(root: Path) -> MaskBank:
+    """Masks 0-3: 2^3-voxel specks; masks 4-5: 6^3-voxel blocks; mask 6: an 8^3 block."""
+    shape = (40, 36, 32)
+    boxes = [(2, 2, 2)] * 4 + [(6, 6, 6)] * 2 + [(8, 8, 8)]
+    proposals = []
+    for k, size in enumerate(boxes):
+        mask = np.zeros(shape, dtype=bool)
+        z = 4 * k
+        mask[z:z + size[0], 2:2 + size[1], 3:3 + size[2]] = True
+        proposals.append(MaskProposal.from_full(mask, "test"))
+    write_mask_bank(root / "sized.masks", "sized", shape, proposals, "test", "hash")
+    return MaskBank(root / "sized.masks")
+
+
+def test_masks_below_the_size_floor_are_never_drawn(tmp_path):
+    bank = _sized_bank(tmp_path)
+    whole = [((0, 40), (0, 36), (0, 32))]
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        codes = choose_tasks(bank, whole, 5, True, True, rng, min_mask_voxels=100)
+        real = codes[codes >= 0]
+        assert sorted(real.tolist()) == [4, 5, 6]  # all three large masks, no speck
+        assert (codes == EVERYTHING).sum() == 1 and (codes == PADDING).sum() == 1
+    unfiltered = np.concatenate([choose_tasks(bank, whole, 5, True, True, np.random.default_rng(s)) for s in range(20)])
+    assert np.isin(unfiltered, [0, 1, 2, 3]).any()  # without the floor specks are drawn
+    # no mask reaches the floor: the largest one alone is the task
+    codes = choose_tasks(bank, whole, 3, False, False, np.random.default_rng(0), min_mask_voxels=10_000)
+    assert codes.tolist() == [6, PADDING, PADDING]
+
+
+def test_size_floor_is_a_share_of_the_patch():
+    assert TwoViewSettings(patch_size_zyx=(64, 48, 48), min_mask_fraction=0.01).min_mask_voxels == 1475
+    assert TwoViewSettings(patch_size_zyx=(64, 48, 48)).min_mask_voxels == 0
+    with pytest.raises(ValueError, match="min_mask_fraction"):
+        TwoViewSettings(patch_size_zyx=(16, 16, 16), min_mask_fraction=1.0)
 
 
 def test_determinism_and_weighted_cases(tmp_path):

@@ -124,7 +124,7 @@ def _pretrain(paths: MassPaths, args) -> Path | None:
     print(f"[4/5] MASS pretraining on the masks: {args.epochs} epochs x {args.iters_per_epoch} steps (3d_cpu, CPU)")
     options = TrainingOptions(mode="PRETRAIN", datasets=[str(DEMO_DATASET_ID)], configuration="3d_cpu",
                               epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, device="cpu",
-                              val_dataset=str(DEMO_DATASET_ID), continue_training=True)
+                              val_dataset=[str(DEMO_DATASET_ID)], continue_training=True)
     summary = run_training(options, paths)
     records = read_metrics(summary["output_folder"])
     for record in records:

@@ -78,8 +78,8 @@ def _add_pretrain_parser(subparsers) -> None:
                               description="Self-supervised pretraining on preprocessed datasets and their masks.")
     p.add_argument("-d", "--datasets", nargs="+", required=True, help="dataset id(s) or name(s)")
     p.add_argument("--masks", help="mask generator whose banks to use (default: the only one present)")
-    p.add_argument("--val-dataset", help="labelled dataset for in-context Dice validation (default: loss on "
-                                         "held-out auto masks)")
+    p.add_argument("--val-dataset", nargs="+", help="labelled dataset(s) for in-context Dice validation on their "
+                                                    "val cases, besides the loss on held-out auto masks")
     p.add_argument("--val-batches", type=int, default=4, help="held-out batches per validation (default: %(default)s)")
     p.add_argument("--schedule", default="poly", choices=["poly", "onecycle"], help="default: %(default)s")
     p.add_argument("--dice", default="adaptive_tversky", choices=["adaptive_tversky", "soft_dice"],

@@ -98,6 +98,7 @@ class MaskBank:
         self.entries = [MaskEntry.from_dict(d) for d in header["masks"]]
         self._boxes = np.array([[b for pair in e.box for b in pair] for e in self.entries], dtype=np.int64
                                ).reshape(-1, 6)
+        self.voxel_counts = np.array([e.voxels for e in self.entries], dtype=np.int64)
         self._map = None
 
     def __len__(self) -> int:
@@ -142,6 +143,13 @@ class MaskBank:
         hi = np.array([b[1] for b in box])
         starts, stops = self._boxes[:, 0::2], self._boxes[:, 1::2]
         return np.flatnonzero(np.all((starts < hi) & (stops > lo), axis=1))
+
+    def indices_at_least(self, min_voxels: int) -> np.ndarray:
+        """Indices of the masks with at least `min_voxels` voxels; the largest mask alone when none has."""
+        eligible = np.flatnonzero(self.voxel_counts >= min_voxels)
+        if eligible.size == 0 and len(self):
+            return np.array([int(np.argmax(self.voxel_counts))], dtype=np.int64)
+        return eligible
 
     def close(self) -> None:
         if self._map is not None:

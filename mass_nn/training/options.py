@@ -36,7 +36,7 @@ class TrainingOptions:
     threads: int | None = None  # torch intra-op threads; None: chosen and adjusted by mass_nn.threads
     device: str = "auto"
     masks: str | None = None  # mask generator whose banks to train on; None: the only one present
-    val_dataset: str | None = None
+    val_dataset: list[str] | None = None  # labelled datasets for in-context validation
     val_every: int = 1
     val_batches: int = 4
     schedule: str = "poly"
@@ -55,6 +55,8 @@ class TrainingOptions:
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "run_config.json") -> "TrainingOptions":
+        if isinstance(d.get("val_dataset"), str):  # run_config.json written before several were allowed
+            d = {**d, "val_dataset": [d["val_dataset"]]}
         return from_dict(cls, d, source, error_cls=MassError)
 
 

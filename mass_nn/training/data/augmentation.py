@@ -75,6 +75,7 @@ class TwoViewSettings:
     overlap_ratio: float = 0.67  # crop starts differ by at most (1 - overlap) * crop size per axis
     margin_voxels: tuple[int, int, int] | None = None  # context per side cut before the affine; None: 20/128 patch
     prefer_masks_in_view: bool = True  # deviation: the release samples masks from the whole volume
+    min_mask_fraction: float = 0.0  # masks smaller than this share of the patch volume are never drawn
     reference: ViewAugmentation = field(default_factory=ViewAugmentation.weak)
     query: ViewAugmentation = field(default_factory=ViewAugmentation.strong)
 
@@ -85,6 +86,13 @@ class TwoViewSettings:
         if self.num_tasks < 1 or not 0.0 <= self.overlap_ratio <= 1.0:
             raise ValueError(f"need num_tasks >= 1 and overlap_ratio in [0, 1], got {self.num_tasks}, "
                              f"{self.overlap_ratio}")
+        if not 0.0 <= self.min_mask_fraction < 1.0:
+            raise ValueError(f"min_mask_fraction must lie in [0, 1), got {self.min_mask_fraction}")
+
+    @property
+    def min_mask_voxels(self) -> int:
+        """The smallest mask drawn as a task, in voxels of the case grid."""
+        return int(np.ceil(self.min_mask_fraction * np.prod(self.patch_size_zyx)))
 
     @property
     def margin_zyx(self) -> tuple[int, int, int]:

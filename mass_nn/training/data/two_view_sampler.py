@@ -11,7 +11,9 @@ first and the rest fills up (deviation: the release draws from the whole volume,
 empty; the margin is left out of the test because what lies only there shows only after a zoom-out). With
 `everything_task` one channel, at a random position, is an all-ones "segment everything in view" mask over the
 part of the crop inside the volume, set before the spatial augmentation so that what rotates in from outside
-is 0. The everything task takes one of
+is 0. With `min_mask_voxels` > 0 only masks of at least that many voxels are drawn (the largest mask alone when
+a case has none that large): a bank of mostly small supervoxel parts otherwise fills nearly every channel with
+a speck. The everything task takes one of
 the `num_tasks` slots, so a case with N >= num_tasks masks gives num_tasks - 1 masks plus it (the release's
 distribution); a smaller case gives all N masks plus it and empty padding channels with weight 0.
 """
@@ -66,18 +68,20 @@ def inside_box(start, size, volume_shape) -> Box:
 
 
 def choose_tasks(bank: MaskBank, view_boxes: list[Box], num_tasks: int, everything_task: bool,
-                 prefer_in_view: bool, rng: np.random.Generator) -> np.ndarray:
+                 prefer_in_view: bool, rng: np.random.Generator, min_mask_voxels: int = 0) -> np.ndarray:
     """Channel codes (num_tasks,) int64: a bank index, EVERYTHING or PADDING (padding channels come last)."""
     if len(bank) == 0:
         raise MassError(f"{bank.path}: the mask bank holds no masks, so this case cannot be pretrained on; "
                         "run mass_generate_masks for it (or leave the case out)")
     slots = num_tasks - 1 if everything_task else num_tasks
+    eligible = bank.indices_at_least(min_mask_voxels) if min_mask_voxels > 0 else np.arange(len(bank))
     if prefer_in_view:
-        preferred = np.unique(np.concatenate([bank.indices_intersecting(box) for box in view_boxes]))
-        rest = np.setdiff1d(np.arange(len(bank)), preferred)
+        in_view = np.unique(np.concatenate([bank.indices_intersecting(box) for box in view_boxes]))
+        preferred = np.intersect1d(in_view, eligible)
+        rest = np.setdiff1d(eligible, preferred)
         order = np.concatenate([rng.permutation(preferred), rng.permutation(rest)])
     else:
-        order = rng.permutation(len(bank))
+        order = eligible[rng.permutation(eligible.size)]
     channels = order[:slots].astype(np.int64)
     if everything_task:
         channels = np.append(channels, EVERYTHING)
@@ -110,7 +114,8 @@ def view_masks(channels: np.ndarray, crops: dict[int, tuple[Box, np.ndarray]], s
 
 
 def sample_two_views(image, bank: MaskBank, crop_size, patch_size, num_tasks: int, overlap_ratio: float,
-                     everything_task: bool, prefer_in_view: bool, rng: np.random.Generator) -> TwoViewSample:
+                     everything_task: bool, prefer_in_view: bool, rng: np.random.Generator,
+                     min_mask_voxels: int = 0) -> TwoViewSample:
     """Cut both views of one case: image (c, z, y, x) numpy or blosc2, masks from `bank` on the same grid.
 
     The crops are `crop_size`; `patch_size` (centred in them) is the part the views show without a spatial
@@ -124,7 +129,7 @@ def sample_two_views(image, bank: MaskBank, crop_size, patch_size, num_tasks: in
     starts = plan_view_starts(volume_shape, crop_size, overlap_ratio, rng)
     margin = (np.asarray(crop_size) - np.asarray(patch_size)) // 2
     visible = [inside_box(start + margin, patch_size, volume_shape) for start in starts]
-    channels = choose_tasks(bank, visible, num_tasks, everything_task, prefer_in_view, rng)
+    channels = choose_tasks(bank, visible, num_tasks, everything_task, prefer_in_view, rng, min_mask_voxels)
     # each chosen mask is decoded once and pasted into both views
     crops = {int(code): bank.read_crop(int(code)) for code in channels if code >= 0}
     images = [crop_or_pad(image, start, crop_size).astype(np.float32, copy=False) for start in starts]

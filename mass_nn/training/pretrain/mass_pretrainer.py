@@ -25,7 +25,8 @@ from mass_nn.training.trainer import Trainer
 logger = logging.getLogger(__name__)
 
 # trainer-specific settings (-s KEY=VALUE) and their defaults
-MASS_SETTINGS = {"num_tasks": 13, "everything_task": True, "prefer_masks_in_view": True}
+MASS_SETTINGS = {"num_tasks": 13, "everything_task": True, "prefer_masks_in_view": True, "min_mask_fraction": 0.0,
+                 "val_reference_choices": 1}
 
 
 def batch_to_device(batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
@@ -61,6 +62,12 @@ class MASSPretrainer(Trainer):
         o.extra = check_settings(self.name, o.extra, MASS_SETTINGS)
         if o.extra["num_tasks"] < 1:
             raise MassError(f"setting num_tasks={o.extra['num_tasks']}: expected a positive integer")
+        if o.extra["val_reference_choices"] < 1:
+            raise MassError(f"setting val_reference_choices={o.extra['val_reference_choices']}: expected a positive "
+                            f"integer (reference cases per label for in-context validation)")
+        if not 0.0 <= o.extra["min_mask_fraction"] < 1.0:
+            raise MassError(f"setting min_mask_fraction={o.extra['min_mask_fraction']}: expected a share of the "
+                            f"patch volume in [0, 1), e.g. 0.01")
         o.batch_size = o.batch_size or self.configuration_plan.batch_size
         if o.num_workers is None:
             o.num_workers = default_mass_loader_workers(self.device.type)
@@ -72,22 +79,29 @@ class MASSPretrainer(Trainer):
         self.sampler_settings = TwoViewSettings(patch_size_zyx=list(self.configuration_plan.patch_size_zyx),
                                                 num_tasks=int(o.extra["num_tasks"]),
                                                 everything_task=bool(o.extra["everything_task"]),
-                                                prefer_masks_in_view=bool(o.extra["prefer_masks_in_view"]))
+                                                prefer_masks_in_view=bool(o.extra["prefer_masks_in_view"]),
+                                                min_mask_fraction=float(o.extra["min_mask_fraction"]))
         self.validation = self._build_validation()
         if self.validation is not None:
             self.best_metric_key, self.best_metric_mode = self.validation.metric_key, self.validation.metric_mode
 
     def _build_validation(self):
-        from mass_nn.training.pretrain.validation import AutoMaskValidation, InContextValidation
-        if self.options.val_dataset is not None:
-            return InContextValidation.from_dataset(self.options.val_dataset, self.paths, self.plans,
-                                                    self.options.plans_name, self.options.configuration,
-                                                    pool_layouts=self.trained_channel_layouts())
+        from mass_nn.training.pretrain.validation import (AutoMaskValidation, InContextValidation,
+                                                          PretrainingValidation)
+        o = self.options
+        in_context = [InContextValidation.from_dataset(dataset, self.paths, self.plans, o.plans_name, o.configuration,
+                                                       pool_layouts=self.trained_channel_layouts(),
+                                                       reference_choices=int(o.extra["val_reference_choices"]),
+                                                       seed=o.seed)
+                      for dataset in o.val_dataset or []]
+        auto_masks = None
         if self.val_cases:
-            return AutoMaskValidation(self.val_cases, self.sampler_settings, self.options.batch_size,
-                                      self.options.val_batches, seed=self.options.seed, loss=self.loss)
-        logger.warning("no val cases in splits.json and no --val-dataset: training without validation")
-        return None
+            auto_masks = AutoMaskValidation(self.val_cases, self.sampler_settings, o.batch_size, o.val_batches,
+                                            seed=o.seed, loss=self.loss)
+        if auto_masks is None and not in_context:
+            logger.warning("no val cases in splits.json and no --val-dataset: training without validation")
+            return None
+        return PretrainingValidation(auto_masks, in_context)
 
     def make_train_loader(self, start_batch: int):
         return make_pretraining_loader(self.train_cases, self.sampler_settings, self.options.batch_size,

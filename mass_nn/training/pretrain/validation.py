@@ -1,11 +1,13 @@
 """Validation during pretraining, run with the EMA weights on rank 0.
 
-- InContextValidation (with --val-dataset): in-context Dice on a labelled dataset with fixed references. One
-  reference case per label (the first train case containing it) is cropped to the patch around that label;
-  every val case is cropped around its labelled region and segmented for all labels in one pass. This is a
-  patch-level proxy of the full sliding-window protocol of mass_predict, cheap enough to run every epoch.
-- AutoMaskValidation (default): the training loss on fixed batches from the held-out (val split) cases and
-  their auto masks, plus the hard Dice of those masks.
+- InContextValidation (with --val-dataset): in-context Dice on a labelled dataset with fixed references. Per
+  label, one or more reference cases of the train split are cropped to the patch around that label; every val
+  case is cropped around its labelled region and segmented for all labels in one pass per reference choice.
+  This is a patch-level proxy of the full sliding-window protocol of mass_predict, cheap enough to run every
+  epoch.
+- AutoMaskValidation: the training loss on fixed batches from the held-out (val split) cases of the pool and
+  their auto masks, plus the hard Dice of those masks (the pretext Dice).
+- PretrainingValidation: both, whichever apply, in one record.
 """
 from __future__ import annotations
 
@@ -86,19 +88,25 @@ def _label_crop(data_folder, case_id: str, label: int | None, patch) -> tuple[np
 
 
 class InContextValidation:
-    """In-context Dice per label with fixed references (see the module docstring)."""
+    """In-context Dice per label of one labelled dataset, over fixed reference choices (module docstring)."""
 
     metric_key, metric_mode = "val_dice", "max"
 
-    def __init__(self, references: dict[str, tuple[np.ndarray, np.ndarray]],
-                 queries: list[tuple[np.ndarray, np.ndarray]], label_values: dict[str, int]):
-        self.references, self.queries, self.label_values = references, queries, label_values
+    def __init__(self, references: dict[str, list[tuple[np.ndarray, np.ndarray]]],
+                 queries: list[tuple[np.ndarray, np.ndarray]], label_values: dict[str, int], name: str = ""):
+        self.references, self.queries, self.label_values, self.name = references, queries, label_values, name
 
     @classmethod
     def from_dataset(cls, dataset: str, paths: MassPaths, plans: Plans, plans_name: str, configuration: str,
-                     pool_layouts: list[list[dict]] | None = None) -> "InContextValidation":
-        """Fixed references and queries of `dataset`, whose target spacing and channel count must equal `plans`'
-        and whose channel layout must be one of `pool_layouts` (the run's sources; default: `plans`' own)."""
+                     pool_layouts: list[list[dict]] | None = None, reference_choices: int = 1,
+                     seed: int = 0) -> "InContextValidation":
+        """Fixed references and queries of `dataset`, whose target spacing and channel count must equal `plans'`
+        and whose channel layout must be one of `pool_layouts` (the run's sources; default: `plans`' own).
+
+        Per label, `reference_choices` train cases containing it (the first one when 1, else a seeded draw)
+        serve as references; the queries are the val split's labelled cases. A dataset without val cases is
+        refused: its test cases must stay unseen until the final evaluation.
+        """
         source = resolve_source(dataset, paths, plans_name, configuration)
         differences = pooled_model_differences(plans, configuration, pool_layouts or [], source.plans, configuration)
         if differences:
@@ -107,39 +115,73 @@ class InContextValidation:
         labels = {n: v for n, v in (load_dataset_json(paths.preprocessed / source.dataset_name).labels or {}).items()
                   if v != 0}
         patch = source.configuration.patch_size_zyx
+        rng = np.random.default_rng(seed)
         references = {}
         for name, value in labels.items():
-            for case_id in source.cases("train"):
-                if load_properties(source.data_folder / f"{case_id}.json").label_voxel_counts.get(str(value), 0) > 0:
-                    image, seg = _label_crop(source.data_folder, case_id, value, patch)
-                    references[name] = (image, (seg == value).astype(np.float32))
-                    break
-        query_ids = [c for c in (source.cases("val") or source.cases("test"))
+            holders = [c for c in source.cases("train")
+                       if load_properties(source.data_folder / f"{c}.json").label_voxel_counts.get(str(value), 0) > 0]
+            if reference_choices > 1:
+                holders = sorted(rng.choice(holders, size=min(reference_choices, len(holders)), replace=False))
+            chosen = [_label_crop(source.data_folder, c, value, patch) for c in holders[:reference_choices]]
+            if chosen:
+                references[name] = [(image, (seg == value).astype(np.float32)) for image, seg in chosen]
+        query_ids = [c for c in source.cases("val")
                      if load_properties(source.data_folder / f"{c}.json").label_bboxes_zyx][:MAX_QUERY_CASES]
         if not references or not query_ids:
             raise MassError(f"--val-dataset {dataset}: needs labels in its train split (references) and in its "
-                            f"val or test split (queries); found {len(references)} label(s), {len(query_ids)} "
-                            f"query case(s)")
+                            f"val split (queries; the test split is never used for validation); found "
+                            f"{len(references)} label(s), {len(query_ids)} val case(s) with labels. Give the "
+                            f"dataset val cases in {source.data_folder.parent / 'splits.json'}")
         queries = [_label_crop(source.data_folder, c, None, patch) for c in query_ids]
-        return cls(references, queries, {n: labels[n] for n in references})
+        return cls(references, queries, {n: labels[n] for n in references}, name=source.dataset_name)
 
     @torch.no_grad()
     def run(self, network: torch.nn.Module, device: torch.device) -> dict[str, float]:
         from mass_nn.networks.task_ops import concat_task_embeddings
         network.eval()
         names = list(self.references)
-        embedding = concat_task_embeddings([
-            network.encode_task(torch.from_numpy(img)[None].to(device), torch.from_numpy(mask)[None, None].to(device))
-            for img, mask in (self.references[n] for n in names)])
         per_label: dict[str, list[float]] = {n: [] for n in names}
-        for image, seg in self.queries:
-            logits = network.segment(torch.from_numpy(image)[None].to(device), embedding).float()
-            target = torch.stack([torch.from_numpy(seg == self.label_values[n]) for n in names])[None].to(device)
-            dice = hard_dice(logits, target.float())[0]
-            for name, value, present in zip(names, dice.tolist(), target.flatten(2).any(2)[0].tolist()):
-                if present:
-                    per_label[name].append(value)
+        for choice in range(max(len(r) for r in self.references.values())):
+            picked = {n: self.references[n][min(choice, len(self.references[n]) - 1)] for n in names}
+            embedding = concat_task_embeddings([
+                network.encode_task(torch.from_numpy(img)[None].to(device),
+                                    torch.from_numpy(mask)[None, None].to(device))
+                for img, mask in (picked[n] for n in names)])
+            for image, seg in self.queries:
+                logits = network.segment(torch.from_numpy(image)[None].to(device), embedding).float()
+                target = torch.stack([torch.from_numpy(seg == self.label_values[n]) for n in names])[None].to(device)
+                dice = hard_dice(logits, target.float())[0]
+                for name, value, present in zip(names, dice.tolist(), target.flatten(2).any(2)[0].tolist()):
+                    if present:
+                        per_label[name].append(value)
         means = {n: float(np.mean(v)) for n, v in per_label.items() if v}
         result = {"val_dice": float(np.mean(list(means.values()))) if means else float("nan")}
         result.update({f"val_dice_{n}": v for n, v in means.items()})
+        return result
+
+
+class PretrainingValidation:
+    """Everything a MASS run validates: the auto-mask loss on held-out cases (when the pool has val cases) and
+    in-context Dice on each `--val-dataset`. "Best" is the mean in-context Dice when there is one, else the
+    lowest auto-mask loss. With several val datasets their metrics carry the dataset's name
+    (`val_dice_<dataset>`, `val_dice_<dataset>_<label>`) and `val_dice` is the mean over datasets."""
+
+    def __init__(self, auto_masks: AutoMaskValidation | None, in_context: list[InContextValidation]):
+        if auto_masks is None and not in_context:
+            raise ValueError("PretrainingValidation needs auto-mask or in-context validation")
+        self.auto_masks, self.in_context = auto_masks, in_context
+        source = in_context[0] if in_context else auto_masks
+        self.metric_key, self.metric_mode = source.metric_key, source.metric_mode
+
+    def run(self, network: torch.nn.Module, device: torch.device) -> dict[str, float]:
+        result = self.auto_masks.run(network, device) if self.auto_masks is not None else {}
+        if len(self.in_context) == 1:
+            return {**result, **self.in_context[0].run(network, device)}
+        means = []
+        for validation in self.in_context:
+            metrics = validation.run(network, device)
+            means.append(metrics["val_dice"])
+            result.update({f"val_dice_{validation.name}{key.removeprefix('val_dice')}": value
+                           for key, value in metrics.items()})
+        result["val_dice"] = float(np.nanmean(means)) if not np.all(np.isnan(means)) else float("nan")
         return result
