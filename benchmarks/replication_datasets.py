@@ -9,9 +9,12 @@ Evaluation sets (labelled, one channel each, as the pooled single-channel models
 | 702 | ReplSTSCT       | CT of the sarcoma patients that have one | the held-out patients among them |
 | 703 | ReplBRATST1c    | T1c of the BRATS patients | the deepmedic `test` folder's patients          |
 | 704 | ReplTotalSegCT  | the TotalSegmentator CT examples | scan b (the DICOM series); train = scan a |
+| 705 | ReplCHAOSMR     | the 12 CHAOS T2-SPIR patients (4 organs) | 4 seeded patients; 2 more form the val split |
+| 706 | ReplMSCMRSeg    | the 25 MS-CMRSeg bSSFP patients (3 cardiac structures) | 8 seeded patients; 3 val |
 
 Pretraining pool (unlabelled, every split "train"): 711 ReplPoolCT, 712 ReplPoolMR, 713 ReplPoolPET: every image
-of the folder whose patient is not in a test split. As in the paper's BraTS protocol, T1c is held out of
+of the folder whose patient is not in a test split (for CHAOS and MS-CMRSeg: only the train patients, so the
+val patients that in-context validation segments stay unseen too). As in the paper's BraTS protocol, T1c is held out of
 pretraining entirely (the pool has the BRATS FLAIR of the training patients), so 703 tests an unseen sequence.
 
 Case-level task (labels.csv of 701): `size_class` = "gt10cm" when the tumour's largest extent (bounding box of
@@ -30,6 +33,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from dataset_conversion.common import RawDatasetWriter, require_folder
+from dataset_conversion.organ_mr import ORGAN_MR_SETS, add_organ_mr_cases, case_id_of, organ_mr_patients
 from dataset_conversion.shared_data import (BRATS_LABELS, BRATS_LICENCE, PYRADIOMICS_LICENCE, STS_LICENCE,
                                             TOTALSEG_LICENCE, TUMOUR_LABELS, totalsegmentator_labels)
 from mass_nn.io.atomic import write_json_atomic
@@ -57,11 +61,14 @@ class ReplicationDataset:
         return f"Dataset{self.dataset_id:03d}_{self.name}"
 
 
-EVALUATION_IDS = {"sts_pet": 701, "sts_ct": 702, "brats_t1c": 703, "totalseg_ct": 704}
+EVALUATION_IDS = {"sts_pet": 701, "sts_ct": 702, "brats_t1c": 703, "totalseg_ct": 704, "chaos_mr": 705,
+                  "mscmrseg": 706}
+# organ MR sets: (raw name, test patients, val patients); the rest are train patients and join the MR pool
+ORGAN_MR_SPLITS = {"chaos_mr": ("ReplCHAOSMR", 4, 2), "mscmrseg": ("ReplMSCMRSeg", 8, 3)}
 POOL_IDS = {"CT": 711, "MR": 712, "PET": 713}
 
 
-def _sts_patients(source: Path) -> dict[str, set[str]]:
+def sts_patients(source: Path) -> dict[str, set[str]]:
     """Patient -> the modalities present for it ({"CT", "MR_T1", "PET"})."""
     patients = {}
     for folder in sorted(p for p in (source / "ibsi_sts").glob("STS_*") if p.is_dir()):
@@ -100,7 +107,7 @@ def _write_sts(source: Path, raw: Path, dataset_id: int, name: str, prefix: str,
     writer = RawDatasetWriter(raw, dataset_id, name, [prefix], TUMOUR_LABELS,
                               description=f"Soft-tissue sarcoma {prefix} with GTV masks. {STS_LICENCE}")
     cases = []
-    for patient, modalities in _sts_patients(source).items():
+    for patient, modalities in sts_patients(source).items():
         if prefix in modalities:
             folder = source / "ibsi_sts" / patient
             writer.add_case(patient, [folder / f"{prefix}_image.nii.gz"], folder / f"{prefix}_mask.nii.gz",
@@ -160,11 +167,31 @@ def _write_totalseg(source: Path, raw: Path) -> ReplicationDataset:
                               _splits([c[0] for c in TOTALSEG_CT], test))
 
 
+def organ_mr_patient_splits(source: Path, key: str) -> dict[str, list[str]]:
+    """split -> patient ids of organ MR set `key`: a seeded permutation, test patients first, then val."""
+    _, num_test, num_val = ORGAN_MR_SPLITS[key]
+    order = [str(p) for p in np.random.default_rng(SPLIT_SEED).permutation(
+        sorted(organ_mr_patients(source, ORGAN_MR_SETS[key])))]
+    return {"test": sorted(order[:num_test]), "val": sorted(order[num_test:num_test + num_val]),
+            "train": sorted(order[num_test + num_val:])}
+
+
+def write_organ_mr(source: Path, raw: Path, key: str) -> ReplicationDataset:
+    spec, name = ORGAN_MR_SETS[key], ORGAN_MR_SPLITS[key][0]
+    writer = RawDatasetWriter(raw, EVALUATION_IDS[key], name, [spec.channel], spec.labels,
+                              description=f"{spec.description} {spec.licence}")
+    add_organ_mr_cases(source, spec, writer)
+    writer.finish({"licence": spec.licence})
+    splits = {split: [case_id_of(spec, p) for p in patients]
+              for split, patients in organ_mr_patient_splits(source, key).items()}
+    return ReplicationDataset(EVALUATION_IDS[key], name, "MR", True, splits)
+
+
 def pool_images(source: Path, sts_test: set[str]) -> dict[str, list[tuple[str, Path]]]:
     """Modality -> (case id, image) of every pretraining image: all of the folder except test patients and the
     BRATS T1c sequence; example_ct_sm is left out because it holds slices of example_ct."""
     pool = {"CT": [], "MR": [], "PET": []}
-    for patient, modalities in _sts_patients(source).items():
+    for patient, modalities in sts_patients(source).items():
         if patient in sts_test:
             continue
         folder = source / "ibsi_sts" / patient
@@ -181,10 +208,15 @@ def pool_images(source: Path, sts_test: set[str]) -> dict[str, list[tuple[str, P
     totalseg = source / "totalsegmentator"
     pool["CT"].append(("totalseg_example_ct", totalseg / "example_ct.nii.gz"))
     pool["MR"].append(("totalseg_example_mr_sm", totalseg / "example_mr_sm.nii.gz"))
+    for key in ORGAN_MR_SPLITS:
+        spec = ORGAN_MR_SETS[key]
+        if (source / spec.folder).is_dir():
+            images = organ_mr_patients(source, spec)
+            pool["MR"] += [(case_id_of(spec, p), images[p][0]) for p in organ_mr_patient_splits(source, key)["train"]]
     return {m: [(c, p) for c, p in images if p.exists()] for m, images in pool.items()}
 
 
-def _write_pool(raw: Path, modality: str, images: list[tuple[str, Path]]) -> ReplicationDataset:
+def write_pool(raw: Path, modality: str, images: list[tuple[str, Path]]) -> ReplicationDataset:
     name = f"ReplPool{modality}"
     writer = RawDatasetWriter(raw, POOL_IDS[modality], name, [modality], None,
                               description=f"Unlabelled {modality} pretraining pool of the replication "
@@ -200,15 +232,17 @@ def build_replication_datasets(source: Path, raw: Path) -> dict[str, Replication
     """Write every raw dataset of the replication under `raw`; returns key -> dataset (keys: the evaluation kinds
     of EVALUATION_IDS and pool_CT / pool_MR / pool_PET). Re-running rewrites the same files."""
     source = require_folder(Path(source), "point --shared-data to the folder laid out like ../shared/data")
-    for sub in ("ibsi_sts", "deepmedic_brats", "pyradiomics", "totalsegmentator"):
+    for sub in ("ibsi_sts", "deepmedic_brats", "pyradiomics", "totalsegmentator", "chaos_mr_t2spir",
+                "mscmrseg_bssfp"):
         require_folder(source / sub, "the replication reads every subfolder of ../shared/data")
-    sts_test = set(sts_test_patients(_sts_patients(source)))
+    sts_test = set(sts_test_patients(sts_patients(source)))
     datasets = {"sts_pet": _write_sts(source, raw, EVALUATION_IDS["sts_pet"], "ReplSTSPET", "PET", sts_test),
                 "sts_ct": _write_sts(source, raw, EVALUATION_IDS["sts_ct"], "ReplSTSCT", "CT", sts_test),
-                "brats_t1c": _write_brats(source, raw), "totalseg_ct": _write_totalseg(source, raw)}
+                "brats_t1c": _write_brats(source, raw), "totalseg_ct": _write_totalseg(source, raw),
+                **{key: write_organ_mr(source, raw, key) for key in ORGAN_MR_SPLITS}}
     _write_size_labels(source, datasets["sts_pet"], raw)
     for modality, images in pool_images(source, sts_test).items():
-        datasets[f"pool_{modality}"] = _write_pool(raw, modality, images)
+        datasets[f"pool_{modality}"] = write_pool(raw, modality, images)
     return datasets
 
 

@@ -15,18 +15,16 @@ import torch
 from benchmarks.measure import machine_description, replace_section
 from benchmarks.replication_datasets import EVALUATION_IDS
 from benchmarks.replication_runs import PRETRAINERS, read_timings
-from mass_nn.evaluation.feature_pca import dense_feature_rgb, write_feature_figure
+from mass_nn.evaluation.feature_pca import write_case_feature_figure
 from mass_nn.evaluation.segmentation_figure import write_segmentation_figure
 from mass_nn.evaluation.tables import markdown_table, mean_std
 from mass_nn.io.atomic import read_json
-from mass_nn.preprocessing.blosc2_storage import load_array
-from mass_nn.preprocessing.crop_pad import crop_or_pad
 from mass_nn.training.finetune.labelled_data import resolve_labelled_dataset
 from mass_nn.training.metrics_log import read_metrics
 from mass_nn.training.progress_plot import write_progress_plot
 
 DATASET_TITLES = {"sts_pet": "Sarcoma PET", "sts_ct": "Sarcoma CT", "brats_t1c": "BRATS T1c",
-                  "totalseg_ct": "TotalSeg CT"}
+                  "totalseg_ct": "TotalSeg CT", "chaos_mr": "CHAOS MR", "mscmrseg": "MS-CMRSeg"}
 BASELINES = [m for m in PRETRAINERS if m != "MASS"]
 PAGE = Path(__file__).resolve().parents[1] / "documentation" / "benchmarks.md"
 
@@ -146,27 +144,14 @@ def dataset_figure(rep, key: str, out: Path) -> Path | None:
 
 
 def pca_figure(rep, key: str, out: Path) -> Path | None:
-    """Decoder features of the pretrained MASS model on the centre 48³ of the first test case, PCA -> RGB
-    (components fitted on the image's voxels; a case smaller than the patch is padded with its background)."""
-    from mass_nn.inference.model_loading import load_in_context_checkpoint
+    """Decoder features of the pretrained MASS model on the centre patch of the first test case, PCA -> RGB."""
     checkpoint = rep.checkpoint("MASS")
     if checkpoint is None or not checkpoint.is_file():
         return None
-    network, plans, configuration = load_in_context_checkpoint(checkpoint)
-    edge = plans.configuration(configuration).patch_size_zyx
-    data = resolve_labelled_dataset(rep.datasets()[key], rep.paths, "MassPlans", configuration)
-    image = load_array(data.source.data_folder / f"{data.labelled_cases('test')[0]}.b2nd").astype(np.float32)
-    starts = [max(0, (s - e) // 2) for s, e in zip(image.shape[1:], edge)]  # centred, or from 0 when smaller
-    window = crop_or_pad(image, starts, edge, pad_value=float(image.min()))
-    extent = [min(s - start, e) for s, start, e in zip(image.shape[1:], starts, edge)]
-    inside = np.zeros(edge, dtype=bool)
-    inside[:extent[0], :extent[1], :extent[2]] = True
-    with torch.no_grad():
-        rgb = dense_feature_rgb(network, window, inside)
-    path = out / f"pca_{key}.png"
-    write_feature_figure(window, rgb, path, f"MASS pretrained on the pool: {DATASET_TITLES[key]} test case",
-                         slice_index=extent[0] // 2)
-    return path
+    data = resolve_labelled_dataset(rep.datasets()[key], rep.paths, "MassPlans", "3d_cpu")
+    return write_case_feature_figure(checkpoint, data.source.data_folder / f"{data.labelled_cases('test')[0]}.b2nd",
+                                     out / f"pca_{key}.png",
+                                     f"MASS pretrained on the pool: {DATASET_TITLES[key]} test case")
 
 
 def copy_figures(rep, out: Path) -> dict[str, list[Path]]:

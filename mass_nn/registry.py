@@ -34,6 +34,7 @@ MASK_GENERATORS = Registry("mask generator", {
 
 TRAINERS = Registry("trainer", {
     "MASSPretrainer": "mass_nn.training.pretrain.mass_pretrainer:MASSPretrainer",
+    "MASSCPUPretrainer": "mass_nn.training.pretrain.mass_cpu_pretrainer:MASSCPUPretrainer",
     "MiMPretrainer": "mass_nn.training.pretrain.mim_pretrainer:MiMPretrainer",
     "HiEndMAEPretrainer": "mass_nn.training.pretrain.hi_end_mae_pretrainer:HiEndMAEPretrainer",
     "MAEPretrainer": "mass_nn.training.pretrain.mae_pretrainer:MAEPretrainer",

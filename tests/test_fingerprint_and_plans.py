@@ -112,6 +112,16 @@ def test_presets_are_valid_and_unknown_fields_rejected(tmp_path):
         load_preset("no_such_preset")
 
 
+def test_cpu_in_context_preset_plans_4mm_and_48_cubed(tmp_path):
+    name, plans_name, settings = load_preset("cpu_in_context")
+    assert (name, plans_name, settings.configurations) == ("cpu_in_context", "MassPlansInContextCPU", ["3d_cpu"])
+    dataset = make_raw_dataset(tmp_path, channel_names=("T2",), num_cases=2, shape_zyx=(70, 170, 170))
+    plans: Plans = plan_experiment(extract_fingerprint(dataset, progress=False), settings)
+    config = plans.configuration("3d_cpu")
+    assert config.target_spacing_zyx_mm == pytest.approx([4.0, 4.0, 4.0])
+    assert config.patch_size_zyx == [48, 48, 48]
+
+
 def test_mr_channel_plan(tmp_path):
     dataset = make_raw_dataset(tmp_path, channel_names=("T1", "PET"), num_cases=2)
     plans: Plans = plan_experiment(extract_fingerprint(dataset, progress=False), PlannerSettings())

@@ -154,6 +154,18 @@ def test_in_context_validation_on_a_labelled_dataset(pretraining_roots):
     assert load_checkpoint(run_folder(pretraining_roots) / "checkpoint_best.pt").meta.best_metric == record["val_dice"]
 
 
+def test_cpu_recipe_trainer_sets_its_defaults_and_keeps_overrides(pretraining_roots):
+    summary = run_training(options(trainer="MASSCPUPretrainer", epochs=1, iters_per_epoch=1), pretraining_roots)
+    folder = pretraining_roots.results / "Dataset990_PhantomCT" / "MASSCPUPretrainer__MassPlans__3d_cpu"
+    assert summary["output_folder"] == str(folder)
+    config = json.loads((folder / "run_config.json").read_text())
+    assert config["extra"]["min_mask_fraction"] == 0.01 and config["extra"]["num_tasks"] == 4
+    assert load_checkpoint(folder / "checkpoint_final.pt").meta.trainer == "MASSCPUPretrainer"
+    with pytest.raises(MassError, match="min_mask_fraction=1.5: expected a share of the patch volume"):
+        run_training(options(trainer="MASSCPUPretrainer", tag="bad", extra={"min_mask_fraction": 1.5}),
+                     pretraining_roots)
+
+
 def test_in_context_validation_never_falls_back_to_test_cases(pretraining_roots, tmp_path):
     splits_path = pretraining_roots.preprocessed / "Dataset990_PhantomCT" / "splits.json"
     original = splits_path.read_text()

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from benchmarks.replication_datasets import (SIZE_CUT_MM, build_replication_datasets, pool_images,
+from benchmarks.replication_datasets import (ORGAN_MR_SPLITS, SIZE_CUT_MM, build_replication_datasets, pool_images,
                                              sts_test_patients)
 from benchmarks.replication_report import _rank_sentences, table_markdown
 from tests.conftest import requires_shared_data, shared_data_dir
@@ -36,12 +36,17 @@ def test_table_marks_the_best_mean_and_reading_ranks_mass():
 @requires_shared_data
 def test_replication_datasets_keep_evaluation_patients_out_of_the_pool(tmp_path):
     datasets = build_replication_datasets(shared_data_dir(), tmp_path / "raw")
-    test_cases = {c for key in ("sts_pet", "sts_ct", "brats_t1c", "totalseg_ct") for c in datasets[key].splits["test"]}
+    test_cases = {c for key in ("sts_pet", "sts_ct", "brats_t1c", "totalseg_ct", "chaos_mr", "mscmrseg")
+                  for c in datasets[key].splits["test"]}
     pooled = {c for key in ("pool_CT", "pool_MR", "pool_PET") for c in datasets[key].splits["train"]}
     assert test_cases and pooled
     for case in pooled:  # pool case ids start with the patient (STS_xxx_PET, brats_..._FLAIR, totalseg_example_ct)
         assert not any(case.startswith(t) for t in test_cases if not t.startswith("example_")), case
     assert "totalseg_example_ct" in pooled and not any("dicom" in c for c in pooled)
+    for key, (_, num_test, num_val) in ORGAN_MR_SPLITS.items():
+        splits = datasets[key].splits
+        assert (len(splits["test"]), len(splits["val"])) == (num_test, num_val)
+        assert set(splits["train"]) <= pooled and not (set(splits["test"]) | set(splits["val"])) & pooled
     assert not any("T1c" in c for c in pooled), "BRATS T1c is held out of pretraining"
     assert set(datasets["sts_ct"].splits["test"]) <= set(datasets["sts_pet"].splits["test"])
     with open(tmp_path / "raw" / datasets["sts_pet"].folder_name / "labels.csv") as handle:

@@ -8,7 +8,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mass_nn.inference.model_loading import load_in_context_checkpoint
 from mass_nn.io.figures import pyplot, save_figure
+from mass_nn.preprocessing.blosc2_storage import load_array
+from mass_nn.preprocessing.crop_pad import crop_or_pad
 
 
 def pca_rgb(features: torch.Tensor | np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
@@ -62,3 +65,20 @@ def write_feature_figure(image: np.ndarray, rgb: np.ndarray, path: Path, title: 
     if title:
         figure.suptitle(title, fontsize=10)
     save_figure(figure, path, dpi=110)
+
+
+def write_case_feature_figure(checkpoint: Path, image_path: Path, path: Path, title: str) -> Path:
+    """The feature figure of an in-context checkpoint on the centre patch of one preprocessed case (`.b2nd`);
+    the components are fitted on the case's voxels, and a case smaller than the patch is padded with its
+    background."""
+    network, plans, configuration = load_in_context_checkpoint(checkpoint)
+    edge = plans.configuration(configuration).patch_size_zyx
+    image = load_array(image_path).astype(np.float32)
+    starts = [max(0, (s - e) // 2) for s, e in zip(image.shape[1:], edge)]  # centred, or from 0 when smaller
+    window = crop_or_pad(image, starts, edge, pad_value=float(image.min()))
+    extent = [min(s - start, e) for s, start, e in zip(image.shape[1:], starts, edge)]
+    inside = np.zeros(edge, dtype=bool)
+    inside[:extent[0], :extent[1], :extent[2]] = True
+    rgb = dense_feature_rgb(network, window, inside)
+    write_feature_figure(window, rgb, path, title, slice_index=extent[0] // 2)
+    return path

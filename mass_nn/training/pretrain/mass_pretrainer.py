@@ -42,6 +42,7 @@ class MASSPretrainer(Trainer):
     default_epochs: ClassVar[int] = 100
     default_iters_per_epoch: ClassVar[int] = 1000
     default_lr: ClassVar[float] = 2e-3
+    default_settings: ClassVar[dict] = MASS_SETTINGS
 
     def resolve_data(self) -> None:
         o = self.options
@@ -59,7 +60,7 @@ class MASSPretrainer(Trainer):
 
     def setup(self) -> None:
         o = self.options
-        o.extra = check_settings(self.name, o.extra, MASS_SETTINGS)
+        o.extra = check_settings(self.name, o.extra, self.default_settings)
         if o.extra["num_tasks"] < 1:
             raise MassError(f"setting num_tasks={o.extra['num_tasks']}: expected a positive integer")
         if o.extra["val_reference_choices"] < 1:

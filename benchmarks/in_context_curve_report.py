@@ -1,0 +1,125 @@
+"""The learning curve's results as tables and figures: the `in_context_learning_curve` section of
+documentation/benchmarks.md (full run) or report.md in the workspace (--quick). Every number is read from the
+files the runs wrote (metrics.jsonl of the pretraining, results.json of each comparison)."""
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+from benchmarks.measure import machine_description, replace_section
+from mass_nn.evaluation.feature_pca import write_case_feature_figure
+from mass_nn.evaluation.tables import markdown_table, mean_std
+from mass_nn.io.atomic import read_json
+from mass_nn.io.figures import pyplot, save_figure
+from mass_nn.training.metrics_log import read_metrics
+
+SECTION = "in_context_learning_curve"
+TITLES = {"chaos_mr": "CHAOS MR", "mscmrseg": "MS-CMRSeg"}
+METHOD_TITLES = {"in_context": "MASS in context (no training)", "finetune": "MASS finetuned",
+                 "scratch": "scratch finetuned"}
+
+
+def _percent(value) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}"
+
+
+def curve_rows(records: list[dict], dataset_names: dict[str, str]) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the curve: step, train loss, pretext Dice, in-context Dice per dataset and structure."""
+    structures = {key: sorted(k.removeprefix(f"val_dice_{name}_") for k in records[-1]
+                              if k.startswith(f"val_dice_{name}_")) for key, name in dataset_names.items()}
+    header = ["step", "train loss", "pretext Dice (held-out auto masks)"]
+    for key in dataset_names:
+        header += [f"{TITLES[key]} mean", *(f"{TITLES[key]} {s}" for s in structures[key])]
+    rows = []
+    for r in records:
+        row = [str(r["global_step"]), f"{r['train_loss']:.3f}", _percent(r.get("val_mask_dice"))]
+        for key, name in dataset_names.items():
+            row += [_percent(r.get(f"val_dice_{name}")),
+                    *(_percent(r.get(f"val_dice_{name}_{s}")) for s in structures[key])]
+        rows.append(row)
+    return header, rows
+
+
+def curve_figure(records: list[dict], dataset_names: dict[str, str], path: Path) -> Path:
+    plt = pyplot()
+    figure, axis = plt.subplots(figsize=(6.4, 3.6))
+    steps = [r["global_step"] for r in records]
+    axis.plot(steps, [100 * r.get("val_mask_dice", math.nan) for r in records], "k--", label="pretext Dice")
+    for key, name in dataset_names.items():
+        axis.plot(steps, [100 * r.get(f"val_dice_{name}", math.nan) for r in records], "o-",
+                  label=f"{TITLES[key]} 1-shot in context (val)")
+    axis.set_xlabel("pretraining step")
+    axis.set_ylabel("Dice (%)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    save_figure(figure, path, dpi=110)
+    return path
+
+
+def comparison_rows(curve) -> tuple[list[str], list[list[str]]]:
+    """Methods x datasets, 1-shot mean Dice (%) over the structures, mean (std) over the shot seeds."""
+    header, rows = ["method", *(f"{TITLES[k]} 1-shot" for k in TITLES)], []
+    results = {k: read_json(p) for k in TITLES if (p := curve.workspace / "compare" / k / "results.json").is_file()}
+    for method, title in METHOD_TITLES.items():
+        cells = []
+        for key in TITLES:
+            runs = [r for r in results.get(key, {}).get("runs", []) if r["method"] == method]
+            cells.append(mean_std([math.nan if r["mean_dice"] is None else r["mean_dice"] for r in runs])
+                         if runs else "–")
+        rows.append([title, *cells])
+    return header, rows
+
+
+def _figures(curve, out: Path, records: list[dict], dataset_names: dict[str, str]) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    figures = [curve_figure(records, dataset_names, out / "in_context_curve.png")]
+    for key in TITLES:
+        example = curve.workspace / "compare" / key / "examples.png"
+        if example.is_file():
+            figures.append(Path(shutil.copyfile(example, out / f"in_context_examples_{key}.png")))
+    checkpoint = curve.run_folder() / "checkpoint_final.pt"
+    test_case = read_json(curve.paths.preprocessed / dataset_names["chaos_mr"] / "splits.json")["test"][0]
+    data_folder = curve.paths.preprocessed / dataset_names["chaos_mr"] / f"{curve.plans_name}_3d_cpu"
+    if checkpoint.is_file():
+        figures.append(write_case_feature_figure(checkpoint, data_folder / f"{test_case}.b2nd",
+                                                 out / "in_context_pca_chaos.png",
+                                                 f"MASS (CPU recipe), CHAOS test patient {test_case}"))
+    return figures
+
+
+def report_markdown(curve, figures: list[Path], relative_to: Path) -> str:
+    records = read_metrics(curve.run_folder())
+    names = {key: curve.datasets()[key] for key in TITLES}
+    b, state = curve.budget, curve.state()
+    header, rows = curve_rows(records, names)
+    compare_header, compare_rows = comparison_rows(curve)
+    seconds = sum(r.get("epoch_seconds", 0.0) for r in records)
+    lines = ["## In-context learning curve on organ-level MR (CPU recipe)", "",
+             f"`python benchmarks/in_context_learning_curve.py` ({machine_description()}). Trainer "
+             f"`MASSCPUPretrainer`, preset `cpu_in_context`, {b.pretrain_steps} steps in {seconds / 60:.0f} min of "
+             f"pretraining on the MR pool ({state['splits']['pool']['train']} volumes, weight-free masks). Splits: "
+             + ", ".join(f"{TITLES[k]} {s['train']} train / {s['val']} val / {s['test']} test patients"
+                         for k, s in state["splits"].items() if k in TITLES) + "; only train patients are pooled.", "",
+             "Curve: after every epoch, the pretext Dice (hard Dice of the held-out pool cases' auto masks) and the "
+             "patch-level 1-shot in-context Dice (%) on the val patients, averaged over 3 reference patients per "
+             "structure.", "", markdown_table(header, rows), "",
+             f"Test patients, 1-shot, full volumes in their own geometry, mean Dice (%) over the structures, mean "
+             f"(std) over {len(b.seeds)} shot choices; finetuning {b.finetune_epochs * b.finetune_iters_per_epoch} "
+             f"steps for both finetuned rows.", "", markdown_table(compare_header, compare_rows), ""]
+    lines += [" ".join(f"![{p.stem}]({p.relative_to(relative_to).as_posix()})" for p in figures), ""]
+    return "\n".join(lines)
+
+
+def write_curve_report(curve, page: Path | None) -> Path:
+    """Write the section into `page`, or report.md into the workspace when `page` is None; returns the file."""
+    records = read_metrics(curve.run_folder())
+    names = {key: curve.datasets()[key] for key in TITLES}
+    if page is None:
+        figures = _figures(curve, curve.workspace / "figures", records, names)
+        target = curve.workspace / "report.md"
+        target.write_text(report_markdown(curve, figures, curve.workspace))
+        return target
+    figures = _figures(curve, page.parent / "figures", records, names)
+    replace_section(page, SECTION, report_markdown(curve, figures, page.parent))
+    return page

@@ -1,0 +1,197 @@
+"""Does the pretrained model know anatomy? The in-context learning curve of the CPU recipe on organ-level MR.
+
+    python benchmarks/in_context_learning_curve.py            # about 1 h pretraining + the comparison; writes
+                                                              # the in_context_learning_curve section of benchmarks.md
+    python benchmarks/in_context_learning_curve.py --quick    # every stage at a token budget, workspace report only
+
+Stages (each resumable; re-running the command skips what is finished, an interrupted pretraining continues):
+  datasets  raw CHAOS MR (705) and MS-CMRSeg (706) with their fixed patient splits, and the MR pretraining pool
+            (712: the train patients of both, BRATS FLAIR, pyradiomics MR, TotalSegmentator MR, sarcoma T1), planned
+            and preprocessed with the recipe's preset
+  masks     weight-free (supervoxel) masks of the pool
+  pretrain  the recipe trainer on the pool; after every epoch the pretext Dice on the pool's held-out cases and
+            1-shot in-context Dice per structure on the CHAOS and MS-CMRSeg val patients (3 reference choices)
+  compare   on the test patients, 1-shot: MASS in context, MASS finetuned and scratch finetuned (same steps),
+            mean (std) over the shot seeds, with a reference / query / prediction figure per dataset
+  report    the curve (table + figure), the comparison and the PCA figure -> benchmarks.md (full run) or the
+            workspace's report.md (--quick)
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+if str(REPOSITORY) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(REPOSITORY))
+
+from benchmarks.in_context_curve_report import write_curve_report  # noqa: E402
+from benchmarks.replication_datasets import (ReplicationDataset, pool_images, sts_patients,  # noqa: E402
+                                             sts_test_patients, write_organ_mr, write_pool, write_splits)
+from mass_nn.evaluation.few_shot_protocol import FewShotProtocol, run_few_shot_protocol  # noqa: E402
+from mass_nn.io.atomic import read_json, write_json_atomic  # noqa: E402
+from mass_nn.masks.generate import MaskGenerationOptions, generate_masks  # noqa: E402
+from mass_nn.paths import MassPaths  # noqa: E402
+from mass_nn.planning.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess  # noqa: E402
+from mass_nn.planning.planner_settings import load_preset  # noqa: E402
+from mass_nn.training.options import TrainingOptions  # noqa: E402
+from mass_nn.training.run_folder import run_folder  # noqa: E402
+from mass_nn.training.run_training import run_training  # noqa: E402
+
+logger = logging.getLogger("in_context_curve")
+STAGES = ("datasets", "masks", "pretrain", "compare", "report")
+RECIPE_PRESET = "cpu_in_context"
+RECIPE_TRAINER = "MASSCPUPretrainer"
+CONFIGURATION = "3d_cpu"
+EVALUATION = ("chaos_mr", "mscmrseg")
+
+
+@dataclass(frozen=True)
+class CurveBudget:
+    """Pretraining steps (epochs x iters; one curve point per epoch) and the comparison's finetuning steps."""
+
+    name: str
+    pretrain_epochs: int
+    pretrain_iters_per_epoch: int
+    finetune_epochs: int
+    finetune_iters_per_epoch: int
+    seeds: tuple[int, ...]
+    pool_cases_per_source: int | None = None  # None: the whole pool
+
+    @property
+    def pretrain_steps(self) -> int:
+        return self.pretrain_epochs * self.pretrain_iters_per_epoch
+
+
+FULL = CurveBudget("full", pretrain_epochs=15, pretrain_iters_per_epoch=100, finetune_epochs=4,
+                   finetune_iters_per_epoch=50, seeds=(0, 1, 2))
+QUICK = CurveBudget("quick", pretrain_epochs=2, pretrain_iters_per_epoch=2, finetune_epochs=1,
+                    finetune_iters_per_epoch=2, seeds=(0,), pool_cases_per_source=2)
+
+
+class LearningCurve:
+    """The stages over one workspace (raw / preprocessed / results roots and state.json)."""
+
+    def __init__(self, workspace: Path, shared_data: Path, budget: CurveBudget, page: Path | None):
+        self.workspace, self.shared_data, self.budget, self.page = workspace, shared_data, budget, page
+        self.paths = MassPaths.resolve(raw=str(workspace / "raw"), preprocessed=str(workspace / "preprocessed"),
+                                       results=str(workspace / "results"))
+        self.state_path = workspace / "state.json"
+        self.plans_name = load_preset(RECIPE_PRESET)[1]
+
+    def state(self) -> dict:
+        return read_json(self.state_path) if self.state_path.is_file() else {"finished": [], "budget": None}
+
+    def save_state(self, state: dict) -> None:
+        write_json_atomic(state, self.state_path)
+
+    def datasets(self) -> dict[str, str]:
+        return self.state()["datasets"]
+
+    def stage_datasets(self) -> None:
+        raw = self.paths.raw
+        evaluation = {key: write_organ_mr(self.shared_data, raw, key) for key in EVALUATION}
+        sts_test = set(sts_test_patients(sts_patients(self.shared_data)))
+        images = pool_images(self.shared_data, sts_test)["MR"]
+        if self.budget.pool_cases_per_source is not None:
+            images = _few_per_source(images, self.budget.pool_cases_per_source)
+        built: dict[str, ReplicationDataset] = {**evaluation, "pool": write_pool(raw, "MR", images)}
+        for dataset in built.values():
+            write_splits(dataset, self.paths.preprocessed)
+            plan_and_preprocess(dataset.dataset_id, self.paths,
+                                PlanAndPreprocessOptions(preset=RECIPE_PRESET, num_processes=2, progress=False))
+        state = self.state()
+        state["datasets"] = {key: dataset.folder_name for key, dataset in built.items()}
+        state["splits"] = {key: {s: len(c) for s, c in dataset.splits.items()} for key, dataset in built.items()}
+        self.save_state(state)
+
+    def stage_masks(self) -> None:
+        generate_masks(self.datasets()["pool"], self.paths,
+                       MaskGenerationOptions(generator="supervoxel", configuration=CONFIGURATION,
+                                             plans_name=self.plans_name, num_processes=2, progress=False))
+
+    def pretraining_options(self) -> TrainingOptions:
+        b, datasets = self.budget, self.datasets()
+        return TrainingOptions(mode="PRETRAIN", datasets=[datasets["pool"]], trainer=RECIPE_TRAINER,
+                               configuration=CONFIGURATION, plans_name=self.plans_name, epochs=b.pretrain_epochs,
+                               iters_per_epoch=b.pretrain_iters_per_epoch, masks="supervoxel", tag="curve",
+                               val_dataset=[datasets[key] for key in EVALUATION], continue_training=True,
+                               extra={"val_reference_choices": 3})
+
+    def run_folder(self) -> Path:
+        o = self.pretraining_options()
+        return run_folder(self.paths.results, o.datasets[0], o.trainer, o.plans_name, o.configuration, o.tag)
+
+    def stage_pretrain(self) -> None:
+        if not (self.run_folder() / "checkpoint_final.pt").is_file():
+            summary = run_training(self.pretraining_options(), self.paths)
+            if summary["stopped_early"]:
+                raise SystemExit("pretraining stopped by a signal; re-run to continue it")
+
+    def stage_compare(self) -> None:
+        b = self.budget
+        for key in EVALUATION:
+            protocol = FewShotProtocol(dataset=self.datasets()[key], checkpoint=self.run_folder() / "checkpoint_final.pt",
+                                       shots=[1], seeds=list(b.seeds), methods=["in_context", "finetune", "scratch"],
+                                       configuration=CONFIGURATION, plans_name=self.plans_name,
+                                       epochs=b.finetune_epochs, iters_per_epoch=b.finetune_iters_per_epoch,
+                                       tag="curve", hd95=False)
+            run_few_shot_protocol(protocol, self.paths, self.workspace / "compare" / key)
+
+    def stage_report(self) -> None:
+        write_curve_report(self, self.page)
+
+    def run(self, stages: list[str], redo: bool) -> None:
+        state = self.state()
+        if state["budget"] not in (None, asdict(self.budget)):
+            raise SystemExit(f"{self.workspace} holds runs of budget {state['budget']}, not {asdict(self.budget)}: "
+                             f"pass --workspace with a new folder, or delete {self.workspace} to start over")
+        state["budget"] = asdict(self.budget)
+        self.save_state(state)
+        for stage in stages:
+            if stage in self.state()["finished"] and not redo and stage != "report":
+                logger.info("stage %s: finished before, skipped", stage)
+                continue
+            logger.info("stage %s ...", stage)
+            getattr(self, f"stage_{stage}")()
+            state = self.state()
+            state["finished"] = sorted(set(state["finished"]) | {stage})
+            self.save_state(state)
+
+
+def _few_per_source(images: list[tuple[str, Path]], count: int) -> list[tuple[str, Path]]:
+    """The first `count` images of every source folder (quick mode: a pool that preprocesses in seconds)."""
+    kept, seen = [], {}
+    for case_id, path in images:
+        source = case_id.split("_")[0]  # STS, brats, pyradiomics, totalseg, chaos, mscmrseg
+        if seen.get(source, 0) < count:
+            kept.append((case_id, path))
+            seen[source] = seen.get(source, 0) + 1
+    return kept
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shared-data", type=Path, default=REPOSITORY.parent / "shared" / "data")
+    parser.add_argument("--workspace", type=Path, help="default: benchmarks/.work/in_context_curve[_quick]")
+    parser.add_argument("--quick", action="store_true", help="token budget; the report stays in the workspace")
+    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
+    parser.add_argument("--redo", action="store_true", help="run the given stages again even if finished")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if not (args.shared_data / "chaos_mr_t2spir").is_dir():
+        raise SystemExit(f"{args.shared_data}: no chaos_mr_t2spir/ here; pass --shared-data with the folder laid "
+                         f"out like ../shared/data")
+    budget = QUICK if args.quick else FULL
+    workspace = args.workspace or REPOSITORY / "benchmarks" / ".work" / f"in_context_curve{'_quick' if args.quick else ''}"
+    workspace.mkdir(parents=True, exist_ok=True)
+    page = None if args.quick else REPOSITORY / "documentation" / "benchmarks.md"
+    LearningCurve(workspace, args.shared_data.resolve(), budget, page).run(args.stages, args.redo)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,24 @@
+"""MASSCPUPretrainer: MASS with the CPU recipe, the settings under which in-context segmentation starts to emerge
+within about an hour on two cores (documentation/pretraining.md#the-cpu-recipe, measured in
+documentation/benchmarks.md#in-context-learning-curve-on-organ-level-mr-cpu-recipe).
+
+Use it with the `cpu_in_context` plans preset, whose coarser grid and smaller patch make a step about half as
+expensive as `3d_cpu`'s. What differs from MASSPretrainer, and why:
+- `min_mask_fraction` 0.01: masks under 1 % of the patch volume are never tasks. A weight-free bank is mostly
+  small supervoxel parts (median about 190 voxels at 4 mm); drawn uniformly they fill nearly every channel with
+  a speck, and the network first learns to predict nothing, which is also its answer to an organ reference.
+- 15 epochs of 100 steps: one curve point per 100 steps, and the poly decay spread over the run actually given.
+"""
+from __future__ import annotations
+
+from typing import ClassVar
+
+from mass_nn.training.pretrain.mass_pretrainer import MASS_SETTINGS, MASSPretrainer
+
+
+class MASSCPUPretrainer(MASSPretrainer):
+    """MASSPretrainer with the CPU recipe's defaults (every one can still be overridden on the command line)."""
+
+    default_epochs: ClassVar[int] = 15
+    default_iters_per_epoch: ClassVar[int] = 100
+    default_settings: ClassVar[dict] = {**MASS_SETTINGS, "min_mask_fraction": 0.01}
