@@ -16,8 +16,9 @@ from mass_nn.training.metrics_log import read_metrics
 
 SECTION = "in_context_learning_curve"
 TITLES = {"chaos_mr": "CHAOS MR", "mscmrseg": "MS-CMRSeg"}
-METHOD_TITLES = {"in_context": "MASS in context (no training)", "finetune": "MASS finetuned",
-                 "scratch": "scratch finetuned"}
+METHOD_TITLES = {"in_context": "MASS in context (no training), threshold 0.5",
+                 "in_context_calibrated": "MASS in context (no training), reference-calibrated thresholds",
+                 "finetune": "MASS finetuned", "scratch": "scratch finetuned"}
 
 
 def _percent(value) -> str:

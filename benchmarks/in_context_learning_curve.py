@@ -66,7 +66,7 @@ class CurveBudget:
         return self.pretrain_epochs * self.pretrain_iters_per_epoch
 
 
-FULL = CurveBudget("full", pretrain_epochs=15, pretrain_iters_per_epoch=100, finetune_epochs=4,
+FULL = CurveBudget("full", pretrain_epochs=12, pretrain_iters_per_epoch=100, finetune_epochs=2,
                    finetune_iters_per_epoch=50, seeds=(0, 1, 2))
 QUICK = CurveBudget("quick", pretrain_epochs=2, pretrain_iters_per_epoch=2, finetune_epochs=1,
                     finetune_iters_per_epoch=2, seeds=(0,), pool_cases_per_source=2)
@@ -135,7 +135,8 @@ class LearningCurve:
         b = self.budget
         for key in EVALUATION:
             protocol = FewShotProtocol(dataset=self.datasets()[key], checkpoint=self.run_folder() / "checkpoint_final.pt",
-                                       shots=[1], seeds=list(b.seeds), methods=["in_context", "finetune", "scratch"],
+                                       shots=[1], seeds=list(b.seeds), methods=["in_context", "in_context_calibrated", "finetune",
+                                                                         "scratch"],
                                        configuration=CONFIGURATION, plans_name=self.plans_name,
                                        epochs=b.finetune_epochs, iters_per_epoch=b.finetune_iters_per_epoch,
                                        tag="curve", hd95=False)
@@ -176,7 +177,7 @@ def _few_per_source(images: list[tuple[str, Path]], count: int) -> list[tuple[st
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shared-data", type=Path, default=REPOSITORY.parent / "shared" / "data")
-    parser.add_argument("--workspace", type=Path, help="default: benchmarks/.work/in_context_curve[_quick]")
+    parser.add_argument("--workspace", type=Path, help="default: benchmarks/_work/in_context_curve[_quick]")
     parser.add_argument("--quick", action="store_true", help="token budget; the report stays in the workspace")
     parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
     parser.add_argument("--redo", action="store_true", help="run the given stages again even if finished")
@@ -186,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{args.shared_data}: no chaos_mr_t2spir/ here; pass --shared-data with the folder laid "
                          f"out like ../shared/data")
     budget = QUICK if args.quick else FULL
-    workspace = args.workspace or REPOSITORY / "benchmarks" / ".work" / f"in_context_curve{'_quick' if args.quick else ''}"
+    workspace = args.workspace or REPOSITORY / "benchmarks" / "_work" / f"in_context_curve{'_quick' if args.quick else ''}"
     workspace.mkdir(parents=True, exist_ok=True)
     page = None if args.quick else REPOSITORY / "documentation" / "benchmarks.md"
     LearningCurve(workspace, args.shared_data.resolve(), budget, page).run(args.stages, args.redo)

@@ -150,6 +150,7 @@ def test_in_context_validation_on_a_labelled_dataset(pretraining_roots):
     assert 0.0 <= record["val_dice"] <= 1.0
     assert any(k.startswith("val_dice_") for k in record)
     assert "val_loss" in record and "val_mask_dice" in record  # the pretext validation runs beside it
+    assert 0.0 <= record["val_calibrated_dice"] <= 1.0 and any(k.startswith("val_calibrated_dice_") for k in record)
     assert summary["best_metric_key"] == "val_dice"
     assert load_checkpoint(run_folder(pretraining_roots) / "checkpoint_best.pt").meta.best_metric == record["val_dice"]
 

@@ -1,9 +1,10 @@
 """mass_demo: the main job on the embedded demo data, end to end, in one self-contained workspace.
 
-Write the synthetic phantom dataset, plan and preprocess it, generate weight-free masks and score them against
-the phantom's labels, pretrain MASS briefly on those masks (in-context Dice on the phantom's labelled val case
-is reported each epoch), then evaluate the pretrained model 1-shot on the held-out test cases - training-free
-in context and finetuned - next to the same network untrained, and print the Dice table (figure alongside).
+Write the synthetic phantom dataset, plan and preprocess it with the CPU recipe's preset (`cpu_in_context`),
+generate weight-free masks and score them against the phantom's labels, pretrain MASS with the CPU recipe
+(MASSCPUPretrainer; in-context Dice on the phantom's labelled val case is reported each epoch), then evaluate the
+pretrained model 1-shot on the held-out test cases - training-free in context and finetuned - next to the same
+network untrained, and print the Dice table (figure alongside).
 """
 from __future__ import annotations
 
@@ -19,8 +20,11 @@ from mass_nn.masks.quality_report import quality_report
 from mass_nn.parallel import default_num_processes
 from mass_nn.paths import MassPaths
 from mass_nn.planning.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess
+from mass_nn.planning.planner_settings import load_preset
 
 DEMO_DATASET_ID = 990
+PRESET = "cpu_in_context"
+TRAINER = "MASSCPUPretrainer"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,12 +66,13 @@ def _run(args) -> int:
     print(f"[1/5] phantom dataset -> {paths.raw}")
     dataset_dir = _ensure_phantom(paths, args.num_cases, args.seed)
     print(f"[2/5] plan and preprocess {dataset_dir.name} -> {paths.preprocessed}")
-    summary = plan_and_preprocess(DEMO_DATASET_ID, paths, PlanAndPreprocessOptions(num_processes=args.num_processes))
+    summary = plan_and_preprocess(DEMO_DATASET_ID, paths, PlanAndPreprocessOptions(preset=PRESET,
+                                                                                   num_processes=args.num_processes))
     for config in summary["configurations"]:
         print(f"      {config['configuration']}: {config['preprocessed']} preprocessed, {config['skipped']} "
               f"already done")
     print("[3/5] weight-free mask generation (supervoxel) on 3d_cpu")
-    options = MaskGenerationOptions(generator="supervoxel", configuration="3d_cpu",
+    options = MaskGenerationOptions(generator="supervoxel", configuration="3d_cpu", plans_name=_plans_name(),
                                     num_processes=args.num_processes)
     masks = generate_masks(DEMO_DATASET_ID, paths, options)
     quality = quality_report(bank_folder_of(DEMO_DATASET_ID, paths, options))["mean"]
@@ -83,6 +88,10 @@ def _run(args) -> int:
     return 0
 
 
+def _plans_name() -> str:
+    return load_preset(PRESET)[1]
+
+
 def _few_shot(paths: MassPaths, args, run_folder: Path) -> None:
     """1-shot in-context and finetuned Dice on the held-out test cases: pretrained vs untrained."""
     from mass_nn.evaluation.few_shot_protocol import FewShotProtocol, run_few_shot_protocol
@@ -94,8 +103,8 @@ def _few_shot(paths: MassPaths, args, run_folder: Path) -> None:
     checkpoint = run_folder / "checkpoint_final.pt"
     out = paths.results / f"Dataset{DEMO_DATASET_ID}_PhantomCT" / "fewshot_demo"
     protocol = FewShotProtocol(dataset=str(DEMO_DATASET_ID), checkpoint=checkpoint, shots=[1], seeds=[0],
-                               methods=["in_context", "finetune", "scratch"], epochs=args.finetune_epochs,
-                               iters_per_epoch=args.finetune_iters, tag="demo")
+                               methods=["in_context", "finetune", "scratch"], plans_name=_plans_name(),
+                               epochs=args.finetune_epochs, iters_per_epoch=args.finetune_iters, tag="demo")
     results = run_few_shot_protocol(protocol, paths, out)
     untrained = out / "in_context_untrained"
     dice = {r["method"]: r["mean_dice"] for r in results["runs"]}
@@ -105,15 +114,12 @@ def _few_shot(paths: MassPaths, args, run_folder: Path) -> None:
     else:
         dice["in_context_untrained"] = in_context_evaluation(
             save_untrained_copy(checkpoint, out / "untrained.pt"), str(DEMO_DATASET_ID), paths, 1, 0, untrained,
-            hd95=False)["mean_dice"]
+            plans_name=_plans_name(), hd95=False)["mean_dice"]
     percent = {k: "n/a" if v is None else f"{100 * v:.1f}" for k, v in dice.items()}
     print(markdown_table(["1-shot mean Dice (%), test split", "pretrained MASS", "untrained"],
                          [["in context (no training)", percent["in_context"], percent["in_context_untrained"]],
                           [f"finetuned ({steps} steps)", percent["finetune"], percent["scratch"]]]))
     print(f"      per-class results in {out}/results.md; figure {results['figure']}")
-    print(f"      {args.epochs * args.iters_per_epoch} pretraining steps show the machinery, not the paper's gain: even "
-          f"150 steps left 1-shot in-context Dice below random weights' on the phantom (documentation/"
-          f"few_shot_protocol.md)")
 
 
 def _pretrain(paths: MassPaths, args) -> Path | None:
@@ -121,9 +127,11 @@ def _pretrain(paths: MassPaths, args) -> Path | None:
     from mass_nn.training.metrics_log import read_metrics
     from mass_nn.training.options import TrainingOptions
     from mass_nn.training.run_training import run_training
-    print(f"[4/5] MASS pretraining on the masks: {args.epochs} epochs x {args.iters_per_epoch} steps (3d_cpu, CPU)")
-    options = TrainingOptions(mode="PRETRAIN", datasets=[str(DEMO_DATASET_ID)], configuration="3d_cpu",
-                              epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, device="cpu",
+    print(f"[4/5] MASS pretraining on the masks ({TRAINER}, the CPU recipe): {args.epochs} epochs x "
+          f"{args.iters_per_epoch} steps")
+    options = TrainingOptions(mode="PRETRAIN", datasets=[str(DEMO_DATASET_ID)], trainer=TRAINER,
+                              configuration="3d_cpu", plans_name=_plans_name(), epochs=args.epochs,
+                              iters_per_epoch=args.iters_per_epoch, device="cpu",
                               val_dataset=[str(DEMO_DATASET_ID)], continue_training=True)
     summary = run_training(options, paths)
     records = read_metrics(summary["output_folder"])

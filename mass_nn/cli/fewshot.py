@@ -24,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-k", "--shots", type=int, nargs="+", default=[1, 5, 10], help="default: %(default)s")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="default: %(default)s")
     parser.add_argument("--no-in-context", action="store_true", help="skip training-free in-context segmentation")
+    parser.add_argument("--calibrated", action="store_true",
+                        help="also in context with each class's threshold read off its references (not 0.5)")
     parser.add_argument("--no-finetune", action="store_true", help="skip finetuning from the checkpoint")
     parser.add_argument("--scratch", action="store_true", help="also finetune from random initialisation")
     parser.add_argument("-c", "--configuration", default="3d_cpu", help="default: %(default)s")
@@ -43,8 +45,8 @@ def _run(args) -> int:
     from mass_nn.evaluation.few_shot_protocol import FewShotProtocol, results_table, run_few_shot_protocol
     from mass_nn.io.dataset_json import find_dataset_name
     paths = paths_from_args(args)
-    methods = ([] if args.no_in_context else ["in_context"]) + ([] if args.no_finetune else ["finetune"]) \
-        + (["scratch"] if args.scratch else [])
+    methods = ([] if args.no_in_context else ["in_context"]) + (["in_context_calibrated"] if args.calibrated else []) \
+        + ([] if args.no_finetune else ["finetune"]) + (["scratch"] if args.scratch else [])
     if not methods:
         raise MassError("nothing to run: --no-in-context and --no-finetune without --scratch")
     protocol = FewShotProtocol(dataset=args.dataset, checkpoint=Path(args.checkpoint), shots=args.shots,

@@ -23,7 +23,9 @@ from mass_nn.training.run_training import run_training
 
 logger = logging.getLogger(__name__)
 
-METHOD_LABELS = {"in_context": "{model} in-context", "finetune": "{model} finetuned", "scratch": "scratch finetuned"}
+METHOD_LABELS = {"in_context": "{model} in-context", "in_context_calibrated": "{model} in-context, calibrated",
+                 "finetune": "{model} finetuned", "scratch": "scratch finetuned"}
+IN_CONTEXT_METHODS = ("in_context", "in_context_calibrated")
 
 
 def method_label(method: str, checkpoint_trainer: str) -> str:
@@ -69,12 +71,15 @@ def _finetune(protocol: FewShotProtocol, paths: MassPaths, method: str, shots: i
     return {**read_json(summary_path), "run_folder": str(folder)}
 
 
-def _in_context(protocol: FewShotProtocol, paths: MassPaths, out_folder: Path, shots: int, seed: int) -> dict:
-    folder = out_folder / "in_context" / f"{shots}shot_seed{seed}"
+def _in_context(protocol: FewShotProtocol, paths: MassPaths, out_folder: Path, method: str, shots: int,
+                seed: int) -> dict:
+    """In context at the threshold 0.5 ("in_context") or at reference-calibrated thresholds."""
+    folder = out_folder / method / f"{shots}shot_seed{seed}"
     if (folder / "summary.json").is_file():
         return {**read_json(folder / "summary.json"), "run_folder": str(folder)}
     summary = in_context_evaluation(protocol.checkpoint, protocol.dataset, paths, shots, seed, folder,
-                                    protocol.plans_name, protocol.configuration, protocol.device, protocol.hd95)
+                                    protocol.plans_name, protocol.configuration, protocol.device, protocol.hd95,
+                                    calibrate_threshold=method == "in_context_calibrated")
     return {**summary, "run_folder": str(folder)}
 
 
@@ -97,7 +102,7 @@ def run_few_shot_protocol(protocol: FewShotProtocol, paths: MassPaths, out_folde
         for seed in protocol.seeds:
             for method in protocol.methods:
                 logger.info("few-shot protocol: %s, %d-shot, seed %d", method, k, seed)
-                summary = (_in_context(protocol, paths, out_folder, k, seed) if method == "in_context"
+                summary = (_in_context(protocol, paths, out_folder, method, k, seed) if method in IN_CONTEXT_METHODS
                            else _finetune(protocol, paths, method, k, seed))
                 runs.append({"method": method, "shots": k, "seed": seed, "mean_dice": summary["mean_dice"],
                              "per_class_dice": {n: m["dice"] for n, m in summary["mean"].items()},
@@ -128,7 +133,7 @@ def _write_figure(runs: list[dict], protocol: FewShotProtocol, paths: MassPaths,
     panels = [(f"reference {reference.case_id}", reference.images[0], reference.label),
               (f"query {query.case_id} (truth)", query.images[0], query.label)]
     for run in first:
-        folder = Path(run["run_folder"]) / ("" if run["method"] == "in_context" else "test") / "predictions"
+        folder = Path(run["run_folder"]) / ("" if run["method"] in IN_CONTEXT_METHODS else "test") / "predictions"
         prediction = next(folder.glob(f"{query.case_id}.*"), None)
         if prediction is not None:
             panels.append((method_label(run["method"], trainer), query.images[0], prediction))

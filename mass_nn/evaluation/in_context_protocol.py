@@ -11,13 +11,16 @@ from mass_nn.paths import MassPaths
 
 def in_context_evaluation(checkpoint: Path, dataset: str, paths: MassPaths, shots: int, seed: int,
                           out_folder: Path, plans_name: str = "MassPlans", configuration: str = "3d_cpu",
-                          device: str = "cpu", hd95: bool = True) -> dict:
+                          device: str = "cpu", hd95: bool = True, calibrate_threshold: bool = False) -> dict:
     """Score k-shot in-context segmentation; writes out_folder/{shots.json, summary.json, summary.md,
     predictions/} and returns the summary. The shot selection is the one `mass_train FINETUNE -shots k --seed s`
-    uses, so in-context and finetuned results of one (k, seed) share their training cases."""
+    uses, so in-context and finetuned results of one (k, seed) share their training cases. With
+    `calibrate_threshold` each class's threshold is read off its reference crops (reference_calibration.py)
+    instead of 0.5; the thresholds are saved in shots.json."""
     from mass_nn.inference.model_loading import load_in_context_checkpoint
     from mass_nn.inference.predictor import SegmentationPredictor
-    from mass_nn.inference.reference_encoding import encode_reference_labels
+    from mass_nn.inference.reference_calibration import calibrate_thresholds
+    from mass_nn.inference.reference_encoding import encode_reference_labels, reference_crop
     from mass_nn.evaluation.predict_and_score import predict_and_score
     from mass_nn.training.finetune.labelled_data import resolve_labelled_dataset, select_shots
     from mass_nn.training.pretrained import load_pretrained_checkpoint
@@ -31,9 +34,15 @@ def in_context_evaluation(checkpoint: Path, dataset: str, paths: MassPaths, shot
                                         device, names=list(present))
     predictor = SegmentationPredictor(network, embedding, list(present.values()), data.source.plans, configuration,
                                       device)
+    patch = network.config.input_size_zyx
+    if calibrate_threshold:
+        crops = [[reference_crop(image, seg, value, patch) for image, seg in references if (seg == value).any()]
+                 for value in present.values()]
+        predictor.thresholds = calibrate_thresholds(network, embedding, crops, device)
     write_json_atomic({"dataset": data.source.dataset_name, "checkpoint": str(checkpoint), "shots": shots,
                        "seed": seed, "training_cases": shot_cases, "classes": data.classes,
-                       "classes_without_reference": sorted(set(data.classes) - set(present))},
+                       "classes_without_reference": sorted(set(data.classes) - set(present)),
+                       "thresholds": dict(zip(present, predictor.thresholds or [0.5] * len(present)))},
                       Path(out_folder) / "shots.json")
     test_cases = data.raw_cases(data.labelled_cases("test"))
     return predict_and_score(predictor, test_cases, data.classes, out_folder, hd95)

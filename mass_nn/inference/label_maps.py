@@ -2,6 +2,8 @@
 only the largest connected component of each label."""
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import torch
 from scipy import ndimage
@@ -17,17 +19,21 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return components == int(sizes.argmax())
 
 
-def probabilities_to_label_map(probabilities, label_values: list[int], threshold: float = 0.5,
+def probabilities_to_label_map(probabilities, label_values: list[int], threshold: float | Sequence[float] = 0.5,
                                keep_largest_component: bool = False) -> np.ndarray:
     """Label map (z, y, x) of probabilities [K, z, y, x]: voxel -> the label of the most probable channel
-    among those with p >= threshold, else 0. With keep_largest_component each label keeps only its largest
-    connected component (the rest becomes 0)."""
+    among those with p >= threshold (one threshold, or one per label), else 0. With keep_largest_component each
+    label keeps only its largest connected component (the rest becomes 0)."""
     probabilities = torch.as_tensor(probabilities)
     if probabilities.shape[0] != len(label_values):
         raise ValueError(f"{probabilities.shape[0]} probability channels for {len(label_values)} labels")
+    cut = torch.as_tensor(threshold, dtype=probabilities.dtype).reshape(-1, *([1] * (probabilities.ndim - 1)))
+    if cut.shape[0] not in (1, len(label_values)):
+        raise ValueError(f"{cut.shape[0]} thresholds for {len(label_values)} labels")
     values = np.asarray(label_values, dtype=np.int16)
-    best = probabilities.max(dim=0)
-    label_map = np.where(best.values.numpy() >= threshold, values[best.indices.numpy()], 0).astype(np.int16)
+    # channels under their own threshold drop out of the argmax (-1 is below every probability)
+    best = torch.where(probabilities >= cut, probabilities, torch.full_like(probabilities, -1.0)).max(dim=0)
+    label_map = np.where(best.values.numpy() >= 0, values[best.indices.numpy()], 0).astype(np.int16)
     if keep_largest_component:
         for value in label_values:
             mask = label_map == value

@@ -30,7 +30,7 @@ class InferenceSettings:
 
     overlap: float = 0.5
     blend: str = "gaussian"
-    threshold: float = 0.5
+    threshold: float = 0.5  # used for every label unless per-label thresholds are set on the predictor
     keep_largest_component: bool = False
     max_labels_per_forward: int = 0  # 0: all labels in one pass (labels interact in the decoder, see the docs)
     windows_per_batch: int = 1
@@ -52,6 +52,7 @@ class SegmentationPredictor:
         self.plans, self.configuration = plans, configuration
         self.window = list(plans.configuration(configuration).patch_size_zyx)
         self.settings = settings or InferenceSettings()
+        self.thresholds: list[float] | None = None  # per label (reference calibration), replacing the settings' one
 
     def _logits(self, windows: Tensor) -> Tensor:
         if self.task_embedding is None:
@@ -69,7 +70,8 @@ class SegmentationPredictor:
     def label_map(self, data: np.ndarray) -> np.ndarray:
         """Label map (D, H, W) int16 of a preprocessed image, on the preprocessed grid."""
         s = self.settings
-        return probabilities_to_label_map(self.probabilities(data), self.label_values, s.threshold,
+        threshold = self.thresholds if self.thresholds is not None else s.threshold
+        return probabilities_to_label_map(self.probabilities(data), self.label_values, threshold,
                                           s.keep_largest_component)
 
     def preprocess(self, case: CaseFiles) -> PreprocessedCase:

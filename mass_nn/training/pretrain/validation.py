@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from mass_nn.errors import MassError
+from mass_nn.inference.reference_calibration import calibrate_thresholds
 from mass_nn.io.dataset_json import load_dataset_json
 from mass_nn.paths import MassPaths
 from mass_nn.planning.plans import Plans
@@ -137,26 +138,34 @@ class InContextValidation:
 
     @torch.no_grad()
     def run(self, network: torch.nn.Module, device: torch.device) -> dict[str, float]:
+        """`val_dice[_<label>]` at the fixed threshold 0.5, `val_calibrated_dice[_<label>]` at each label's
+        threshold read off its reference (mass_nn.inference.reference_calibration)."""
         from mass_nn.networks.task_ops import concat_task_embeddings
         network.eval()
         names = list(self.references)
-        per_label: dict[str, list[float]] = {n: [] for n in names}
+        fixed: dict[str, list[float]] = {n: [] for n in names}
+        calibrated: dict[str, list[float]] = {n: [] for n in names}
         for choice in range(max(len(r) for r in self.references.values())):
-            picked = {n: self.references[n][min(choice, len(self.references[n]) - 1)] for n in names}
+            picked = [self.references[n][min(choice, len(self.references[n]) - 1)] for n in names]
             embedding = concat_task_embeddings([
                 network.encode_task(torch.from_numpy(img)[None].to(device),
-                                    torch.from_numpy(mask)[None, None].to(device))
-                for img, mask in (picked[n] for n in names)])
+                                    torch.from_numpy(mask)[None, None].to(device)) for img, mask in picked])
+            thresholds = calibrate_thresholds(network, embedding, [[crop] for crop in picked], device)
             for image, seg in self.queries:
-                logits = network.segment(torch.from_numpy(image)[None].to(device), embedding).float()
+                probabilities = torch.sigmoid(network.segment(torch.from_numpy(image)[None].to(device), embedding)
+                                              .float())
                 target = torch.stack([torch.from_numpy(seg == self.label_values[n]) for n in names])[None].to(device)
-                dice = hard_dice(logits, target.float())[0]
-                for name, value, present in zip(names, dice.tolist(), target.flatten(2).any(2)[0].tolist()):
-                    if present:
-                        per_label[name].append(value)
-        means = {n: float(np.mean(v)) for n, v in per_label.items() if v}
-        result = {"val_dice": float(np.mean(list(means.values()))) if means else float("nan")}
-        result.update({f"val_dice_{n}": v for n, v in means.items()})
+                cut = torch.tensor(thresholds, device=device).view(1, -1, *([1] * (probabilities.ndim - 2)))
+                for store, prediction in ((fixed, probabilities >= 0.5), (calibrated, probabilities >= cut)):
+                    dice = hard_dice(torch.where(prediction, 1.0, -1.0), target.float())[0]
+                    for name, value, present in zip(names, dice.tolist(), target.flatten(2).any(2)[0].tolist()):
+                        if present:
+                            store[name].append(value)
+        result = {}
+        for key, per_label in (("val_dice", fixed), ("val_calibrated_dice", calibrated)):
+            means = {n: float(np.mean(v)) for n, v in per_label.items() if v}
+            result[key] = float(np.mean(list(means.values()))) if means else float("nan")
+            result.update({f"{key}_{n}": v for n, v in means.items()})
         return result
 
 
@@ -177,11 +186,13 @@ class PretrainingValidation:
         result = self.auto_masks.run(network, device) if self.auto_masks is not None else {}
         if len(self.in_context) == 1:
             return {**result, **self.in_context[0].run(network, device)}
-        means = []
+        means: dict[str, list[float]] = {"val_dice": [], "val_calibrated_dice": []}
         for validation in self.in_context:
             metrics = validation.run(network, device)
-            means.append(metrics["val_dice"])
-            result.update({f"val_dice_{validation.name}{key.removeprefix('val_dice')}": value
-                           for key, value in metrics.items()})
-        result["val_dice"] = float(np.nanmean(means)) if not np.all(np.isnan(means)) else float("nan")
+            for key, values in means.items():
+                values.append(metrics[key])
+                result.update({f"{key}_{validation.name}{k.removeprefix(key)}": v for k, v in metrics.items()
+                               if k == key or k.startswith(key + "_")})
+        for key, values in means.items():
+            result[key] = float(np.nanmean(values)) if not np.all(np.isnan(values)) else float("nan")
         return result
