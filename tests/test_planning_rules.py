@@ -29,7 +29,8 @@ def test_seed_slice_interval(spacing, interval):
 
 @pytest.mark.parametrize("name, modality", [("CT", "CT"), ("ct", "CT"), ("PET", "PET"), ("PET (SUV)", "PET"),
                                             ("PT", "PET"), ("T1", "MR"), ("T1c", "MR"), ("MR_T1", "MR"),
-                                            ("FLAIR", "MR"), ("ADC", "MR"), ("t2w", "MR"), ("ultrasound", "OTHER")])
+                                            ("FLAIR", "MR"), ("ADC", "MR"), ("t2w", "MR"), ("bSSFP", "MR"),
+                                            ("T2SPIR", "MR"), ("ultrasound", "OTHER")])
 def test_modality_of_channel(name, modality):
     assert modality_of_channel(name) == modality
 

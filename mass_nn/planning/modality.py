@@ -7,7 +7,7 @@ CT, MR, PET, OTHER = "CT", "MR", "PET", "OTHER"
 
 _PET_TOKENS = {"PET", "PT", "SUV", "FDG", "PETCT"}
 _MR_TOKENS = {"MR", "MRI", "T1", "T1W", "T1C", "T1CE", "T1GD", "T2", "T2W", "FLAIR", "ADC", "DWI", "PD", "SWI",
-              "T2STAR", "DIXON", "CINE", "LGE", "HBV", "MPRAGE", "T1POST", "T1PRE"}
+              "T2STAR", "DIXON", "CINE", "LGE", "HBV", "MPRAGE", "T1POST", "T1PRE", "SSFP", "BSSFP", "TRUFI", "FIESTA"}
 
 
 def modality_of_channel(channel_name: str) -> str:
