@@ -26,20 +26,29 @@ def _percent(value) -> str:
 
 
 def curve_rows(records: list[dict], dataset_names: dict[str, str]) -> tuple[list[str], list[list[str]]]:
-    """(header, rows) of the curve: step, train loss, pretext Dice, in-context Dice per dataset and structure."""
-    structures = {key: sorted(k.removeprefix(f"val_dice_{name}_") for k in records[-1]
-                              if k.startswith(f"val_dice_{name}_")) for key, name in dataset_names.items()}
+    """(header, rows) of the curve: step, train loss, pretext Dice, and per dataset the mean in-context Dice at
+    the threshold 0.5 and at reference-calibrated thresholds."""
     header = ["step", "train loss", "pretext Dice (held-out auto masks)"]
     for key in dataset_names:
-        header += [f"{TITLES[key]} mean", *(f"{TITLES[key]} {s}" for s in structures[key])]
+        header += [f"{TITLES[key]} @0.5", f"{TITLES[key]} calibrated"]
     rows = []
     for r in records:
         row = [str(r["global_step"]), f"{r['train_loss']:.3f}", _percent(r.get("val_mask_dice"))]
-        for key, name in dataset_names.items():
-            row += [_percent(r.get(f"val_dice_{name}")),
-                    *(_percent(r.get(f"val_dice_{name}_{s}")) for s in structures[key])]
+        for name in dataset_names.values():
+            row += [_percent(r.get(f"val_dice_{name}")), _percent(r.get(f"val_calibrated_dice_{name}"))]
         rows.append(row)
     return header, rows
+
+
+def structure_rows(record: dict, dataset_names: dict[str, str]) -> tuple[list[str], list[list[str]]]:
+    """(header, rows): per structure of the last curve point, in-context Dice at 0.5 and calibrated."""
+    rows = []
+    for key, name in dataset_names.items():
+        prefix = f"val_dice_{name}_"
+        for structure in sorted(k.removeprefix(prefix) for k in record if k.startswith(prefix)):
+            rows.append([TITLES[key], structure, _percent(record.get(prefix + structure)),
+                         _percent(record.get(f"val_calibrated_dice_{name}_{structure}"))])
+    return ["dataset", "structure", "@0.5", "calibrated"], rows
 
 
 def curve_figure(records: list[dict], dataset_names: dict[str, str], path: Path) -> Path:
@@ -48,8 +57,10 @@ def curve_figure(records: list[dict], dataset_names: dict[str, str], path: Path)
     steps = [r["global_step"] for r in records]
     axis.plot(steps, [100 * r.get("val_mask_dice", math.nan) for r in records], "k--", label="pretext Dice")
     for key, name in dataset_names.items():
-        axis.plot(steps, [100 * r.get(f"val_dice_{name}", math.nan) for r in records], "o-",
-                  label=f"{TITLES[key]} 1-shot in context (val)")
+        line = axis.plot(steps, [100 * r.get(f"val_calibrated_dice_{name}", math.nan) for r in records], "o-",
+                         label=f"{TITLES[key]} 1-shot in context, calibrated (val)")[0]
+        axis.plot(steps, [100 * r.get(f"val_dice_{name}", math.nan) for r in records], "s:",
+                  color=line.get_color(), label=f"{TITLES[key]} 1-shot in context, threshold 0.5 (val)")
     axis.set_xlabel("pretraining step")
     axis.set_ylabel("Dice (%)")
     axis.grid(alpha=0.3)
@@ -94,6 +105,7 @@ def report_markdown(curve, figures: list[Path], relative_to: Path) -> str:
     names = {key: curve.datasets()[key] for key in TITLES}
     b, state = curve.budget, curve.state()
     header, rows = curve_rows(records, names)
+    structure_header, per_structure = structure_rows(records[-1], names)
     compare_header, compare_rows = comparison_rows(curve)
     seconds = sum(r.get("epoch_seconds", 0.0) for r in records)
     lines = ["## In-context learning curve on organ-level MR (CPU recipe)", "",
@@ -104,7 +116,10 @@ def report_markdown(curve, figures: list[Path], relative_to: Path) -> str:
                          for k, s in state["splits"].items() if k in TITLES) + "; only train patients are pooled.", "",
              "Curve: after every epoch, the pretext Dice (hard Dice of the held-out pool cases' auto masks) and the "
              "patch-level 1-shot in-context Dice (%) on the val patients, averaged over 3 reference patients per "
-             "structure.", "", markdown_table(header, rows), "",
+             "structure, read out at the fixed threshold 0.5 and at each structure's threshold calibrated on its "
+             "reference (documentation/in_context_segmentation.md).", "", markdown_table(header, rows), "",
+             f"Per structure after the last step ({records[-1]['global_step']}):", "",
+             markdown_table(structure_header, per_structure), "",
              f"Test patients, 1-shot, full volumes in their own geometry, mean Dice (%) over the structures, mean "
              f"(std) over {len(b.seeds)} shot choices; finetuning {b.finetune_epochs * b.finetune_iters_per_epoch} "
              f"steps for both finetuned rows.", "", markdown_table(compare_header, compare_rows), ""]

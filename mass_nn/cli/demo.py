@@ -34,8 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-cases", type=int, default=12, help="phantom training cases (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="phantom seed (default: %(default)s)")
     parser.add_argument("-np", "--num-processes", type=int, default=default_num_processes())
-    parser.add_argument("--epochs", type=int, default=3, help="pretraining epochs (default: %(default)s)")
-    parser.add_argument("--iters-per-epoch", type=int, default=10,
+    parser.add_argument("--epochs", type=int, default=6, help="pretraining epochs (default: %(default)s)")
+    parser.add_argument("--iters-per-epoch", type=int, default=25,
                         help="pretraining steps per epoch (default: %(default)s)")
     parser.add_argument("--finetune-epochs", type=int, default=3, help="1-shot finetuning epochs (default: %(default)s)")
     parser.add_argument("--finetune-iters", type=int, default=10,
@@ -103,21 +103,29 @@ def _few_shot(paths: MassPaths, args, run_folder: Path) -> None:
     checkpoint = run_folder / "checkpoint_final.pt"
     out = paths.results / f"Dataset{DEMO_DATASET_ID}_PhantomCT" / "fewshot_demo"
     protocol = FewShotProtocol(dataset=str(DEMO_DATASET_ID), checkpoint=checkpoint, shots=[1], seeds=[0],
-                               methods=["in_context", "finetune", "scratch"], plans_name=_plans_name(),
-                               epochs=args.finetune_epochs, iters_per_epoch=args.finetune_iters, tag="demo")
+                               methods=["in_context", "in_context_calibrated", "finetune", "scratch"],
+                               plans_name=_plans_name(), epochs=args.finetune_epochs,
+                               iters_per_epoch=args.finetune_iters, tag="demo")
     results = run_few_shot_protocol(protocol, paths, out)
-    untrained = out / "in_context_untrained"
     dice = {r["method"]: r["mean_dice"] for r in results["runs"]}
-    summary_path = untrained / "summary.json"
-    if summary_path.is_file():
-        dice["in_context_untrained"] = read_json(summary_path)["mean_dice"]
-    else:
-        dice["in_context_untrained"] = in_context_evaluation(
-            save_untrained_copy(checkpoint, out / "untrained.pt"), str(DEMO_DATASET_ID), paths, 1, 0, untrained,
-            plans_name=_plans_name(), hd95=False)["mean_dice"]
+    untrained_checkpoint = out / "untrained.pt"
+    for calibrated in (False, True):
+        folder = out / ("in_context_calibrated_untrained" if calibrated else "in_context_untrained")
+        if (folder / "summary.json").is_file():
+            value = read_json(folder / "summary.json")["mean_dice"]
+        else:
+            if not untrained_checkpoint.is_file():
+                save_untrained_copy(checkpoint, untrained_checkpoint)
+            value = in_context_evaluation(untrained_checkpoint, str(DEMO_DATASET_ID), paths, 1, 0, folder,
+                                          plans_name=_plans_name(), hd95=False,
+                                          calibrate_threshold=calibrated)["mean_dice"]
+        dice[folder.name] = value
     percent = {k: "n/a" if v is None else f"{100 * v:.1f}" for k, v in dice.items()}
     print(markdown_table(["1-shot mean Dice (%), test split", "pretrained MASS", "untrained"],
-                         [["in context (no training)", percent["in_context"], percent["in_context_untrained"]],
+                         [["in context (no training), threshold 0.5", percent["in_context"],
+                           percent["in_context_untrained"]],
+                          ["in context, reference-calibrated thresholds", percent["in_context_calibrated"],
+                           percent["in_context_calibrated_untrained"]],
                           [f"finetuned ({steps} steps)", percent["finetune"], percent["scratch"]]]))
     print(f"      per-class results in {out}/results.md; figure {results['figure']}")
 

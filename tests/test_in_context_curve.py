@@ -1,0 +1,45 @@
+"""benchmarks/in_context_learning_curve.py --quick end to end on ../shared/data (slow; skipped without it), and
+its budget and pool rules (fast)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks.in_context_learning_curve import FULL, QUICK, _few_per_source, main
+from tests.conftest import requires_shared_data, shared_data_dir
+
+
+def test_full_budget_fits_an_hour_and_quick_is_a_token_run():
+    assert FULL.pretrain_steps == 1200 and len(FULL.seeds) >= 3 and FULL.pool_cases_per_source is None
+    assert QUICK.pretrain_steps <= 4 and QUICK.pool_cases_per_source == 2
+
+
+def test_quick_pool_keeps_the_first_cases_of_every_source():
+    images = [(c, Path(f"/x/{c}.nii.gz")) for c in ("chaos_08", "chaos_15", "chaos_21", "STS_001_MR_T1",
+                                                     "mscmrseg_04", "brats_2013_pat0001_1_FLAIR")]
+    assert [c for c, _ in _few_per_source(images, 2)] == ["chaos_08", "chaos_15", "STS_001_MR_T1", "mscmrseg_04",
+                                                         "brats_2013_pat0001_1_FLAIR"]
+
+
+@pytest.mark.slow
+@requires_shared_data
+def test_quick_run_writes_the_curve_the_comparison_and_the_report(tmp_path):
+    assert main(["--quick", "--shared-data", str(shared_data_dir()), "--workspace", str(tmp_path)]) == 0
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert state["finished"] == sorted(["datasets", "masks", "pretrain", "compare", "report"])
+    pooled = set(json.loads((tmp_path / "preprocessed" / state["datasets"]["pool"] / "splits.json").read_text())
+                 ["train"])
+    for key in ("chaos_mr", "mscmrseg"):
+        splits = json.loads((tmp_path / "preprocessed" / state["datasets"][key] / "splits.json").read_text())
+        assert not (set(splits["test"]) | set(splits["val"])) & pooled  # no evaluation patient is pretrained on
+        results = json.loads((tmp_path / "compare" / key / "results.json").read_text())
+        assert {r["method"] for r in results["runs"]} == {"in_context", "in_context_calibrated", "finetune",
+                                                          "scratch"}
+    report = (tmp_path / "report.md").read_text()
+    assert "| step | train loss | pretext Dice" in report and "CHAOS MR calibrated" in report
+    assert "MASS in context (no training), reference-calibrated thresholds" in report
+    assert (tmp_path / "figures" / "in_context_curve.png").is_file()
+    # a second run finds everything finished and only rewrites the report
+    assert main(["--quick", "--shared-data", str(shared_data_dir()), "--workspace", str(tmp_path)]) == 0
