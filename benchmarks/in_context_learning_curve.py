@@ -19,10 +19,13 @@ Stages (each resumable; re-running the command skips what is finished, an interr
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import numpy as np
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 if str(REPOSITORY) not in sys.path:  # run as a script from anywhere
@@ -47,6 +50,7 @@ RECIPE_PRESET = "cpu_in_context"
 RECIPE_TRAINER = "MASSCPUPretrainer"
 CONFIGURATION = "3d_cpu"
 EVALUATION = ("chaos_mr", "mscmrseg")
+POOL_VAL_CASES, POOL_VAL_SEED = 2, 11  # pool cases held out for the pretext Dice
 
 
 @dataclass(frozen=True)
@@ -98,7 +102,7 @@ class LearningCurve:
         images = pool_images(self.shared_data, sts_test)["MR"]
         if self.budget.pool_cases_per_source is not None:
             images = _few_per_source(images, self.budget.pool_cases_per_source)
-        built: dict[str, ReplicationDataset] = {**evaluation, "pool": write_pool(raw, "MR", images)}
+        built: dict[str, ReplicationDataset] = {**evaluation, "pool": _with_val_cases(write_pool(raw, "MR", images))}
         for dataset in built.values():
             write_splits(dataset, self.paths.preprocessed)
             plan_and_preprocess(dataset.dataset_id, self.paths,
@@ -147,10 +151,11 @@ class LearningCurve:
 
     def run(self, stages: list[str], redo: bool) -> None:
         state = self.state()
-        if state["budget"] not in (None, asdict(self.budget)):
-            raise SystemExit(f"{self.workspace} holds runs of budget {state['budget']}, not {asdict(self.budget)}: "
-                             f"pass --workspace with a new folder, or delete {self.workspace} to start over")
-        state["budget"] = asdict(self.budget)
+        budget = json.loads(json.dumps(asdict(self.budget)))  # as state.json holds it (tuples become lists)
+        if state["budget"] not in (None, budget):
+            raise SystemExit(f"{self.workspace} holds runs of budget {state['budget']}, not {budget}: pass "
+                             f"--workspace with a new folder, or delete {self.workspace} to start over")
+        state["budget"] = budget
         self.save_state(state)
         for stage in stages:
             if stage in self.state()["finished"] and not redo and stage != "report":
@@ -161,6 +166,16 @@ class LearningCurve:
             state = self.state()
             state["finished"] = sorted(set(state["finished"]) | {stage})
             self.save_state(state)
+
+
+def _with_val_cases(pool: ReplicationDataset) -> ReplicationDataset:
+    """The pool with POOL_VAL_CASES seeded cases moved to its val split, for the pretext Dice on held-out auto
+    masks; CHAOS cases stay in training (only 6 patients)."""
+    candidates = sorted(c for c in pool.splits["train"] if not c.startswith("chaos_"))
+    held_out = set(np.random.default_rng(POOL_VAL_SEED).choice(candidates, size=min(POOL_VAL_CASES, len(candidates)),
+                                                                 replace=False).tolist())
+    splits = {"train": sorted(set(pool.splits["train"]) - held_out), "val": sorted(held_out), "test": []}
+    return ReplicationDataset(pool.dataset_id, pool.name, pool.modality, pool.labelled, splits)
 
 
 def _few_per_source(images: list[tuple[str, Path]], count: int) -> list[tuple[str, Path]]:
