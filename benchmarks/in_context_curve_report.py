@@ -33,7 +33,8 @@ def curve_rows(records: list[dict], dataset_names: dict[str, str]) -> tuple[list
         header += [f"{TITLES[key]} @0.5", f"{TITLES[key]} calibrated"]
     rows = []
     for r in records:
-        row = [str(r["global_step"]), f"{r['train_loss']:.3f}", _percent(r.get("val_mask_dice"))]
+        loss = "–" if math.isnan(r["train_loss"]) else f"{r['train_loss']:.3f}"
+        row = [str(r["global_step"]), loss, _percent(r.get("val_mask_dice"))]
         for name in dataset_names.values():
             row += [_percent(r.get(f"val_dice_{name}")), _percent(r.get(f"val_calibrated_dice_{name}"))]
         rows.append(row)
@@ -69,8 +70,19 @@ def curve_figure(records: list[dict], dataset_names: dict[str, str], path: Path)
     return path
 
 
+def _untrained_dice(curve, key: str, method: str) -> list[float]:
+    values = []
+    for seed in curve.budget.seeds:
+        path = curve.untrained_in_context_folder(key, method, seed) / "summary.json"
+        if path.is_file():
+            value = read_json(path)["mean_dice"]
+            values.append(math.nan if value is None else value)
+    return values
+
+
 def comparison_rows(curve) -> tuple[list[str], list[list[str]]]:
-    """Methods x datasets, 1-shot mean Dice (%) over the structures, mean (std) over the shot seeds."""
+    """Methods x datasets, 1-shot mean Dice (%) over the structures, mean (std) over the shot seeds; the
+    untrained network's in-context rows right below the pretrained ones."""
     header, rows = ["method", *(f"{TITLES[k]} 1-shot" for k in TITLES)], []
     results = {k: read_json(p) for k in TITLES if (p := curve.workspace / "compare" / k / "results.json").is_file()}
     for method, title in METHOD_TITLES.items():
@@ -80,6 +92,10 @@ def comparison_rows(curve) -> tuple[list[str], list[list[str]]]:
             cells.append(mean_std([math.nan if r["mean_dice"] is None else r["mean_dice"] for r in runs])
                          if runs else "–")
         rows.append([title, *cells])
+        if method.startswith("in_context"):
+            untrained = [_untrained_dice(curve, key, method) for key in TITLES]
+            rows.append([title.replace("MASS", "untrained network"),
+                         *(mean_std(v) if v else "–" for v in untrained)])
     return header, rows
 
 
@@ -100,14 +116,24 @@ def _figures(curve, out: Path, records: list[dict], dataset_names: dict[str, str
     return figures
 
 
-def report_markdown(curve, figures: list[Path], relative_to: Path) -> str:
+def curve_records(curve) -> list[dict]:
+    """The run's metrics, preceded by the untrained network's validation as step 0 (when measured)."""
     records = read_metrics(curve.run_folder())
+    path = curve.workspace / "untrained_validation.json"
+    if path.is_file():
+        records = [{"global_step": 0, "train_loss": math.nan, **read_json(path)}, *records]
+    return records
+
+
+def report_markdown(curve, figures: list[Path], relative_to: Path) -> str:
+    records = curve_records(curve)
     names = {key: curve.datasets()[key] for key in TITLES}
     b, state = curve.budget, curve.state()
     header, rows = curve_rows(records, names)
     structure_header, per_structure = structure_rows(records[-1], names)
     compare_header, compare_rows = comparison_rows(curve)
     seconds = sum(r.get("epoch_seconds", 0.0) for r in records)
+    untrained_note = " Step 0 is the same network untrained." if records[0]["global_step"] == 0 else ""
     lines = ["## In-context learning curve on organ-level MR (CPU recipe)", "",
              f"`python benchmarks/in_context_learning_curve.py` ({machine_description()}). Trainer "
              f"`MASSCPUPretrainer`, preset `cpu_in_context`, {b.pretrain_steps} steps in {seconds / 60:.0f} min of "
@@ -117,7 +143,8 @@ def report_markdown(curve, figures: list[Path], relative_to: Path) -> str:
              "Curve: after every epoch, the pretext Dice (hard Dice of the held-out pool cases' auto masks) and the "
              "patch-level 1-shot in-context Dice (%) on the val patients, averaged over 3 reference patients per "
              "structure, read out at the fixed threshold 0.5 and at each structure's threshold calibrated on its "
-             "reference (documentation/in_context_segmentation.md).", "", markdown_table(header, rows), "",
+             "reference (documentation/in_context_segmentation.md)." + untrained_note, "",
+             markdown_table(header, rows), "",
              f"Per structure after the last step ({records[-1]['global_step']}):", "",
              markdown_table(structure_header, per_structure), "",
              f"Test patients, 1-shot, full volumes in their own geometry, mean Dice (%) over the structures, mean "
@@ -129,7 +156,7 @@ def report_markdown(curve, figures: list[Path], relative_to: Path) -> str:
 
 def write_curve_report(curve, page: Path | None) -> Path:
     """Write the section into `page`, or report.md into the workspace when `page` is None; returns the file."""
-    records = read_metrics(curve.run_folder())
+    records = curve_records(curve)
     names = {key: curve.datasets()[key] for key in TITLES}
     if page is None:
         figures = _figures(curve, curve.workspace / "figures", records, names)

@@ -11,8 +11,9 @@ Stages (each resumable; re-running the command skips what is finished, an interr
   masks     weight-free (supervoxel) masks of the pool
   pretrain  the recipe trainer on the pool; after every epoch the pretext Dice on the pool's held-out cases and
             1-shot in-context Dice per structure on the CHAOS and MS-CMRSeg val patients (3 reference choices)
-  compare   on the test patients, 1-shot: MASS in context, MASS finetuned and scratch finetuned (same steps),
-            mean (std) over the shot seeds, with a reference / query / prediction figure per dataset
+  compare   on the test patients, 1-shot: MASS in context (threshold 0.5 and reference-calibrated), the same
+            network untrained in context, MASS finetuned and scratch finetuned (same steps), mean (std) over the shot
+            seeds, with a reference / query / prediction figure per dataset
   report    the curve (table + figure), the comparison and the PCA figure -> benchmarks.md (full run) or the
             workspace's report.md (--quick)
 """
@@ -26,6 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 if str(REPOSITORY) not in sys.path:  # run as a script from anywhere
@@ -35,13 +37,17 @@ from benchmarks.in_context_curve_report import write_curve_report  # noqa: E402
 from benchmarks.replication_datasets import (ReplicationDataset, pool_images, sts_patients,  # noqa: E402
                                              sts_test_patients, write_organ_mr, write_pool, write_splits)
 from mass_nn.evaluation.few_shot_protocol import FewShotProtocol, run_few_shot_protocol  # noqa: E402
+from mass_nn.evaluation.in_context_protocol import in_context_evaluation  # noqa: E402
+from mass_nn.inference.model_loading import load_in_context_checkpoint  # noqa: E402
 from mass_nn.io.atomic import read_json, write_json_atomic  # noqa: E402
 from mass_nn.masks.generate import MaskGenerationOptions, generate_masks  # noqa: E402
 from mass_nn.paths import MassPaths  # noqa: E402
 from mass_nn.planning.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess  # noqa: E402
 from mass_nn.planning.planner_settings import load_preset  # noqa: E402
+from mass_nn.training.checkpoint import save_untrained_copy  # noqa: E402
 from mass_nn.training.options import TrainingOptions  # noqa: E402
 from mass_nn.training.run_folder import run_folder  # noqa: E402
+from mass_nn.training.pretrain.validation import InContextValidation, PretrainingValidation  # noqa: E402
 from mass_nn.training.run_training import run_training  # noqa: E402
 
 logger = logging.getLogger("in_context_curve")
@@ -135,9 +141,43 @@ class LearningCurve:
             if summary["stopped_early"]:
                 raise SystemExit("pretraining stopped by a signal; re-run to continue it")
 
+    def untrained_checkpoint(self) -> Path:
+        """The recipe's network freshly initialised (same architecture and plans): the baseline that shows what
+        pretraining added."""
+        path = self.workspace / "untrained.pt"
+        if not path.is_file():
+            save_untrained_copy(self.run_folder() / "checkpoint_final.pt", path)
+        return path
+
+    def untrained_in_context_folder(self, key: str, method: str, seed: int) -> Path:
+        return self.workspace / "compare" / key / f"untrained_{method}" / f"1shot_seed{seed}"
+
+    def untrained_validation(self) -> dict:
+        """The curve's in-context validation (same references, same val patients) of the untrained network: the
+        curve's step-0 point, kept in untrained_validation.json."""
+        path = self.workspace / "untrained_validation.json"
+        if path.is_file():
+            return read_json(path)
+        network, plans, _ = load_in_context_checkpoint(self.untrained_checkpoint())
+        options = self.pretraining_options()
+        validations = [InContextValidation.from_dataset(d, self.paths, plans, self.plans_name, CONFIGURATION,
+                                                        reference_choices=options.extra["val_reference_choices"],
+                                                        seed=options.seed) for d in options.val_dataset]
+        metrics = PretrainingValidation(None, validations).run(network, torch.device("cpu"))
+        write_json_atomic(metrics, path)
+        return metrics
+
     def stage_compare(self) -> None:
         b = self.budget
+        self.untrained_validation()
         for key in EVALUATION:
+            for seed in b.seeds:
+                for method in ("in_context", "in_context_calibrated"):
+                    folder = self.untrained_in_context_folder(key, method, seed)
+                    if not (folder / "summary.json").is_file():
+                        in_context_evaluation(self.untrained_checkpoint(), self.datasets()[key], self.paths, 1, seed,
+                                              folder, self.plans_name, CONFIGURATION, hd95=False,
+                                              calibrate_threshold=method == "in_context_calibrated")
             protocol = FewShotProtocol(dataset=self.datasets()[key], checkpoint=self.run_folder() / "checkpoint_final.pt",
                                        shots=[1], seeds=list(b.seeds), methods=["in_context", "in_context_calibrated", "finetune",
                                                                          "scratch"],

@@ -40,6 +40,8 @@ def test_quick_run_writes_the_curve_the_comparison_and_the_report(tmp_path):
     report = (tmp_path / "report.md").read_text()
     assert "| step | train loss | pretext Dice" in report and "CHAOS MR calibrated" in report
     assert "MASS in context (no training), reference-calibrated thresholds" in report
+    assert "untrained network in context (no training), threshold 0.5" in report  # the baseline of the gain
+    assert "\n| 0 | – |" in report  # the curve starts at the untrained network
     assert (tmp_path / "figures" / "in_context_curve.png").is_file()
     # a second run finds everything finished and only rewrites the report
     assert main(["--quick", "--shared-data", str(shared_data_dir()), "--workspace", str(tmp_path)]) == 0
