@@ -12,6 +12,7 @@ import torch
 from mass_nn.cli.fewshot import main as fewshot_main
 from mass_nn.cli.predict import main as predict_main
 from mass_nn.cli.train import main as train_main
+from mass_nn.inference.task_embedding_file import load_task_embedding
 from mass_nn.io.image_io import read_image, write_image
 from mass_nn.training.checkpoint import load_checkpoint, model_state_dict, save_checkpoint
 from mass_nn.training.options import TrainingOptions
@@ -109,6 +110,20 @@ def test_in_context_predict_saves_and_reuses_the_encoding(pretrained, tmp_path, 
     first = read_image(tmp_path / "a" / f"{query}.nii.gz", dtype=np.int16)[0]
     np.testing.assert_array_equal(first, read_image(tmp_path / "b" / f"{query}.nii.gz", dtype=np.int16)[0])
     assert set(np.unique(first)) <= {0, 1, 7}
+
+    # reference-calibrated thresholds: saved with the encoding, reused from it; an old encoding has none
+    assert predict_main([*args, "-o", str(tmp_path / "f"), *refs, "--labels", "1", "7", "--calibrated-threshold",
+                         "--save-embedding", str(tmp_path / "calibrated.pt")]) == 0
+    thresholds = load_task_embedding(tmp_path / "calibrated.pt")[1]["thresholds"]
+    assert len(thresholds) == 2 and all(0.05 <= t <= 0.95 for t in thresholds)
+    assert predict_main([*args, "-o", str(tmp_path / "g"), "--embedding", str(tmp_path / "calibrated.pt"),
+                         "--calibrated-threshold"]) == 0
+    np.testing.assert_array_equal(read_image(tmp_path / "f" / f"{query}.nii.gz", dtype=np.int16)[0],
+                                  read_image(tmp_path / "g" / f"{query}.nii.gz", dtype=np.int16)[0])
+    capsys.readouterr()
+    assert predict_main([*args, "-o", str(tmp_path / "h"), "--embedding", str(tmp_path / "refs.pt"),
+                         "--calibrated-threshold"]) == 1
+    assert "saved without calibrated thresholds" in capsys.readouterr().err
 
     # an empty reference mask and a mask on another grid are refused with the file named
     mask, geometry = read_image(labels / f"{reference}.nii.gz")

@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     options.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default: %(default)s)")
     options.add_argument("--blend", default="gaussian", choices=["gaussian", "mean"], help="default: %(default)s")
     options.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default: %(default)s)")
+    options.add_argument("--calibrated-threshold", action="store_true",
+                         help="in context: each label's threshold read off its references instead of --threshold "
+                              "(saved with --save-embedding, reused with --embedding)")
     options.add_argument("--largest-component", action="store_true", help="keep each label's largest component")
     options.add_argument("--max-labels-per-forward", type=int, default=0,
                          help="split the labels into chunks of this size (default: all at once)")
@@ -69,16 +72,20 @@ def _predictor(args):
         raise MassError("give either -m RUN_FOLDER, or --checkpoint with --reference-image/--reference-mask pairs "
                         "(or --embedding)")
     if args.model:
+        if args.calibrated_threshold:
+            raise MassError("--calibrated-threshold needs in-context references (--checkpoint with "
+                            "--reference-image/--reference-mask or --embedding), not -m")
         return model_loading.predictor_from_run(args.model, args.checkpoint_kind, device, settings)
     if args.embedding and references:
         raise MassError("give references or --embedding, not both")
     if args.embedding:
-        return model_loading.predictor_from_embedding(args.checkpoint, Path(args.embedding), device, settings)
+        return model_loading.predictor_from_embedding(args.checkpoint, Path(args.embedding), device, settings,
+                                                      args.calibrated_threshold)
     if not references:
         raise MassError("--checkpoint needs --reference-image/--reference-mask pairs or --embedding")
     return model_loading.predictor_from_references(
         args.checkpoint, [Path(p) for p in args.reference_image], [Path(p) for p in args.reference_mask], device,
-        settings, args.labels, Path(args.save_embedding) if args.save_embedding else None)
+        settings, args.labels, Path(args.save_embedding) if args.save_embedding else None, args.calibrated_threshold)
 
 
 def _run(args) -> int:

@@ -17,7 +17,8 @@ from mass_nn.planning.plans import Plans
 from mass_nn.preprocessing.preprocessor import preprocess_in_memory
 from mass_nn.training.checkpoint import checkpoint_path, load_network
 from mass_nn.inference.predictor import InferenceSettings, SegmentationPredictor
-from mass_nn.inference.reference_encoding import encode_reference_labels
+from mass_nn.inference.reference_calibration import calibrate_thresholds
+from mass_nn.inference.reference_encoding import encode_reference_labels, reference_crop
 from mass_nn.inference.task_embedding_file import load_task_embedding, save_task_embedding
 
 logger = logging.getLogger(__name__)
@@ -87,10 +88,11 @@ def read_reference(image_path: Path, mask_path: Path, plans: Plans, configuratio
 
 def predictor_from_references(checkpoint: str | Path, reference_images: list[Path], reference_masks: list[Path],
                               device: str = "cpu", settings: InferenceSettings | None = None,
-                              label_values: list[int] | None = None, save_embedding: Path | None = None
-                              ) -> tuple[SegmentationPredictor, list[str]]:
+                              label_values: list[int] | None = None, save_embedding: Path | None = None,
+                              calibrate_threshold: bool = False) -> tuple[SegmentationPredictor, list[str]]:
     """In-context predictor: every label value found in the reference masks (or `label_values`) is one task,
-    its embedding averaged over the references that contain it. Optionally saves the encoding for reuse."""
+    its embedding averaged over the references that contain it. With `calibrate_threshold` each label's threshold
+    is read off its references (reference_calibration.py). Optionally saves the encoding (and the thresholds)."""
     if len(reference_images) != len(reference_masks) or not reference_images:
         raise MassError(f"give each --reference-image one --reference-mask (got {len(reference_images)} images, "
                         f"{len(reference_masks)} masks)")
@@ -105,15 +107,25 @@ def predictor_from_references(checkpoint: str | Path, reference_images: list[Pat
     patch = plans.configuration(configuration).patch_size_zyx
     embedding = encode_reference_labels(network, references, values, patch, device)
     names = [str(v) for v in values]
+    predictor = SegmentationPredictor(network, embedding, values, plans, configuration, device, settings)
+    if calibrate_threshold:
+        crops = [[reference_crop(image, seg, v, patch) for image, seg in references if (seg == v).any()]
+                 for v in values]
+        predictor.thresholds = calibrate_thresholds(network, embedding, crops, device)
+        logger.info("reference-calibrated thresholds: %s",
+                    ", ".join(f"{n} {t:.2f}" for n, t in zip(names, predictor.thresholds)))
     if save_embedding is not None:
         save_task_embedding(save_embedding, embedding, names, values,
-                            {"checkpoint": str(checkpoint), "references": [str(p) for p in reference_images]})
-    return SegmentationPredictor(network, embedding, values, plans, configuration, device, settings), names
+                            {"checkpoint": str(checkpoint), "references": [str(p) for p in reference_images],
+                             "thresholds": predictor.thresholds})
+    return predictor, names
 
 
 def predictor_from_embedding(checkpoint: str | Path, embedding_path: Path, device: str = "cpu",
-                             settings: InferenceSettings | None = None) -> tuple[SegmentationPredictor, list[str]]:
-    """In-context predictor from a saved reference encoding (mass_predict --save-embedding)."""
+                             settings: InferenceSettings | None = None, calibrate_threshold: bool = False
+                             ) -> tuple[SegmentationPredictor, list[str]]:
+    """In-context predictor from a saved reference encoding (mass_predict --save-embedding); with
+    `calibrate_threshold` the thresholds calibrated when it was saved."""
     network, plans, configuration = load_in_context_checkpoint(checkpoint, device)
     embedding, meta = load_task_embedding(embedding_path)
     expected = network.config.prior_channels()
@@ -122,4 +134,9 @@ def predictor_from_embedding(checkpoint: str | Path, embedding_path: Path, devic
                         f"{[int(t.shape[-1]) for t in embedding]}, this checkpoint has {expected})")
     predictor = SegmentationPredictor(network, [t.to(torch.float32) for t in embedding], meta["label_values"],
                                       plans, configuration, device, settings)
+    if calibrate_threshold:
+        if not meta.get("thresholds"):
+            raise MassError(f"{embedding_path}: saved without calibrated thresholds; save it again with "
+                            f"--calibrated-threshold, or give the references instead of --embedding")
+        predictor.thresholds = [float(t) for t in meta["thresholds"]]
     return predictor, list(meta["label_names"])
