@@ -178,9 +178,10 @@ class LearningCurve:
                         in_context_evaluation(self.untrained_checkpoint(), self.datasets()[key], self.paths, 1, seed,
                                               folder, self.plans_name, CONFIGURATION, hd95=False,
                                               calibrate_threshold=method == "in_context_calibrated")
-            protocol = FewShotProtocol(dataset=self.datasets()[key], checkpoint=self.run_folder() / "checkpoint_final.pt",
-                                       shots=[1], seeds=list(b.seeds), methods=["in_context", "in_context_calibrated", "finetune",
-                                                                         "scratch"],
+            protocol = FewShotProtocol(dataset=self.datasets()[key],
+                                       checkpoint=self.run_folder() / "checkpoint_final.pt", shots=[1],
+                                       seeds=list(b.seeds),
+                                       methods=["in_context", "in_context_calibrated", "finetune", "scratch"],
                                        configuration=CONFIGURATION, plans_name=self.plans_name,
                                        epochs=b.finetune_epochs, iters_per_epoch=b.finetune_iters_per_epoch,
                                        tag="curve", hd95=False)
@@ -242,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{args.shared_data}: no chaos_mr_t2spir/ here; pass --shared-data with the folder laid "
                          f"out like ../shared/data")
     budget = QUICK if args.quick else FULL
-    workspace = args.workspace or REPOSITORY / "benchmarks" / "_work" / f"in_context_curve{'_quick' if args.quick else ''}"
+    default_workspace = REPOSITORY / "benchmarks" / "_work" / f"in_context_curve{'_quick' if args.quick else ''}"
+    workspace = args.workspace or default_workspace
     workspace.mkdir(parents=True, exist_ok=True)
     page = None if args.quick else REPOSITORY / "documentation" / "benchmarks.md"
     LearningCurve(workspace, args.shared_data.resolve(), budget, page).run(args.stages, args.redo)

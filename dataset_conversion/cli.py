@@ -1,7 +1,7 @@
 """mass_convert_dataset: write raw datasets (nnU-Net v2 layout) from public sources, ../shared/data or the phantom.
 
-Subcommands: phantom, shared, chaos_mr, mscmrseg, msd, bcv, amos, kits19, totalsegmentator. Output goes to --raw, else $MASS_raw,
-else ~/mass_nn_data/MASS_raw. See documentation/conversion.md.
+Subcommands: phantom, shared, chaos_mr, mscmrseg, msd, bcv, amos, kits19, totalsegmentator. Output goes to
+--raw, else $MASS_raw, else ~/mass_nn_data/MASS_raw. See documentation/conversion.md.
 """
 from __future__ import annotations
 

@@ -95,13 +95,10 @@ def case_id_of(spec: OrganMRSet, patient: str) -> str:
     return f"{spec.case_prefix}_{patient}"
 
 
-def add_organ_mr_cases(source: Path, spec: OrganMRSet, writer: RawDatasetWriter,
-                       patients: set[str] | None = None) -> list[str]:
-    """Write the patients of the set (all, or only those in `patients`) as training cases; returns the case ids."""
+def add_organ_mr_cases(source: Path, spec: OrganMRSet, writer: RawDatasetWriter) -> list[str]:
+    """Write every patient of the set as a training case; returns the case ids."""
     written = []
     for patient, (image, label) in organ_mr_patients(source, spec).items():
-        if patients is not None and patient not in patients:
-            continue
         case_id = case_id_of(spec, patient)
         writer.add_case(case_id, [image], label, patient_id=f"{spec.key}_{patient}",
                         label_mapping=spec.label_mapping)

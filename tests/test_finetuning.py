@@ -159,3 +159,14 @@ def test_fewshot_runner_writes_table_and_figure_and_resumes(pretrained, tmp_path
     stamp = (out / "in_context" / "1shot_seed0" / "summary.json").stat().st_mtime_ns
     assert fewshot_main(args) == 0  # resumes: finished runs are read back
     assert (out / "in_context" / "1shot_seed0" / "summary.json").stat().st_mtime_ns == stamp
+
+    calibrated_out = tmp_path / "fewshot_calibrated"
+    assert fewshot_main(["-d", "990", "--checkpoint", checkpoint, "-k", "1", "--seeds", "0", "--no-finetune",
+                         "--calibrated", "-o", str(calibrated_out), *_roots(paths)]) == 0
+    methods = [r["method"] for r in json.loads((calibrated_out / "results.json").read_text())["runs"]]
+    assert methods == ["in_context", "in_context_calibrated"]
+    thresholds = json.loads((calibrated_out / "in_context_calibrated" / "1shot_seed0" / "shots.json").read_text()
+                            )["thresholds"]
+    assert thresholds and all(0.05 <= t <= 0.95 for t in thresholds.values())
+    assert set(json.loads((calibrated_out / "in_context" / "1shot_seed0" / "shots.json").read_text()
+                          )["thresholds"].values()) == {0.5}

@@ -19,8 +19,8 @@ def in_context_evaluation(checkpoint: Path, dataset: str, paths: MassPaths, shot
     instead of 0.5; the thresholds are saved in shots.json."""
     from mass_nn.inference.model_loading import load_in_context_checkpoint
     from mass_nn.inference.predictor import SegmentationPredictor
-    from mass_nn.inference.reference_calibration import calibrate_thresholds
-    from mass_nn.inference.reference_encoding import encode_reference_labels, reference_crop
+    from mass_nn.inference.reference_calibration import calibrate_reference_thresholds
+    from mass_nn.inference.reference_encoding import encode_reference_labels
     from mass_nn.evaluation.predict_and_score import predict_and_score
     from mass_nn.training.finetune.labelled_data import resolve_labelled_dataset, select_shots
     from mass_nn.training.pretrained import load_pretrained_checkpoint
@@ -34,11 +34,9 @@ def in_context_evaluation(checkpoint: Path, dataset: str, paths: MassPaths, shot
                                         device, names=list(present))
     predictor = SegmentationPredictor(network, embedding, list(present.values()), data.source.plans, configuration,
                                       device)
-    patch = network.config.input_size_zyx
     if calibrate_threshold:
-        crops = [[reference_crop(image, seg, value, patch) for image, seg in references if (seg == value).any()]
-                 for value in present.values()]
-        predictor.thresholds = calibrate_thresholds(network, embedding, crops, device)
+        predictor.thresholds = calibrate_reference_thresholds(network, embedding, references, list(present.values()),
+                                                              network.config.input_size_zyx, device)
     write_json_atomic({"dataset": data.source.dataset_name, "checkpoint": str(checkpoint), "shots": shots,
                        "seed": seed, "training_cases": shot_cases, "classes": data.classes,
                        "classes_without_reference": sorted(set(data.classes) - set(present)),

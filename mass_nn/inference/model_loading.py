@@ -17,8 +17,8 @@ from mass_nn.planning.plans import Plans
 from mass_nn.preprocessing.preprocessor import preprocess_in_memory
 from mass_nn.training.checkpoint import checkpoint_path, load_network
 from mass_nn.inference.predictor import InferenceSettings, SegmentationPredictor
-from mass_nn.inference.reference_calibration import calibrate_thresholds
-from mass_nn.inference.reference_encoding import encode_reference_labels, reference_crop
+from mass_nn.inference.reference_calibration import calibrate_reference_thresholds
+from mass_nn.inference.reference_encoding import encode_reference_labels
 from mass_nn.inference.task_embedding_file import load_task_embedding, save_task_embedding
 
 logger = logging.getLogger(__name__)
@@ -109,9 +109,7 @@ def predictor_from_references(checkpoint: str | Path, reference_images: list[Pat
     names = [str(v) for v in values]
     predictor = SegmentationPredictor(network, embedding, values, plans, configuration, device, settings)
     if calibrate_threshold:
-        crops = [[reference_crop(image, seg, v, patch) for image, seg in references if (seg == v).any()]
-                 for v in values]
-        predictor.thresholds = calibrate_thresholds(network, embedding, crops, device)
+        predictor.thresholds = calibrate_reference_thresholds(network, embedding, references, values, patch, device)
         logger.info("reference-calibrated thresholds: %s",
                     ", ".join(f"{n} {t:.2f}" for n, t in zip(names, predictor.thresholds)))
     if save_embedding is not None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from mass_nn.inference.reference_encoding import reference_crop
+
 THRESHOLD_GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 ... 0.95
 
 
@@ -44,3 +46,13 @@ def calibrate_thresholds(network, embedding, reference_crops: list[list[tuple[np
             curves.append(dice_per_threshold(torch.sigmoid(logits[0, k].float()).cpu(), torch.as_tensor(mask) > 0.5))
         thresholds.append(best_threshold(curves) if curves else 0.5)
     return thresholds
+
+
+def calibrate_reference_thresholds(network, embedding, references: list[tuple[np.ndarray, np.ndarray]],
+                                   label_values: list[int], patch_zyx, device: torch.device | str = "cpu"
+                                   ) -> list[float]:
+    """One threshold per label of `label_values` (the tasks of `embedding`, in order), from the crops around that
+    label of every reference (image (c, z, y, x), label map (z, y, x), preprocessed) that contains it."""
+    crops = [[reference_crop(image, seg, value, patch_zyx) for image, seg in references if (seg == value).any()]
+             for value in label_values]
+    return calibrate_thresholds(network, embedding, crops, device)
