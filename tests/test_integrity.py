@@ -62,7 +62,7 @@ def test_all_problems_reported_at_once(tmp_path):
         verify_dataset_integrity(dataset, num_processes=2)
     text = str(info.value)
     assert "case_000_0001.nii.gz: missing channel file" in text
-    assert "case_001_0000.nii.gz: 1 NaN/inf voxel" in text
+    assert "case_001_0000.nii.gz: 1 NaN/infinite voxel" in text
     assert "case_002.nii.gz: label value(s) [7] are not in dataset.json" in text
     assert "case_003_0000.nii.gz: cannot be read" in text
     assert "case_003_0001.nii.gz: is 2D" in text and "convert" in text

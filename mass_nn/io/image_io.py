@@ -16,6 +16,8 @@ import SimpleITK as sitk
 
 from mass_nn.errors import ImageReadError
 from mass_nn.io.atomic import atomic_path
+from mass_nn.io.image_file_checks import (is_nifti, nonfinite_message, nonfinite_voxels, verify_nifti_file,
+                                          verify_sitk_geometry)
 
 
 @dataclass(frozen=True)
@@ -106,12 +108,29 @@ def _read_nifti_with_nibabel(path: Path) -> sitk.Image:
 
 
 def read_sitk_image(path: str | os.PathLike) -> sitk.Image:
-    """Read an image file or DICOM series folder as a SimpleITK image (errors name the file)."""
+    """Read an image file or DICOM series folder as a SimpleITK image (errors name the file).
+
+    Refused, where SimpleITK would repair silently: a NIfTI whose voxel bytes are cut short or damaged, a voxel
+    size that is zero, negative or not a number, a degenerate orientation, and NaN/infinite voxels.
+    """
     path = Path(path)
     if not path.exists():
         raise ImageReadError(f"{path}: file not found; check the path (and the case/channel naming)")
     if path.is_dir():
-        return _read_dicom_series(path)
+        image = _read_dicom_series(path)
+        nonfinite = None
+    else:
+        nonfinite = verify_nifti_file(path, voxels=True) if is_nifti(path) else None
+        image = _read_file(path)
+    verify_sitk_geometry(image.GetSpacing(), image.GetDirection(), path)
+    if nonfinite is None:  # SimpleITK keeps NaN in every format but NIfTI, whose bytes were counted above
+        nonfinite = nonfinite_voxels(image)
+    if nonfinite:
+        raise ImageReadError(nonfinite_message(path, nonfinite))
+    return image
+
+
+def _read_file(path: Path) -> sitk.Image:
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as err:
@@ -152,6 +171,10 @@ def read_geometry(path: str | os.PathLike) -> ImageGeometry:
     path = Path(path)
     if path.is_dir():
         return read_image(path)[1]
+    if not path.exists():
+        raise ImageReadError(f"{path}: file not found; check the path (and the case/channel naming)")
+    if is_nifti(path):
+        verify_nifti_file(path, voxels=False)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -159,6 +182,7 @@ def read_geometry(path: str | os.PathLike) -> ImageGeometry:
     except RuntimeError:
         return read_image(path)[1]
     _require_3d_scalar(path, reader.GetDimension(), reader.GetNumberOfComponents(), reader.GetSize())
+    verify_sitk_geometry(reader.GetSpacing(), reader.GetDirection(), path)
     return ImageGeometry(spacing_xyz=tuple(reader.GetSpacing()), origin_xyz=tuple(reader.GetOrigin()),
                          direction=tuple(reader.GetDirection()), size_xyz=tuple(reader.GetSize()))
 

@@ -9,6 +9,7 @@ import numpy as np
 
 from mass_nn.errors import DatasetIntegrityError, ImageReadError, MassError
 from mass_nn.io.dataset_json import CHANNEL_SUFFIX, CaseFiles, DatasetJson, list_cases, load_dataset_json
+from mass_nn.io.image_file_checks import nonfinite_message
 from mass_nn.io.image_io import ImageGeometry, read_geometry, read_image
 from mass_nn.parallel import run_per_item
 
@@ -38,8 +39,7 @@ def _check_image(path: Path) -> tuple[list[str], ImageGeometry | None, np.ndarra
     problems = []
     nonfinite = int(array.size - np.isfinite(array).sum()) if np.issubdtype(array.dtype, np.floating) else 0
     if nonfinite:
-        problems.append(f"{path}: {nonfinite} NaN/inf voxel(s); replace them (e.g. with the image minimum) and "
-                        f"save the image again")
+        problems.append(nonfinite_message(path, nonfinite))
     return problems, geometry, array
 
 
