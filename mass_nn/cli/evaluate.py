@@ -14,6 +14,7 @@ from pathlib import Path
 
 from mass_nn.cli.common import add_common_arguments, add_path_arguments, paths_from_args, run_cli
 from mass_nn.errors import MassError
+from mass_nn.io.atomic import prepare_output_folder
 
 
 def _add_segmentation_parser(subparsers) -> None:
@@ -92,6 +93,8 @@ def _run_segmentation(args) -> int:
                                                             write_summary)
     if args.num_processes < 1:
         raise MassError("-np must be at least 1")
+    if args.output:
+        prepare_output_folder(args.output)
     labels = (_labels_from_dataset(args) if args.dataset else
               _labels_from_file(Path(args.labels)) if args.labels else None)
     summary = evaluate_segmentation_folders(args.predictions, args.references, labels, hd95=not args.no_hd95,
@@ -109,6 +112,8 @@ def _run_segmentation(args) -> int:
 def _run_classification(args) -> int:
     from mass_nn.evaluation.classification_evaluation import (auc_table, evaluate_classification,
                                                               write_classification_summary)
+    if args.output:
+        prepare_output_folder(args.output)
     summary = evaluate_classification(args.predictions, args.references)
     json_path, _ = write_classification_summary(summary, args.output or Path(args.predictions).parent)
     print(auc_table(summary))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from mass_nn.cli.common import add_common_arguments, add_path_arguments, paths_from_args, run_cli
 from mass_nn.errors import MassError
+from mass_nn.io.atomic import prepare_output_folder
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,6 +57,7 @@ def _run(args) -> int:
     name = find_dataset_name(args.dataset, [paths.preprocessed, paths.raw])
     output = Path(args.output) if args.output else paths.results / name / ("fewshot" + (f"__{args.tag}" if args.tag
                                                                                          else ""))
+    prepare_output_folder(output)
     results = run_few_shot_protocol(protocol, paths, output)
     print(results_table(results))
     print(f"results.json, results.md and examples.png in {output}")

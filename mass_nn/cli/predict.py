@@ -15,6 +15,7 @@ from pathlib import Path
 
 from mass_nn.cli.common import add_common_arguments, run_cli
 from mass_nn.errors import MassError
+from mass_nn.io.atomic import prepare_output_folder
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,6 +91,7 @@ def _predictor(args):
 
 def _run(args) -> int:
     from mass_nn.inference.batch_prediction import gather_cases, predict_cases
+    prepare_output_folder(args.output)
     predictor, names = _predictor(args)
     cases = gather_cases([Path(p) for p in args.input], len(predictor.plans.channels))
     labels = ", ".join(f"{n}={v}" for n, v in zip(names, predictor.label_values))

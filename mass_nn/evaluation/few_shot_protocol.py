@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mass_nn.errors import MassError
 from mass_nn.evaluation.in_context_protocol import in_context_evaluation
 from mass_nn.evaluation.segmentation_figure import write_segmentation_figure
 from mass_nn.evaluation.tables import json_safe, markdown_table, mean_std
@@ -95,6 +96,9 @@ def run_few_shot_protocol(protocol: FewShotProtocol, paths: MassPaths, out_folde
     out_folder = Path(out_folder)
     shots, count = available_shots(protocol, paths)
     skipped = sorted(set(protocol.shots) - set(shots))
+    if not shots:
+        raise MassError(f"-k {' '.join(map(str, protocol.shots))}: the train split of dataset {protocol.dataset} "
+                        f"holds {count} labelled case(s); ask for k <= {count}, or label more cases")
     if skipped:
         logger.warning("k = %s skipped: the train split has %d labelled case(s)", skipped, count)
     runs = []

@@ -10,10 +10,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mass_nn.errors import MassError
+from mass_nn.errors import DatasetNotFoundError, MassError
 from mass_nn.io.atomic import read_json, write_json_atomic
 
 CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+DATASET_FOLDER_NAME = re.compile(r"^Dataset\d{3,}_[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 @dataclass
@@ -141,6 +142,10 @@ def dataset_folder_name(dataset_id: int, name: str) -> str:
 def find_dataset_name(id_or_name: str | int, search_roots: list[Path]) -> str:
     """Resolve `501` or `Dataset501_Name` to the folder name found under any of `search_roots`."""
     text = str(id_or_name)
+    if not text.isdigit() and not DATASET_FOLDER_NAME.match(text):
+        # a name is one folder below the roots, never a path: "../raw/Dataset841_X" would write outside them
+        raise DatasetNotFoundError(f"{text!r} is neither a dataset id (e.g. 501) nor a dataset folder name "
+                                   f"(e.g. Dataset501_Liver); give the id or the bare folder name, not a path")
     if text.isdigit():
         prefix = f"Dataset{int(text):03d}_"
         names = {p.name for root in search_roots if root.is_dir() for p in root.iterdir()
@@ -149,7 +154,6 @@ def find_dataset_name(id_or_name: str | int, search_roots: list[Path]) -> str:
         names = {text} if any((root / text).is_dir() for root in search_roots) else set()
     if len(names) == 1:
         return names.pop()
-    from mass_nn.errors import DatasetNotFoundError
     where = ", ".join(str(r) for r in search_roots)
     expected = f"Dataset{int(text):03d}_<Name>" if text.isdigit() else text
     if not names:

@@ -85,11 +85,18 @@ def _run_case(job: _CaseJob) -> dict:
     write_mask_bank(bank_path, job.case_id, case.shape, proposals, job.options.generator, job.parameters_hash)
     if job.options.previews:
         write_preview(MaskBank(bank_path), case.windowed, case.mask_axis, case.seed_slice_interval,
-                      job.bank_folder / "previews" / f"{job.case_id}.png")
+                      _preview_path(bank_path))
     return {"case_id": job.case_id, "masks": len(proposals), "seconds": round(time.time() - start, 2)}
 
 
-def _is_done(bank_path: Path, parameters_hash: str) -> bool:
+def _preview_path(bank_path: Path) -> Path:
+    return bank_path.parent / "previews" / f"{bank_path.name[: -len(BANK_SUFFIX)]}.png"
+
+
+def _is_done(bank_path: Path, parameters_hash: str, preview: bool = False) -> bool:
+    """Done = the bank verifies (sizes in its header) with the expected hash, and its preview exists if asked."""
+    if preview and not _preview_path(bank_path).is_file():
+        return False
     try:
         return bank_path.is_file() and MaskBank(bank_path).parameters_hash == parameters_hash
     except (MassError, ValueError, OSError):
@@ -131,7 +138,8 @@ def generate_masks(dataset: str | int, paths: MassPaths, options: MaskGeneration
     if options.clean and bank_folder.exists():
         shutil.rmtree(bank_folder)
     bank_folder.mkdir(parents=True, exist_ok=True)
-    todo = [c for c in case_ids if not _is_done(bank_folder / f"{c}{BANK_SUFFIX}", parameters_hash)]
+    todo = [c for c in case_ids
+            if not _is_done(bank_folder / f"{c}{BANK_SUFFIX}", parameters_hash, options.previews)]
     jobs = [_CaseJob(c, case_folder, bank_folder, plans_path, options, parameters_hash,
                      record["postprocessing"]["min_voxels"]) for c in todo]
     results, failures = [], []

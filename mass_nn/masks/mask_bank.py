@@ -82,24 +82,47 @@ class MaskBank:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        try:
-            with open(self.path, "rb") as handle:
-                if handle.read(8) != MAGIC:
-                    raise MassError(f"{self.path}: not a mass_nn mask bank; delete it and re-run mass_generate_masks")
-                (length,) = struct.unpack("<Q", handle.read(8))
-                header = json.loads(handle.read(length))
-        except FileNotFoundError as err:
-            raise MassError(f"{self.path}: mask bank not found; run mass_generate_masks first") from err
+        header, length = self._read_header()
         self._data_start = 16 + length
-        self.case_id: str = header["case_id"]
-        self.shape: tuple[int, int, int] = tuple(header["shape"])
-        self.generator: str = header["generator"]
-        self.parameters_hash: str = header["parameters_hash"]
-        self.entries = [MaskEntry.from_dict(d) for d in header["masks"]]
+        try:
+            self.case_id: str = header["case_id"]
+            self.shape: tuple[int, int, int] = tuple(header["shape"])
+            self.generator: str = header["generator"]
+            self.parameters_hash: str = header["parameters_hash"]
+            self.entries = [MaskEntry.from_dict(d) for d in header["masks"]]
+        except (KeyError, TypeError) as err:
+            raise self._damaged(f"header lacks {err}") from err
         self._boxes = np.array([[b for pair in e.box for b in pair] for e in self.entries], dtype=np.int64
                                ).reshape(-1, 6)
         self.voxel_counts = np.array([e.voxels for e in self.entries], dtype=np.int64)
         self._map = None
+        expected = self._data_start + sum(e.nbytes for e in self.entries)
+        actual = self.path.stat().st_size
+        if actual != expected:
+            raise self._damaged(f"{actual} bytes where its header accounts for {expected}")
+
+    def _damaged(self, what: str) -> MassError:
+        return MassError(f"{self.path}: damaged mask bank ({what}); delete it and re-run mass_generate_masks, "
+                         f"which redoes only the cases whose banks do not verify")
+
+    def _read_header(self) -> tuple[dict, int]:
+        try:
+            with open(self.path, "rb") as handle:
+                if handle.read(8) != MAGIC:
+                    raise MassError(f"{self.path}: not a mass_nn mask bank; delete it and re-run mass_generate_masks")
+                prefix = handle.read(8)
+                if len(prefix) < 8:
+                    raise self._damaged("cut inside its header")
+                (length,) = struct.unpack("<Q", prefix)
+                raw = handle.read(length)
+        except FileNotFoundError as err:
+            raise MassError(f"{self.path}: mask bank not found; run mass_generate_masks first") from err
+        if len(raw) < length:
+            raise self._damaged("cut inside its header")
+        try:
+            return json.loads(raw), length
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise self._damaged(f"unreadable header: {err}") from err
 
     def __len__(self) -> int:
         return len(self.entries)

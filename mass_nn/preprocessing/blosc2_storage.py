@@ -14,6 +14,7 @@ from pathlib import Path
 import blosc2
 import numpy as np
 
+from mass_nn.errors import MassError
 from mass_nn.io.atomic import atomic_path
 
 MAX_BLOCK_BYTES = 128 * 1024
@@ -73,9 +74,12 @@ def open_array(path: str | os.PathLike) -> blosc2.NDArray:
     """Open a .b2nd file memory-mapped for reading; slicing decompresses only the blocks it touches."""
     path = Path(path)
     if not path.is_file():
-        from mass_nn.errors import MassError
         raise MassError(f"{path}: preprocessed array not found; run mass_plan_and_preprocess for this configuration")
-    return blosc2.open(str(path), mode="r", mmap_mode="r", dparams=blosc2.DParams(nthreads=1))
+    try:
+        return blosc2.open(str(path), mode="r", mmap_mode="r", dparams=blosc2.DParams(nthreads=1))
+    except (RuntimeError, ValueError, OSError) as err:  # blosc2 reports a cut or damaged frame as RuntimeError
+        raise MassError(f"{path}: damaged or truncated preprocessed array ({err}); delete it and re-run "
+                        f"mass_plan_and_preprocess, which redoes only the cases whose files do not verify") from err
 
 
 def load_array(path: str | os.PathLike) -> np.ndarray:

@@ -21,7 +21,7 @@ from mass_nn.io.image_io import ImageGeometry, read_geometry, read_image
 from mass_nn.parallel import run_per_item
 from mass_nn.planning.mask_slicing import mask_generation_axis, seed_slice_interval
 from mass_nn.planning.plans import Plans
-from mass_nn.preprocessing.blosc2_storage import save_array
+from mass_nn.preprocessing.blosc2_storage import open_array, save_array
 from mass_nn.preprocessing.case_properties import CaseProperties, load_properties, save_properties
 from mass_nn.preprocessing.foreground import bounding_box, crop_to_box, foreground_mask
 from mass_nn.preprocessing.normalization import normalize_channel
@@ -149,9 +149,12 @@ def preprocess_case(case: CaseFiles, plans: Plans, out_folders: dict[str, Path])
 
 
 def is_case_done(output: CaseOutput, expected_hash: str, has_label: bool) -> bool:
+    """Done = the properties (written last) carry the expected hash and every array opens (a cut file does not)."""
     if not (output.properties.is_file() and output.data.is_file()) or (has_label and not output.seg.is_file()):
         return False
     try:
+        for array_path in (output.data, output.seg) if has_label else (output.data,):
+            open_array(array_path)
         return load_properties(output.properties).preprocessing_hash == expected_hash
     except MassError:
         return False
