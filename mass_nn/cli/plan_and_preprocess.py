@@ -38,7 +38,8 @@ def _run(args) -> int:
                             for c in summary["configurations"]) or "none preprocessed"
         print(f"{summary['dataset']}: {summary['cases']} cases; plans {summary['plans']}; {configs}; splits "
               f"train/val/test {summary['splits']['train']}/{summary['splits']['val']}/{summary['splits']['test']}; "
-              f"{summary['seconds']:.1f} s")
+              f"{summary['seconds']:.1f} s" + (f"; {len(summary['warnings'])} warning(s) recorded in "
+                                               f"integrity_warnings.json" if summary["warnings"] else ""))
     return 0
 
 

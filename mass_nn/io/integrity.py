@@ -43,11 +43,13 @@ def _check_image(path: Path) -> tuple[list[str], ImageGeometry | None, np.ndarra
     return problems, geometry, array
 
 
-def _check_label(path: Path, allowed_values: set[int] | None) -> tuple[list[str], object]:
+def _check_label(path: Path, allowed_values: set[int] | None) -> tuple[list[str], object, list[str]]:
     problems, geometry, array = _check_image(path)
     if geometry is None or problems:
-        return problems, geometry
+        return problems, geometry, []
     values = np.unique(array)
+    warnings = [f"{path}: the label map is all background; the case counts as labelled with no structure "
+                f"(fine for a healthy case; otherwise fix the file)"] if values.size == 1 and values[0] == 0 else []
     if not np.all(values == np.round(values)):
         problems.append(f"{path}: label values are not integers; labels must be an integer map (0 = background)")
     elif allowed_values is not None:
@@ -55,12 +57,14 @@ def _check_label(path: Path, allowed_values: set[int] | None) -> tuple[list[str]
         if unknown:
             problems.append(f"{path}: label value(s) {unknown} are not in dataset.json 'labels' "
                             f"{sorted(allowed_values)}; add them to 'labels' or fix the label map")
-    return problems, geometry
+    return problems, geometry, warnings
 
 
-def check_case(case: CaseFiles, num_channels: int, allowed_values: set[int] | None) -> list[str]:
-    """Every problem of one case: channel geometry agreement, label geometry and values, voxel values."""
-    problems, geometries = [], []
+def check_case(case: CaseFiles, num_channels: int, allowed_values: set[int] | None
+               ) -> tuple[list[str], list[str]]:
+    """(problems, warnings) of one case. Problems: channel geometry agreement, label geometry and values, voxel
+    values. Warnings (legal but suspicious): an all-background label map; no label in a labelled dataset."""
+    problems, geometries, warnings = [], [], []
     for image in case.images:
         image_problems, geometry, _ = _check_image(image)
         problems += image_problems
@@ -73,15 +77,19 @@ def check_case(case: CaseFiles, num_channels: int, allowed_values: set[int] | No
             if diff:
                 problems.append(f"{path}: geometry differs from {first_path.name} ({'; '.join(diff)}); all channels "
                                 f"of a case must be co-registered on one grid (resample them onto channel 0)")
+    if case.label is None and allowed_values is not None:
+        warnings.append(f"{case.images[0]}: no label map in labelsTr; the case is used for pretraining only, never "
+                        f"for finetuning or evaluation (add labelsTr/{case.case_id}<ending> if it has one)")
     if case.label is not None:
-        label_problems, label_geometry = _check_label(case.label, allowed_values)
+        label_problems, label_geometry, label_warnings = _check_label(case.label, allowed_values)
         problems += label_problems
+        warnings += label_warnings
         if label_geometry is not None and readable:
             diff = readable[0][1].differences(label_geometry)
             if diff:
                 problems.append(f"{case.label}: label geometry differs from its image {readable[0][0].name} "
                                 f"({'; '.join(diff)}); resample the label onto the image grid (nearest neighbour)")
-    return problems
+    return problems, warnings
 
 
 def _folder_level_problems(dataset_dir: Path, dataset_json: DatasetJson, cases: list[CaseFiles]) -> list[str]:
@@ -119,28 +127,37 @@ def _folder_level_problems(dataset_dir: Path, dataset_json: DatasetJson, cases: 
     return problems
 
 
-def find_dataset_problems(dataset_dir: Path, num_processes: int = 1, pool=None) -> list[str]:
-    """Every problem of the raw dataset at `dataset_dir` (empty list when it is fine)."""
+def inspect_dataset(dataset_dir: Path, num_processes: int = 1, pool=None) -> tuple[list[str], list[str]]:
+    """(problems, warnings) of the raw dataset at `dataset_dir`; both empty when it is fine."""
     dataset_dir = Path(dataset_dir)
     try:
         dataset_json = load_dataset_json(dataset_dir)
     except MassError as err:
-        return [str(err)]
+        return [str(err)], []
     cases = list_cases(dataset_dir, dataset_json)
     problems = _folder_level_problems(dataset_dir, dataset_json, cases)
     allowed = set(dataset_json.labels.values()) if dataset_json.labels is not None else None
     work = functools.partial(check_case, num_channels=dataset_json.num_channels, allowed_values=allowed)
-    per_case = [[] for _ in cases]
+    per_case = [([], []) for _ in cases]
     for index, result in run_per_item(work, cases, num_processes, "integrity check", progress=False,
                                       pool=pool):
-        per_case[index] = [f"{cases[index].case_id}: check failed ({result})"] if isinstance(result, Exception) \
-            else result
-    return problems + [p for case_problems in per_case for p in case_problems]
+        per_case[index] = ([f"{cases[index].case_id}: check failed ({result})"], []) \
+            if isinstance(result, Exception) else result
+    return (problems + [p for case_problems, _ in per_case for p in case_problems],
+            [w for _, case_warnings in per_case for w in case_warnings])
 
 
-def verify_dataset_integrity(dataset_dir: Path, num_processes: int = 1, pool=None) -> None:
-    """Raise DatasetIntegrityError listing every problem, or return quietly when the dataset is sound."""
-    problems = find_dataset_problems(dataset_dir, num_processes, pool)
+def find_dataset_problems(dataset_dir: Path, num_processes: int = 1, pool=None) -> list[str]:
+    """Every problem of the raw dataset at `dataset_dir` (empty list when it is fine)."""
+    return inspect_dataset(dataset_dir, num_processes, pool)[0]
+
+
+def verify_dataset_integrity(dataset_dir: Path, num_processes: int = 1, pool=None) -> list[str]:
+    """Raise DatasetIntegrityError listing every problem; otherwise log and return the warnings."""
+    problems, warnings = inspect_dataset(dataset_dir, num_processes, pool)
     if problems:
         raise DatasetIntegrityError(dataset_dir, problems)
-    logger.info("integrity check passed: %s", dataset_dir)
+    for warning in warnings:
+        logger.warning("warning: %s", warning)
+    logger.info("integrity check passed: %s%s", dataset_dir, f" ({len(warnings)} warning(s))" if warnings else "")
+    return warnings

@@ -1,7 +1,8 @@
 """The whole first stage for one dataset: integrity check → fingerprint → plans → splits → preprocessing.
 
 Artifacts in `<MASS_preprocessed>/<Dataset>/`: dataset.json (copy), dataset_fingerprint.json,
-<plans_name>.json, splits.json, and one folder of preprocessed cases per configuration.
+integrity_warnings.json (legal but suspicious inputs, documentation/bad_inputs.md), <plans_name>.json,
+splits.json, and one folder of preprocessed cases per configuration.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from mass_nn.preprocessing.preprocessor import preprocess_cases
 logger = logging.getLogger(__name__)
 
 FINGERPRINT_FILE = "dataset_fingerprint.json"
+INTEGRITY_FILE = "integrity_warnings.json"
 SPLITS_FILE = "splits.json"
 
 
@@ -65,9 +67,11 @@ def _plan_and_preprocess(dataset: str | int, paths: MassPaths, options: PlanAndP
     start = time.time()
     name = find_dataset_name(dataset, [paths.raw])
     raw_dir, out_dir = paths.raw / name, paths.preprocessed / name
-    if options.verify_integrity:
-        verify_dataset_integrity(raw_dir, options.num_processes, pool=pool)
+    warnings = verify_dataset_integrity(raw_dir, options.num_processes, pool=pool) if options.verify_integrity \
+        else None
     out_dir.mkdir(parents=True, exist_ok=True)
+    if warnings is not None:
+        write_json_atomic({"dataset": name, "warnings": warnings}, out_dir / INTEGRITY_FILE)
     fingerprint = load_or_extract_fingerprint(raw_dir, out_dir, options, pool)
     preset_name, plans_name, settings = load_preset(options.preset)
     plans: Plans = plan_experiment(fingerprint, settings, plans_name=plans_name, preset=preset_name)
@@ -86,5 +90,5 @@ def _plan_and_preprocess(dataset: str | int, paths: MassPaths, options: PlanAndP
         results = preprocess_cases(cases, plans, folders, options.num_processes, options.clean, options.progress,
                                    pool=pool)
     return {"dataset": name, "cases": len(cases), "plans": str(out_dir / f"{plans_name}.json"),
-            "configurations": results, "splits": {k: len(splits[k]) for k in ("train", "val", "test")},
+            "configurations": results, "warnings": warnings or [], "splits": {k: len(splits[k]) for k in ("train", "val", "test")},
             "seconds": round(time.time() - start, 2)}

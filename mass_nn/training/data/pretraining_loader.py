@@ -35,14 +35,17 @@ class PretrainingCase:
 
 
 def validate_cases(cases: list[PretrainingCase]) -> None:
-    """Raise MassError naming the file when an image is missing or a bank is missing or holds no masks."""
+    """Raise MassError naming the file when an image is missing or damaged, or a bank is missing, damaged or
+    holds no masks: before the first step, not an epoch into training."""
     if not cases:
         raise MassError("no cases to pretrain on: the case list is empty")
     for case in cases:
         if not Path(case.image_path).is_file():
             raise MassError(f"{case.image_path}: preprocessed image of case {case.case_id!r} not found; run "
                             "mass_plan_and_preprocess for this configuration")
+        open_array(case.image_path)
         bank = MaskBank(case.bank_path)
+        bank.close()
         if len(bank) == 0:
             raise MassError(f"{bank.path}: the mask bank of case {case.case_id!r} holds no masks; run "
                             "mass_generate_masks for it (or leave the case out)")
