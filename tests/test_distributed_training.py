@@ -7,6 +7,8 @@ import socket
 import subprocess
 import sys
 
+import pytest
+
 from mass_nn.training.metrics_log import read_metrics
 
 
@@ -32,6 +34,8 @@ def test_two_process_ddp_stays_in_sync_and_rank0_writes(pretraining_roots):
     assert sync["parameter_checksums"][0] == sync["parameter_checksums"][1]
     assert [r["epoch"] for r in read_metrics(folder)] == [1]  # one writer: no duplicated records
     log = (folder / "training_log.txt").read_text()
-    assert log.count("training finished") == 1 and "world 2" in log
+    assert log.count("training finished") == 1 and "batch 1 x 2 process(es) = global batch 2, lr 0.0005 " in log
+    run_config = json.loads((folder / "run_config.json").read_text())  # the lr follows the global batch
+    assert run_config["global_batch_size"] == 2 and run_config["lr"] == pytest.approx(2e-3 * (2 / 32) ** 0.5)
     assert done.stdout.count("finished: 1 epochs") == 1  # the summary line comes from rank 0 only
     assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) == []  # no stray temporary files

@@ -48,7 +48,8 @@ def test_cli_writes_every_artifact(pretraining_roots):
     for key in ("train_loss", "train_dice_loss", "train_bce_loss", "lr", "val_loss", "val_mask_dice"):
         assert key in records[0], key
     config = json.loads((folder / "run_config.json").read_text())
-    assert config["epochs"] == 2 and config["lr"] == 2e-3 and config["masks"] == "supervoxel"
+    assert config["epochs"] == 2 and config["masks"] == "supervoxel"
+    assert config["global_batch_size"] == 1 and config["lr"] == pytest.approx(2e-3 * (1 / 32) ** 0.5)
     assert config["extra"]["num_tasks"] == 4
     final = load_checkpoint(folder / "checkpoint_final.pt")
     assert final.meta.trainer == "MASSPretrainer" and final.meta.network_class == "InContextSegmenter"
@@ -101,7 +102,7 @@ def test_existing_run_needs_continue_and_keeps_its_options(pretraining_roots):
     run_training(options(epochs=1, iters_per_epoch=1), pretraining_roots)
     with pytest.raises(MassError, match="--continue"):
         run_training(options(epochs=1, iters_per_epoch=1), pretraining_roots)
-    with pytest.raises(MassError, match="lr: run has 0.002"):
+    with pytest.raises(MassError, match="lr: run has 0.00035"):
         run_training(options(epochs=1, iters_per_epoch=1, lr=1e-3, continue_training=True), pretraining_roots)
 
 

@@ -17,6 +17,7 @@ import sys
 
 from mass_nn.cli.common import add_common_arguments, add_path_arguments, paths_from_args, run_cli
 from mass_nn.errors import MassError
+from mass_nn.training.optim.lr_scaling import LR_SCALING_RULES
 from mass_nn.training.options import TrainingOptions
 
 
@@ -39,7 +40,10 @@ def _add_run_arguments(p, default_trainer: str, defaults: str) -> None:
     p.add_argument("--epochs", type=int, help=f"epochs (trainer default: {defaults})")
     p.add_argument("--iters-per-epoch", type=int, help="optimiser steps per epoch (trainer default)")
     p.add_argument("--batch-size", type=int, help="per-process batch size (default: the plans')")
-    p.add_argument("--lr", type=float, help="peak learning rate (trainer default)")
+    p.add_argument("--lr", type=float, help="peak learning rate, used as given (default: the trainer's, scaled to "
+                                            "the global batch by --lr-scaling)")
+    p.add_argument("--lr-scaling", choices=LR_SCALING_RULES,
+                   help="how the default lr follows the global batch (trainer default, e.g. sqrt for MASS)")
     p.add_argument("--grad-clip", type=float, help="max gradient norm (trainer default, e.g. 1.0)")
     p.add_argument("--seed", type=int, default=0, help="seed of weights, batch order and shot selection "
                                                        "(default: %(default)s)")
@@ -102,6 +106,7 @@ def options_from_args(args) -> TrainingOptions:
     return TrainingOptions(mode=args.mode, datasets=[str(d) for d in args.datasets], trainer=args.trainer,
                            configuration=args.configuration, plans_name=args.plans_name, epochs=args.epochs,
                            iters_per_epoch=args.iters_per_epoch, batch_size=args.batch_size, lr=args.lr,
+                           lr_scaling=args.lr_scaling,
                            seed=args.seed, tag=args.tag, continue_training=args.continue_training,
                            num_workers=args.num_workers, threads=args.threads, device=args.device,
                            val_every=args.val_every, grad_clip=args.grad_clip,

@@ -28,7 +28,9 @@ class TrainingOptions:
     epochs: int | None = None
     iters_per_epoch: int | None = None
     batch_size: int | None = None
-    lr: float | None = None
+    lr: float | None = None  # None: the trainer's default lr, scaled to the global batch by lr_scaling
+    lr_scaling: str | None = None  # "sqrt", "linear" or "none" (lr_scaling.py); None: the trainer's rule
+    global_batch_size: int | None = None  # resolved: batch_size x processes, the batch the lr is scaled for
     seed: int = 0
     tag: str = ""
     continue_training: bool = False

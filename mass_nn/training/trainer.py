@@ -30,6 +30,7 @@ from mass_nn.training.distributed import (DistributedContext, any_rank, init_dis
 from mass_nn.training.metrics_log import (RunLogFile, append_metrics, format_epoch_line, read_metrics,
                                           truncate_metrics)
 from mass_nn.training.optim.ema import ModelEMA
+from mass_nn.training.optim.lr_scaling import scaled_learning_rate
 from mass_nn.training.optim.schedules import build_lr_scheduler
 from mass_nn.training.options import TrainingOptions, load_run_config, merge_for_continue, save_run_config
 from mass_nn.training.plans_compatibility import plans_differences, pool_channel_layouts
@@ -46,6 +47,9 @@ class Trainer:
     default_epochs: ClassVar[int] = 100
     default_iters_per_epoch: ClassVar[int] = 1000
     default_lr: ClassVar[float] = 2e-3
+    # the global batch default_lr was set for (None: never scaled) and the rule that scales it (lr_scaling.py)
+    lr_reference_batch: ClassVar[int | None] = None
+    default_lr_scaling: ClassVar[str] = "sqrt"
     default_grad_clip: ClassVar[float] = 1.0  # max global gradient norm
     best_metric_key: ClassVar[str] = "val_loss"  # validate() may override per run through self.best_metric_key
     best_metric_mode: ClassVar[str] = "min"
@@ -147,6 +151,7 @@ class Trainer:
         self.fill_defaults()
         torch.manual_seed(self.options.seed)
         self.setup()
+        self.resolve_learning_rate()
         self.thread_governor = ThreadGovernor(self.options.num_workers or 0, requested=self.options.threads)
         try:
             return self._run_with_threads()
@@ -166,10 +171,13 @@ class Trainer:
                 if self._start_message:
                     logger.info("%s", self._start_message)
                 logger.info("%s", self.thread_governor.plan.describe())
-                logger.info("%s on %s (%s, %s): epochs %d x %d steps, batch %d, lr %g, device %s, world %d -> %s",
-                            self.name, self.dataset_name, self.options.plans_name, self.options.configuration,
-                            self.options.epochs, self.options.iters_per_epoch, self.options.batch_size,
-                            self.options.lr, self.device, self.context.world_size, self.output_folder)
+                o = self.options
+                scaling = "" if self.lr_reference_batch is None or o.lr_scaling == "none" else \
+                    f" ({o.lr_scaling} scaling of {self.default_lr:g} at global batch {self.lr_reference_batch})"
+                logger.info("%s on %s (%s, %s): epochs %d x %d steps, batch %d x %d process(es) = global batch %d, "
+                            "lr %g%s, device %s -> %s", self.name, self.dataset_name, o.plans_name, o.configuration,
+                            o.epochs, o.iters_per_epoch, o.batch_size, self.context.world_size, o.global_batch_size,
+                            o.lr, scaling, self.device, self.output_folder)
             stopped = self._train_epochs(stop)
             if self.context.is_main:
                 logger.info("%s", "stopped early; resume with --continue" if stopped else "training finished")
@@ -181,10 +189,20 @@ class Trainer:
         o = self.options
         o.epochs = o.epochs if o.epochs is not None else self.default_epochs
         o.iters_per_epoch = o.iters_per_epoch if o.iters_per_epoch is not None else self.default_iters_per_epoch
-        o.lr = o.lr if o.lr is not None else self.default_lr
         o.grad_clip = o.grad_clip if o.grad_clip is not None else self.default_grad_clip
         if o.epochs < 1 or o.iters_per_epoch < 1:
             raise MassError(f"--epochs and --iters-per-epoch must be at least 1 (got {o.epochs}, {o.iters_per_epoch})")
+
+    def resolve_learning_rate(self) -> None:
+        """The global batch (per-process batch x processes, known after setup) and the lr for it: an lr given
+        on the command line as it is, else the default lr scaled from lr_reference_batch by the rule."""
+        o = self.options
+        o.global_batch_size = o.batch_size * self.context.world_size
+        if o.lr is not None:
+            o.lr_scaling = o.lr_scaling or "none"
+            return
+        o.lr_scaling = o.lr_scaling or self.default_lr_scaling
+        o.lr = scaled_learning_rate(self.default_lr, o.global_batch_size, self.lr_reference_batch, o.lr_scaling)
 
     def _warmup_steps(self) -> int:
         """The warm-up length in steps, kept inside what both schedules accept on very short runs."""

@@ -42,6 +42,7 @@ class MASSPretrainer(Trainer):
     default_epochs: ClassVar[int] = 100
     default_iters_per_epoch: ClassVar[int] = 1000
     default_lr: ClassVar[float] = 2e-3
+    lr_reference_batch: ClassVar[int | None] = 32  # the paper: 8 processes x batch 4 at 2e-3
     default_settings: ClassVar[dict] = MASS_SETTINGS
 
     def resolve_data(self) -> None:
