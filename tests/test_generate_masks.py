@@ -1,16 +1,19 @@
 """mass_generate_masks orchestration: outputs, sharding, resumption, failures and user errors."""
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from mass_nn.cli import generate_masks as cli
-from mass_nn.errors import MassError
+from mass_nn.errors import MassError, PlansValidationError
+from mass_nn.io.atomic import read_json
 from mass_nn.masks.generate import MaskGenerationOptions, generate_masks, select_part
 from mass_nn.masks.mask_bank import MaskBank
 from mass_nn.paths import MassPaths
 from mass_nn.planning.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess
+from tests.conftest import make_raw_dataset
 
 
 @pytest.fixture(scope="module")
@@ -130,3 +133,24 @@ def test_sam2_without_checkpoint_stops_before_any_work(paths, monkeypatch, capsy
     monkeypatch.setenv("MASS_SAM2_CHECKPOINT", str(paths.raw / "missing_sam2.1_hiera_tiny.pt"))
     assert cli.main(["-d", "990", *roots]) == 1, "a configured checkpoint makes sam2 the default generator"
     assert "missing_sam2.1_hiera_tiny.pt" in capsys.readouterr().err
+
+
+def test_the_plans_choose_the_mask_channel_and_a_missing_channel_is_refused(tmp_path):
+    paths = MassPaths(raw=tmp_path / "raw", preprocessed=tmp_path / "pre", results=tmp_path / "res")
+    make_raw_dataset(paths.raw, num_cases=2, channel_names=("CT", "PET"))
+    preset = tmp_path / "pet_masks.json"
+    preset.write_text('{"description": "masks from PET", "plans_name": "MassPlans", '
+                      '"settings": {"configurations": ["3d_cpu"], "mask_channel": 1}}')
+    plan_and_preprocess(900, paths, PlanAndPreprocessOptions(preset=str(preset), num_processes=1, progress=False))
+    plans = read_json(paths.preprocessed / "Dataset900_Tiny" / "MassPlans.json")
+    assert plans["mask_generation"]["channel"] == 1
+    options = MaskGenerationOptions(generator="supervoxel", num_processes=1, progress=False, previews=False)
+    summary = generate_masks(900, paths, options)
+    assert read_json(Path(summary["folder"]) / "masks.json")["channel"] == 1  # the PET channel, from the plans
+    with pytest.raises(MassError, match="--channel 2 does not exist; the dataset's channels are 0 \\(CT\\), 1 "):
+        generate_masks(900, paths, MaskGenerationOptions(channel=2, progress=False))
+    preset.write_text('{"description": "no such channel", "plans_name": "MassPlans", '
+                      '"settings": {"configurations": ["3d_cpu"], "mask_channel": 3}}')
+    with pytest.raises(PlansValidationError, match="mask_channel = 3: dataset Dataset900_Tiny has 2 channel"):
+        plan_and_preprocess(900, paths, PlanAndPreprocessOptions(preset=str(preset), num_processes=1,
+                                                                 progress=False))

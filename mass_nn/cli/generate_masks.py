@@ -26,7 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="model size (default: inferred from the checkpoint file name)")
     sam2.add_argument("--sam2-image-size", type=int, help="SAM2 input size, multiple of 32 (default 1024)")
     sam2.add_argument("--multi-axis", action="store_true", help="seed slices along all three axes")
-    parser.add_argument("--channel", type=int, default=0, help="input channel the masks are made from (default 0)")
+    parser.add_argument("--channel", type=int,
+                        help="input channel the masks are made from (default: the plans' mask_generation.channel, "
+                             "the first channel unless a preset says otherwise)")
     parser.add_argument("--min-volume-mm3", type=float, default=200.0, help="drop smaller masks (default 200 mm³)")
     parser.add_argument("-np", "--num-processes", type=int, default=1,
                         help="worker processes, each with its own generator/model (default 1)")

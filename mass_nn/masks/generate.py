@@ -12,7 +12,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from mass_nn import __version__
@@ -23,6 +23,7 @@ from mass_nn.masks.case_loading import load_case_input, preprocessed_case_ids
 from mass_nn.masks.mask_bank import BANK_SUFFIX, MaskBank, write_mask_bank
 from mass_nn.masks.postprocess import deduplicate, drop_small
 from mass_nn.masks.previews import write_preview
+from mass_nn.masks.windowing import QUANTILE_RULE
 from mass_nn.parallel import run_per_item
 from mass_nn.paths import MassPaths
 from mass_nn.planning.plans import load_plans
@@ -38,7 +39,7 @@ class MaskGenerationOptions:
     generator_settings: dict = field(default_factory=dict)
     configuration: str = "3d_cpu"
     plans_name: str = "MassPlans"
-    channel: int = 0
+    channel: int | None = None  # None: the plans' mask_generation.channel
     min_volume_mm3: float = 200.0
     iou_threshold: float = 0.9
     dedupe_seed: int = 0
@@ -103,6 +104,16 @@ def _is_done(bank_path: Path, parameters_hash: str, preview: bool = False) -> bo
         return False
 
 
+def _mask_channel(plans, requested: int | None, plans_path: Path) -> int:
+    """The channel masks are made from: --channel, else the plans' choice; refused when it does not exist."""
+    channel = plans.mask_generation.channel if requested is None else requested
+    if not 0 <= channel < len(plans.channels):
+        names = ", ".join(f"{c.index} ({c.name})" for c in plans.channels)
+        source = "--channel" if requested is not None else f"{plans_path}: mask_generation.channel"
+        raise MassError(f"{source} {channel} does not exist; the dataset's channels are {names}")
+    return channel
+
+
 def select_part(case_ids: list[str], num_parts: int, part_id: int) -> list[str]:
     """The cases of shard `part_id` of `num_parts` (every case in exactly one shard)."""
     if num_parts < 1 or not 0 <= part_id < num_parts:
@@ -125,6 +136,7 @@ def generate_masks(dataset: str | int, paths: MassPaths, options: MaskGeneration
     name = find_dataset_name(dataset, [paths.preprocessed, paths.raw])
     plans_path = paths.preprocessed / name / f"{options.plans_name}.json"
     plans = load_plans(plans_path)
+    options = replace(options, channel=_mask_channel(plans, options.channel, plans_path))
     config = plans.configuration(options.configuration)
     case_folder = paths.preprocessed / name / config.data_identifier
     case_ids = select_part(preprocessed_case_ids(case_folder, str(dataset), options.configuration),
@@ -133,6 +145,8 @@ def generate_masks(dataset: str | int, paths: MassPaths, options: MaskGeneration
     record = _record(options, generator.parameters(), config.target_spacing_zyx_mm)
     generator.close()
     record["preprocessing_hash"] = plans.preprocessing_hash(options.configuration)
+    if any(w.kind == "quantile" for w in plans.channels[options.channel].windows):
+        record["quantile_windows"] = QUANTILE_RULE
     parameters_hash = hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:16]
     bank_folder = case_folder / f"masks_{options.generator}"
     if options.clean and bank_folder.exists():

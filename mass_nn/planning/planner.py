@@ -16,6 +16,7 @@ import math
 import numpy as np
 
 from mass_nn import __version__
+from mass_nn.errors import PlansValidationError
 from mass_nn.planning.fingerprint import DatasetFingerprint
 from mass_nn.planning.mask_slicing import mask_generation_axis, seed_slice_interval
 from mass_nn.planning.modality import CT
@@ -90,6 +91,10 @@ CONFIGURATION_PLANNERS = {"3d_paper": plan_paper_configuration, "3d_cpu": plan_c
 def plan_experiment(fingerprint: DatasetFingerprint, settings: PlannerSettings, plans_name: str = "MassPlans",
                     preset: str = "default") -> Plans:
     """Derive the plans of a dataset from its fingerprint."""
+    if not 0 <= settings.mask_channel < len(fingerprint.channels):
+        raise PlansValidationError(f"preset setting mask_channel = {settings.mask_channel}: dataset "
+                                   f"{fingerprint.dataset_name} has {len(fingerprint.channels)} channel(s) "
+                                   f"(0..{len(fingerprint.channels) - 1}); choose one of them")
     median_spacing = fingerprint.median_spacing_zyx_mm
     axis = mask_generation_axis(median_spacing, settings.isotropy_ratio)
     configurations = {name: CONFIGURATION_PLANNERS[name](fingerprint, settings, axis, plans_name)
@@ -104,5 +109,5 @@ def plan_experiment(fingerprint: DatasetFingerprint, settings: PlannerSettings, 
             axis=axis, axis_spacing_mm=float(median_spacing[axis]),
             seed_slice_distance_mm=settings.seed_slice_distance_mm,
             seed_slice_interval_native=seed_slice_interval(median_spacing[axis], settings.seed_slice_distance_mm),
-            isotropy_ratio=settings.isotropy_ratio),
+            isotropy_ratio=settings.isotropy_ratio, channel=settings.mask_channel),
         split_seed=settings.split_seed, split_fractions=dict(settings.split_fractions))

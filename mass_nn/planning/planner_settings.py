@@ -37,6 +37,7 @@ class PlannerSettings:
     cpu_min_patch_edge: int = 32
     seed_slice_distance_mm: float = DEFAULT_SEED_SLICE_DISTANCE_MM
     isotropy_ratio: float = ISOTROPY_RATIO
+    mask_channel: int = 0  # the input channel masks are made from (mass_generate_masks --channel overrides)
     ct_windows_center_width_hu: dict[str, tuple[float, float]] = field(
         default_factory=lambda: dict(DEFAULT_CT_WINDOWS_HU))
     quantile_windows_percent: dict[str, tuple[float, float]] = field(

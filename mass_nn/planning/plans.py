@@ -80,6 +80,7 @@ class MaskGenerationPlan:
     seed_slice_distance_mm: float
     seed_slice_interval_native: int  # at the median original spacing
     isotropy_ratio: float
+    channel: int = 0  # the input channel masks are made from (mass_generate_masks --channel overrides)
 
 
 @dataclass
