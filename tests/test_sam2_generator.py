@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,8 +17,14 @@ from mass_nn.masks.generators import sam2_backend
 from mass_nn.masks.generators.sam2_backend import CHECKPOINT_GUIDANCE, Sam2Backend, Sam2Settings, SeedMask
 from mass_nn.masks.generators.sam2_generator import (
     Sam2Generator, axes_and_intervals, drop_small_masks, select_diverse, seed_slices, slice_frames)
-from mass_nn.masks.proposal import CaseInput
+from mass_nn.masks.generate import MaskGenerationOptions, generate_masks
+from mass_nn.masks.mask_bank import MaskBank
+from mass_nn.masks.native_grid import transfer_to_grid
+from mass_nn.masks.proposal import CaseInput, MaskProposal
+from mass_nn.paths import MassPaths
+from mass_nn.planning.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess
 from mass_nn.registry import MASK_GENERATORS
+from tests.conftest import make_raw_dataset
 
 
 # ---- a fake engine: objects are encoded as grey values of channel 0 ---------------------------------------
@@ -361,3 +368,45 @@ def test_bad_settings_are_refused():
     if not torch.cuda.is_available():
         with pytest.raises(MassError, match="no CUDA GPU"):
             Sam2Generator(allow_random_weights=True, device="cuda")
+
+
+# ---- native resolution: SAM2 on the raw slices, masks carried to the preprocessed grid ----------------------
+
+@pytest.mark.parametrize("native, target", [((20, 30, 25), (8, 12, 10)), ((10, 30, 25), (17, 12, 40))])
+def test_carrying_a_mask_to_the_grid_is_linear_resampling_kept_at_one_half(native, target):
+    mask = np.zeros(native, bool)
+    mask[3:7, 5:20, 4:18] = np.random.default_rng(0).random((4, 15, 14)) > 0.3
+    carried = transfer_to_grid(MaskProposal.from_full(mask, "sam2", axis=0, seed_slice=5), native, target)
+    expected = torch.nn.functional.interpolate(torch.tensor(mask, dtype=torch.float32)[None, None], size=target,
+                                               mode="trilinear", align_corners=False)[0, 0].numpy() >= 0.5
+    np.testing.assert_array_equal(carried.full(target), expected)
+    assert carried.seed_slice == round((5 + 0.5) * target[0] / native[0] - 0.5)
+    assert carried.extra["native_box"] == [[3, 7], [5, 20], [4, 18]]
+
+
+def test_sam2_tracks_the_raw_slices_of_a_thick_slice_volume(tmp_path, one_torch_thread, monkeypatch):
+    paths = MassPaths(raw=tmp_path / "raw", preprocessed=tmp_path / "pre", results=tmp_path / "res")
+    make_raw_dataset(paths.raw, num_cases=1, shape_zyx=(8, 24, 20), spacing_xyz=(1.5, 1.5, 6.0))
+    plan_and_preprocess(900, paths, PlanAndPreprocessOptions(preset="cpu_only", num_processes=1, progress=False))
+    props = json.loads(next((paths.preprocessed / "Dataset900_Tiny").rglob("case_000.json")).read_text())
+    assert props["mask_axis"] == 0 and props["shape_after_resampling_zyx"][0] > 8  # 6 mm slices refined: repeats
+    seen = []
+    original = Sam2Backend.open_frames
+
+    def recording(self, frames):
+        seen.append(np.array(frames))
+        return original(self, frames)
+
+    monkeypatch.setattr(Sam2Backend, "open_frames", recording)
+    settings = {"image_size": 128, "device": "cpu", "points_per_side": 4, "pred_iou_thresh": 0.0,
+                "stability_score_thresh": 0.0, "box_nms_thresh": 1.0, "max_masks_per_slice": 2,
+                "objects_per_batch": 2, "allow_random_weights": True}
+    summary = generate_masks(900, paths, MaskGenerationOptions(generator="sam2", generator_settings=settings,
+                                                               num_processes=1, progress=False, previews=False))
+    frames, = seen
+    crop = props["crop_box_zyx"]
+    assert frames.shape[:3] == (crop[0][1] - crop[0][0], crop[1][1] - crop[1][0], crop[2][1] - crop[2][0])
+    assert all(not np.array_equal(a, b) for a, b in zip(frames[:-1], frames[1:]))  # no duplicated frame
+    bank = MaskBank(Path(summary["folder"]) / "case_000.masks")
+    assert list(bank.shape) == props["shape_after_resampling_zyx"] and len(bank) > 0
+    assert json.loads((Path(summary["folder"]) / "masks.json").read_text())["grid"].startswith("native")

@@ -22,11 +22,14 @@ from mass_nn.io.dataset_json import find_dataset_name
 from mass_nn.masks.case_loading import load_case_input, preprocessed_case_ids
 from mass_nn.masks.mask_bank import BANK_SUFFIX, MaskBank, write_mask_bank
 from mass_nn.masks.postprocess import deduplicate, drop_small
+from mass_nn.masks.native_grid import load_native_case_input, proposals_to_grid
 from mass_nn.masks.previews import write_preview
 from mass_nn.masks.windowing import QUANTILE_RULE
 from mass_nn.parallel import run_per_item
 from mass_nn.paths import MassPaths
 from mass_nn.planning.plans import load_plans
+from mass_nn.preprocessing.case_properties import load_properties
+from mass_nn.preprocessing.preprocessor import CaseOutput
 from mass_nn.registry import MASK_GENERATORS
 
 logger = logging.getLogger(__name__)
@@ -80,7 +83,13 @@ def _run_case(job: _CaseJob) -> dict:
     plans = load_plans(job.plans_path)
     generator = _generator(job.options)
     case = load_case_input(job.case_folder, job.case_id, plans, job.options.channel, generator.needs_label)
-    proposals = drop_small(generator.generate(case), job.min_voxels)
+    if generator.native_resolution:
+        props = load_properties(CaseOutput(job.case_folder, job.case_id).properties)
+        native = load_native_case_input(props, plans, job.options.channel)
+        proposals = proposals_to_grid(generator.generate(native), native.shape, case.shape)
+    else:
+        proposals = generator.generate(case)
+    proposals = drop_small(proposals, job.min_voxels)
     proposals = deduplicate(proposals, job.options.iou_threshold, job.options.dedupe_seed)
     bank_path = job.bank_folder / f"{job.case_id}{BANK_SUFFIX}"
     write_mask_bank(bank_path, job.case_id, case.shape, proposals, job.options.generator, job.parameters_hash)
@@ -143,6 +152,8 @@ def generate_masks(dataset: str | int, paths: MassPaths, options: MaskGeneration
                            options.num_parts, options.part_id)
     generator = MASK_GENERATORS.get(options.generator)(**options.generator_settings)  # fails early on bad input
     record = _record(options, generator.parameters(), config.target_spacing_zyx_mm)
+    if generator.native_resolution:
+        record["grid"] = "native, carried to the preprocessed grid by linear + 0.5"
     generator.close()
     record["preprocessing_hash"] = plans.preprocessing_hash(options.configuration)
     if any(w.kind == "quantile" for w in plans.channels[options.channel].windows):

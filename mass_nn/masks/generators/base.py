@@ -11,11 +11,14 @@ class MaskGenerator(ABC):
 
     Subclasses set `name`, take their settings as keyword arguments in __init__ (the CLI passes them), report
     every setting that shapes the output in `parameters()` (written to masks.json), and may set
-    `needs_label = True` when they read `CaseInput.label`.
+    `needs_label = True` when they read `CaseInput.label`. With `native_resolution = True` generate() gets the
+    raw image in its own geometry (cropped like preprocessing) and its masks are carried to the preprocessed grid
+    afterwards (masks/native_grid.py); otherwise it works on the preprocessed grid.
     """
 
     name: str = ""
     needs_label: bool = False
+    native_resolution: bool = False
 
     @abstractmethod
     def parameters(self) -> dict:

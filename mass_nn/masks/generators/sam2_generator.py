@@ -187,6 +187,7 @@ class Sam2Generator(MaskGenerator):
     """SAM2 automatic masks on seed slices, propagated through the volume in both directions (MASS 6.1)."""
 
     name = "sam2"
+    native_resolution = True  # the supplement: SAM2 on the original slices, masks resampled afterwards
 
     def __init__(self, checkpoint: str | Path | None = None, model: str | None = None, image_size: int = 1024,
                  device: str = "auto", points_per_side: int = 32, points_per_batch: int = 64,
