@@ -4,7 +4,9 @@ generator) read as RGB.
 Quantile windows are percentiles of the image's foreground, not of every voxel of the crop, where air or the
 zero background outside a skull-stripped brain would set them (brain MR: Best 30.9 over all voxels vs 41.8 over
 the brain, documentation/mask_generators_weight_free.md). The foreground is preprocessing's definition: the
-body for CT, the voxels off the background value for other modalities.
+body for CT; for other modalities the voxels off the background value (the median of the volume's faces: 0
+around a skull-stripped brain, the constant a z-scored export puts there), which generalises preprocessing's
+"nonzero".
 """
 from __future__ import annotations
 
@@ -15,8 +17,8 @@ from mass_nn.planning.plans import ChannelPlan
 from mass_nn.planning.windows import IntensityWindow
 from mass_nn.preprocessing.foreground import ct_body_mask
 
-# off-background: |x| above this share of the image's p99.5 of |x|; far above the error of the stored
-# intensities (12 mantissa bits, about 2.4e-4 relative) and far below any tissue
+# off-background: further from the background value than this share of the image's p0.5-p99.5 range; far above
+# the error of the stored intensities (12 mantissa bits, about 2.4e-4 relative) and far below any tissue contrast
 BACKGROUND_TOLERANCE = 1e-3
 MIN_FOREGROUND_SHARE = 0.01  # below this the image has no usable foreground: quantiles over every voxel
 QUANTILE_RULE = "percentiles of the foreground"  # recorded with the banks, so banks of the old rule are redone
@@ -28,9 +30,16 @@ def quantile_foreground(raw: np.ndarray, modality: str) -> np.ndarray:
     if modality == CT:
         mask = ct_body_mask(raw)
     else:
-        magnitude = np.abs(raw)
-        mask = magnitude > BACKGROUND_TOLERANCE * float(np.percentile(magnitude, 99.5))
+        low, high = np.percentile(raw, [0.5, 99.5])
+        mask = np.abs(raw - background_value(raw)) > BACKGROUND_TOLERANCE * max(float(high - low), 1e-12)
     return raw[mask] if mask.mean() >= MIN_FOREGROUND_SHARE else raw.ravel()
+
+
+def background_value(raw: np.ndarray) -> float:
+    """The median of the volume's six faces: 0 around a skull-stripped brain, the constant a z-scored export
+    gives its background, the air level of an MR crop."""
+    faces = [np.take(raw, index, axis=axis).ravel() for axis in range(raw.ndim) for index in (0, -1)]
+    return float(np.median(np.concatenate(faces)))
 
 
 def window_bounds(window: IntensityWindow, values: np.ndarray) -> tuple[float, float]:
