@@ -94,3 +94,11 @@ def pretraining_roots(phantom_with_masks, tmp_path):
     from mass_nn.paths import MassPaths
     return MassPaths(raw=phantom_with_masks.raw, preprocessed=phantom_with_masks.preprocessed,
                      results=tmp_path / "results")
+
+
+def single_folder(parent: Path, pattern: str) -> Path:
+    """The one folder under `parent` matching the glob `pattern` (run folders of pretrained runs carry the
+    checkpoint's identity: `...__pretrained-<id>_1shot_seed0`)."""
+    matches = sorted(p for p in Path(parent).glob(pattern) if p.is_dir())
+    assert len(matches) == 1, f"{pattern}: {[m.name for m in matches]}"
+    return matches[0]

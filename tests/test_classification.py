@@ -32,6 +32,7 @@ from mass_nn.training.finetune.classification_settings import ClassificationSett
 from mass_nn.training.metrics_log import read_metrics
 from mass_nn.training.options import TrainingOptions
 from mass_nn.training.run_training import run_training
+from tests.conftest import single_folder
 
 PHANTOM = "Dataset990_PhantomCT"
 
@@ -224,7 +225,8 @@ def test_probe_from_a_pretrained_checkpoint_end_to_end(probe_paths, capsys):
                 "--epochs", "3") == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert line.startswith("finished: 3 epochs") and "test mean AUC" in line
-    folder = probe_paths.results / PHANTOM / "ClassificationProbe__MassPlans__3d_cpu__pretrained_frac1_seed0"
+    folder = single_folder(probe_paths.results / PHANTOM,
+                           "ClassificationProbe__MassPlans__3d_cpu__pretrained-*_frac1_seed0")
     for name in ("checkpoint_best.pt", "checkpoint_final.pt", "training_cases.json", "test_summary.json",
                  "test_predictions.csv", "encoder_initialisation.json", "metrics.jsonl", "training_log.txt"):
         assert (folder / name).is_file(), name

@@ -16,7 +16,9 @@ from mass_nn.inference.task_embedding_file import load_task_embedding
 from mass_nn.io.image_io import read_image, write_image
 from mass_nn.training.checkpoint import load_checkpoint, model_state_dict, save_checkpoint
 from mass_nn.training.options import TrainingOptions
+from mass_nn.training.run_folder import checkpoint_identity
 from mass_nn.training.run_training import run_training
+from tests.conftest import single_folder
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +45,8 @@ def _finetune_args(paths, *extra) -> list[str]:
 def test_finetune_from_pretrained_writes_shots_checkpoints_and_test_summary(pretrained, capsys):
     paths, checkpoint = pretrained
     assert train_main(_finetune_args(paths, "-shots", "2", "--seed", "1", "--pretrained", checkpoint)) == 0
-    folder = paths.results / "Dataset990_PhantomCT" / "SegmentationFinetuner__MassPlans__3d_cpu__pretrained_2shot_seed1"
+    folder = paths.results / "Dataset990_PhantomCT" / (f"SegmentationFinetuner__MassPlans__3d_cpu__pretrained-"
+                                                       f"{checkpoint_identity(checkpoint)}_2shot_seed1")
     shots = json.loads((folder / "shots.json").read_text())
     assert len(shots["training_cases"]) == 2 and shots["seed"] == 1
     assert shots["weights"]["missing"] == [] and shots["weights"]["unexpected"] == []
@@ -70,7 +73,8 @@ def test_finetune_from_pretrained_writes_shots_checkpoints_and_test_summary(pret
 def test_embedding_tuner_trains_only_embeddings_and_head(pretrained):
     paths, checkpoint = pretrained
     assert train_main(_finetune_args(paths, "-tr", "EmbeddingTuner", "-shots", "1", "--pretrained", checkpoint)) == 0
-    folder = paths.results / "Dataset990_PhantomCT" / "EmbeddingTuner__MassPlans__3d_cpu__pretrained_1shot_seed0"
+    folder = single_folder(paths.results / "Dataset990_PhantomCT",
+                           "EmbeddingTuner__MassPlans__3d_cpu__pretrained-*_1shot_seed0")
     before = model_state_dict(load_checkpoint(checkpoint))  # finetuning starts from the EMA weights
     after = load_checkpoint(folder / "checkpoint_final.pt").model
     for key, value in before.items():
@@ -170,3 +174,26 @@ def test_fewshot_runner_writes_table_and_figure_and_resumes(pretrained, tmp_path
     assert thresholds and all(0.05 <= t <= 0.95 for t in thresholds.values())
     assert set(json.loads((calibrated_out / "in_context" / "1shot_seed0" / "shots.json").read_text()
                           )["thresholds"].values()) == {0.5}
+
+
+def test_fewshot_results_of_one_checkpoint_are_never_reused_for_another(pretrained, tmp_path, capsys):
+    """mass_fewshot for checkpoint B after checkpoint A, without --tag or -o: B gets its own runs and folders."""
+    paths, checkpoint = pretrained
+    other = load_checkpoint(checkpoint)
+    for name, tensor in other.model.items():
+        if tensor.is_floating_point():
+            other.model[name] = tensor + 0.05
+    other_path = tmp_path / "other.pt"
+    save_checkpoint(other, other_path)
+    assert checkpoint_identity(other_path) != checkpoint_identity(checkpoint)
+    folders = []
+    for path in (checkpoint, str(other_path)):
+        assert fewshot_main(["-d", "990", "--checkpoint", path, "-k", "1", "--seeds", "0", "--epochs", "1",
+                             "--iters-per-epoch", "1", *_roots(paths)]) == 0
+        folder = paths.results / "Dataset990_PhantomCT" / f"fewshot__{checkpoint_identity(path)}"
+        results = json.loads((folder / "results.json").read_text())
+        assert results["checkpoint"] == path
+        finetune, = [r for r in results["runs"] if r["method"] == "finetune"]
+        assert f"pretrained-{checkpoint_identity(path)}_1shot_seed0" in finetune["run_folder"]
+        folders.append((folder, finetune["run_folder"]))
+    assert folders[0][0] != folders[1][0] and folders[0][1] != folders[1][1]

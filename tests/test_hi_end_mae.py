@@ -28,6 +28,7 @@ from mass_nn.training.options import TrainingOptions
 from mass_nn.training.pretrain.hi_end_mae_pretrainer import (HiEndMAEPretrainer, hi_end_mae_loss, mask_noise,
                                                              masked_patch_loss, network_config, norm_pix_target)
 from mass_nn.training.run_training import run_training
+from tests.conftest import single_folder
 
 PHANTOM = "Dataset990_PhantomCT"
 RUN = "HiEndMAEPretrainer__MassPlans__3d_cpu"
@@ -291,7 +292,8 @@ def _finetune(paths, checkpoint: str, *args) -> int:
 def test_finetune_segmentation_from_the_checkpoint(pretrained):
     paths, checkpoint = pretrained
     assert _finetune(paths, checkpoint, "-shots", "1") == 0
-    folder = paths.results / PHANTOM / "SegmentationFinetuner__MassPlans__3d_cpu__pretrained_1shot_seed0"
+    folder = single_folder(paths.results / PHANTOM,
+                           "SegmentationFinetuner__MassPlans__3d_cpu__pretrained-*_1shot_seed0")
     weights = json.loads((folder / "shots.json").read_text())["weights"]
     vit_keys = len(encoder_state_dict(load_checkpoint(checkpoint)))
     assert weights["loaded"] == vit_keys and weights["unexpected"] == [] and weights["mismatched"] == []
@@ -304,7 +306,7 @@ def test_finetune_segmentation_from_the_checkpoint(pretrained):
 def test_classification_probe_from_the_checkpoint(pretrained):
     paths, checkpoint = pretrained
     assert _finetune(paths, checkpoint, "-tr", "ClassificationProbe") == 0
-    folder = paths.results / PHANTOM / "ClassificationProbe__MassPlans__3d_cpu__pretrained_frac1_seed0"
+    folder = single_folder(paths.results / PHANTOM, "ClassificationProbe__MassPlans__3d_cpu__pretrained-*_frac1_seed0")
     initialisation = json.loads((folder / "encoder_initialisation.json").read_text())
     vit = encoder_state_dict(load_checkpoint(checkpoint))
     assert initialisation["loaded"] == len(vit) and not initialisation["unexpected"]

@@ -29,6 +29,7 @@ from mass_nn.training.options import TrainingOptions
 from mass_nn.training.pretrain.block_masking import mask_at, mask_generator, mask_grid, random_block_mask
 from mass_nn.training.pretrain.mae_pretrainer import MAEPretrainer, masked_input, masked_reconstruction_loss
 from mass_nn.training.run_training import run_training
+from tests.conftest import single_folder
 
 PHANTOM = "Dataset990_PhantomCT"
 
@@ -215,7 +216,8 @@ def _check_segmentation_transfer(paths: MassPaths, checkpoint_path: str, full_ru
     the network builder that FINETUNE uses."""
     if full_run:
         assert _finetune(paths, "-shots", "1", "--iters-per-epoch", "1", "--pretrained", checkpoint_path) == 0
-        folder = paths.results / PHANTOM / "SegmentationFinetuner__MassPlans__3d_cpu__pretrained_1shot_seed0"
+        folder = single_folder(paths.results / PHANTOM,
+                               "SegmentationFinetuner__MassPlans__3d_cpu__pretrained-*_1shot_seed0")
         weights = json.loads((folder / "shots.json").read_text())["weights"]
         assert weights["missing"] == [] and weights["unexpected"] == []
         return
@@ -246,7 +248,7 @@ def test_trainer_resumes_exactly_and_its_encoder_transfers(roots, monkeypatch, t
 
     _check_segmentation_transfer(roots, checkpoint_path, full_run=trainer == "S3DPretrainer")
     assert _finetune(roots, "-tr", "ClassificationProbe", "--pretrained", checkpoint_path) == 0
-    folder = roots.results / PHANTOM / "ClassificationProbe__MassPlans__3d_cpu__pretrained_frac1_seed0"
+    folder = single_folder(roots.results / PHANTOM, "ClassificationProbe__MassPlans__3d_cpu__pretrained-*_frac1_seed0")
     initialisation = json.loads((folder / "encoder_initialisation.json").read_text())
     assert initialisation["loaded"] == len(encoder_state_dict(a)) and not initialisation["unexpected"]
 

@@ -23,6 +23,7 @@ from mass_nn.training.options import TrainingOptions
 from mass_nn.training.pretrain.mim_levels import MiMLevelSettings, build_levels, region_of_token, resize_volume
 from mass_nn.training.pretrain.mim_pretrainer import MiMPretrainer, batch_generator, masked_patch_loss, mim_loss
 from mass_nn.training.run_training import run_training
+from tests.conftest import single_folder
 
 PHANTOM = "Dataset990_PhantomCT"
 INPUT = [32, 32, 32]
@@ -254,14 +255,15 @@ def test_finetune_and_classification_probe_from_the_checkpoint(mim_run):
     paths, summary = mim_run
     checkpoint = os.path.join(summary["output_folder"], "checkpoint_final.pt")
     assert _cli(paths, "-shots", "1", "--iters-per-epoch", "2", "--batch-size", "1", "--pretrained", checkpoint) == 0
-    folder = paths.results / PHANTOM / "SegmentationFinetuner__MassPlans__3d_cpu__pretrained_1shot_seed0"
+    folder = single_folder(paths.results / PHANTOM,
+                           "SegmentationFinetuner__MassPlans__3d_cpu__pretrained-*_1shot_seed0")
     weights = json.loads((folder / "shots.json").read_text())["weights"]
     assert weights["loaded"] > 0 and not weights["unexpected"] and not weights["mismatched"]
     assert not any(k.startswith("backbone.") for k in weights["missing"])
     assert load_checkpoint(folder / "checkpoint_final.pt").meta.network_class == "MiMSegmenter"
     assert json.loads((folder / "test" / "summary.json").read_text())["num_cases"] == 1  # sliding-window test
     assert _cli(paths, "-tr", "ClassificationProbe", "--pretrained", checkpoint) == 0
-    folder = paths.results / PHANTOM / "ClassificationProbe__MassPlans__3d_cpu__pretrained_frac1_seed0"
+    folder = single_folder(paths.results / PHANTOM, "ClassificationProbe__MassPlans__3d_cpu__pretrained-*_frac1_seed0")
     initialisation = json.loads((folder / "encoder_initialisation.json").read_text())
     assert initialisation["loaded"] == weights["loaded"] and not initialisation["unexpected"]
     assert all(k.startswith("head.") for k in initialisation["missing"])

@@ -21,6 +21,7 @@ from mass_nn.parallel import default_num_processes
 from mass_nn.paths import MassPaths
 from mass_nn.planning.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess
 from mass_nn.planning.planner_settings import load_preset
+from mass_nn.training.run_folder import checkpoint_identity
 
 DEMO_DATASET_ID = 990
 PRESET = "cpu_in_context"
@@ -101,7 +102,7 @@ def _few_shot(paths: MassPaths, args, run_folder: Path) -> None:
     steps = args.finetune_epochs * args.finetune_iters
     print(f"[5/5] 1-shot segmentation of the held-out test cases: in context, and finetuned for {steps} steps")
     checkpoint = run_folder / "checkpoint_final.pt"
-    out = paths.results / f"Dataset{DEMO_DATASET_ID}_PhantomCT" / "fewshot_demo"
+    out = paths.results / f"Dataset{DEMO_DATASET_ID}_PhantomCT" / f"fewshot_demo__{checkpoint_identity(checkpoint)}"
     protocol = FewShotProtocol(dataset=str(DEMO_DATASET_ID), checkpoint=checkpoint, shots=[1], seeds=[0],
                                methods=["in_context", "in_context_calibrated", "finetune", "scratch"],
                                plans_name=_plans_name(), epochs=args.finetune_epochs,

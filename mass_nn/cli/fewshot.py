@@ -15,6 +15,7 @@ from pathlib import Path
 from mass_nn.cli.common import add_common_arguments, add_path_arguments, paths_from_args, run_cli
 from mass_nn.errors import MassError
 from mass_nn.io.atomic import prepare_output_folder
+from mass_nn.training.run_folder import checkpoint_identity
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="default: %(default)s")
     parser.add_argument("--tag", default="", help="suffix of the finetuning run folders")
     parser.add_argument("--hd95", action="store_true", help="also compute HD95")
-    parser.add_argument("-o", "--output", help="results folder (default: <results>/<dataset>/fewshot[__tag])")
+    parser.add_argument("-o", "--output", help="results folder (default: <results>/<dataset>/fewshot__<checkpoint id>"
+                                               "[__tag], the id being the start of the checkpoint file's SHA-256)")
     add_path_arguments(parser)
     add_common_arguments(parser)
     return parser
@@ -55,8 +57,8 @@ def _run(args) -> int:
                                plans_name=args.plans_name, epochs=args.epochs, iters_per_epoch=args.iters_per_epoch,
                                device=args.device, tag=args.tag, hd95=args.hd95)
     name = find_dataset_name(args.dataset, [paths.preprocessed, paths.raw])
-    output = Path(args.output) if args.output else paths.results / name / ("fewshot" + (f"__{args.tag}" if args.tag
-                                                                                         else ""))
+    output = Path(args.output) if args.output else paths.results / name / (
+        f"fewshot__{checkpoint_identity(args.checkpoint)}" + (f"__{args.tag}" if args.tag else ""))
     prepare_output_folder(output)
     results = run_few_shot_protocol(protocol, paths, output)
     print(results_table(results))

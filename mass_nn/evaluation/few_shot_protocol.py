@@ -63,7 +63,7 @@ def _finetune(protocol: FewShotProtocol, paths: MassPaths, method: str, shots: i
                               continue_training=True)
     folder = run_folder(paths.results, find_dataset_name(protocol.dataset, [paths.preprocessed, paths.raw]),
                         "SegmentationFinetuner", protocol.plans_name, protocol.configuration,
-                        finetune_run_tag(pretrained is not None, shots, seed, protocol.tag))
+                        finetune_run_tag(pretrained, shots, seed, protocol.tag))
     summary_path = folder / "test" / "summary.json"
     if not (summary_path.is_file() and (folder / "checkpoint_final.pt").is_file()):
         result = run_training(options, paths)

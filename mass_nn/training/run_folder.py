@@ -1,6 +1,11 @@
-"""Where a run lives: MASS_results/<Dataset>/<Trainer>__<plans>__<configuration>[__<tag>]/."""
+"""Where a run lives: MASS_results/<Dataset>/<Trainer>__<plans>__<configuration>[__<tag>]/, and the identity of
+a source checkpoint, which every run and result folder built from a checkpoint carries in its name (so the
+results of checkpoint A are never reused as checkpoint B's)."""
 from __future__ import annotations
 
+import functools
+import hashlib
+import os
 import re
 from pathlib import Path
 
@@ -17,3 +22,25 @@ def run_folder_name(trainer: str, plans_name: str, configuration: str, tag: str 
 def run_folder(results_root: Path, dataset_name: str, trainer: str, plans_name: str, configuration: str,
                tag: str = "") -> Path:
     return Path(results_root) / dataset_name / run_folder_name(trainer, plans_name, configuration, tag)
+
+
+CHECKPOINT_ID_LENGTH = 8
+
+
+def checkpoint_identity(path: str | os.PathLike) -> str:
+    """The first CHECKPOINT_ID_LENGTH hex digits of the SHA-256 of the checkpoint file's bytes."""
+    path = Path(path)
+    if not path.is_file():
+        raise MassError(f"{path}: checkpoint not found; check the path")
+    stat = path.stat()
+    return _content_digest(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _content_digest(resolved: str, size: int, mtime_ns: int) -> str:
+    """Cached per (file, size, modification time): a rewritten checkpoint is hashed again."""
+    digest = hashlib.sha256()
+    with open(resolved, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()[:CHECKPOINT_ID_LENGTH]

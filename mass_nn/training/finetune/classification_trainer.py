@@ -36,6 +36,7 @@ from mass_nn.training.finetune.classifier_initialisation import encoder_config, 
 from mass_nn.registry import NETWORKS
 from mass_nn.training.pretrain.pretraining_data import resolve_source
 from mass_nn.training.pretrained import load_pretrained_checkpoint
+from mass_nn.training.run_folder import checkpoint_identity
 from mass_nn.training.trainer import Trainer
 
 logger = logging.getLogger(__name__)
@@ -74,10 +75,12 @@ class ClassificationProbe(Trainer):
         return not self.settings.finetune_encoder
 
     def run_tag(self) -> str:
-        """<pretrained|scratch>_frac<F>_seed<S>[_full][_<--tag>]: runs that differ in these never share a folder."""
+        """<pretrained-<checkpoint id>|scratch>_frac<F>_seed<S>[_full][_<--tag>]: runs that differ in these never
+        share a folder."""
         o = self.options
         fraction = o.train_fraction if o.train_fraction is not None else 1.0
-        parts = ["pretrained" if o.pretrained else "scratch", f"frac{fraction:g}", f"seed{o.seed}"]
+        start = f"pretrained-{checkpoint_identity(o.pretrained)}" if o.pretrained else "scratch"
+        parts = [start, f"frac{fraction:g}", f"seed{o.seed}"]
         if o.extra.get("finetune_encoder") is True:
             parts.append("full")
         return "_".join(parts + ([o.tag] if o.tag else []))

@@ -9,6 +9,7 @@ k shot cases, averaged per class (the release's initialisation).
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import ClassVar
 
@@ -25,6 +26,7 @@ from mass_nn.training.finetune.segmentation_scores import dice_on_preprocessed, 
 from mass_nn.training.losses import SegmentationLoss
 from mass_nn.training.options import check_settings
 from mass_nn.training.pretrained import load_pretrained_checkpoint
+from mass_nn.training.run_folder import checkpoint_identity
 from mass_nn.training.trainer import Trainer
 
 logger = logging.getLogger(__name__)
@@ -32,9 +34,11 @@ logger = logging.getLogger(__name__)
 FINETUNE_SETTINGS = {"foreground_probability": 1 / 3, "weight_decay": 1e-3, "max_val_cases": 8}
 
 
-def finetune_run_tag(pretrained: bool, shots: int | None, seed: int, tag: str = "") -> str:
-    """The run folder tag of a finetuning run: initialisation, shots and seed, then the user's --tag."""
-    base = f"{'pretrained' if pretrained else 'scratch'}_{'all' if shots is None else shots}shot_seed{seed}"
+def finetune_run_tag(pretrained: str | os.PathLike | None, shots: int | None, seed: int, tag: str = "") -> str:
+    """The run folder tag of a finetuning run: initialisation (the source checkpoint's identity), shots and seed,
+    then the user's --tag."""
+    start = f"pretrained-{checkpoint_identity(pretrained)}" if pretrained else "scratch"
+    base = f"{start}_{'all' if shots is None else shots}shot_seed{seed}"
     return f"{base}__{tag}" if tag else base
 
 
@@ -52,7 +56,7 @@ class SegmentationFinetuner(Trainer):
 
     def run_tag(self) -> str:
         o = self.options
-        return finetune_run_tag(bool(o.pretrained), o.shots, o.seed, o.tag)
+        return finetune_run_tag(o.pretrained, o.shots, o.seed, o.tag)
 
     def resolve_data(self) -> None:
         o = self.options
