@@ -7,7 +7,7 @@ import pytest
 @pytest.mark.parametrize("module", ["torch", "torchvision", "sam2", "batchgenerators", "acvl_utils", "SimpleITK",
                                     "nibabel", "scipy", "skimage", "blosc2", "numpy"])
 def test_dependency_imports(module):
-    importlib.import_module(module)
+    assert importlib.import_module(module).__name__ == module
 
 
 def test_sam2_automatic_mask_generator_and_torchvision_ops_work():

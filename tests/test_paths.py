@@ -7,7 +7,10 @@ from mass_nn import paths
 def test_import_never_fails_without_environment(monkeypatch):
     for name in paths.ROOT_NAMES:
         monkeypatch.delenv(name, raising=False)
-    importlib.reload(paths)
+    reloaded = importlib.reload(paths)
+    resolved = reloaded.MassPaths.resolve()
+    assert (resolved.raw, resolved.preprocessed, resolved.results) == tuple(
+        reloaded.default_base() / name for name in reloaded.ROOT_NAMES)
 
 
 def test_flag_beats_environment_beats_default(monkeypatch, tmp_path, caplog):

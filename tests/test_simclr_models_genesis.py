@@ -216,9 +216,10 @@ def test_loader_workers_corrupt_and_augment_exactly_as_the_main_process(phantom_
             with make(workers) as loader:
                 batches[workers] = [next(loader) for _ in range(3)]
         for in_process, from_workers in zip(batches[0], batches[2]):
-            for key in ("image", "target", "valid", "crop_starts"):
-                if key in in_process:
-                    np.testing.assert_array_equal(in_process[key], from_workers[key], err_msg=f"{name} {key}")
+            keys = {"genesis": ("image", "target", "valid"), "simclr": ("image", "crop_starts")}[name]
+            assert set(keys) <= set(in_process) and set(in_process) == set(from_workers)
+            for key in in_process:  # every entry, arrays and ids alike
+                np.testing.assert_array_equal(in_process[key], from_workers[key], err_msg=f"{name} {key}")
         if name == "genesis":
             assert not np.array_equal(batches[0][0]["image"], batches[0][0]["target"])
 
