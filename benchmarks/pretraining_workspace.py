@@ -54,6 +54,7 @@ def build_trainer(dataset_id: int, paths: MassPaths, steps: int, trainer_name: s
     trainer.resolve_data()
     trainer.fill_defaults()
     trainer.setup()
+    trainer.resolve_learning_rate()
     return trainer
 
 

@@ -43,6 +43,8 @@ def time_train_steps(spec: dict) -> list[float]:
     trainer.fill_defaults()
     torch.manual_seed(0)
     trainer.setup()
+    if hasattr(trainer, "resolve_learning_rate"):  # commits before the lr rule filled lr in fill_defaults
+        trainer.resolve_learning_rate()
     trainer.model = trainer.network
     trainer.optimizer = trainer.build_optimizer()
     trainer.scheduler = build_lr_scheduler(trainer.optimizer, trainer.options.schedule,

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from mass_nn.cli import generate_masks as cli
 from mass_nn.errors import MassError, PlansValidationError
@@ -154,3 +155,14 @@ def test_the_plans_choose_the_mask_channel_and_a_missing_channel_is_refused(tmp_
     with pytest.raises(PlansValidationError, match="mask_channel = 3: dataset Dataset900_Tiny has 2 channel"):
         plan_and_preprocess(900, paths, PlanAndPreprocessOptions(preset=str(preset), num_processes=1,
                                                                  progress=False))
+
+
+def test_without_c_masks_follow_the_configuration_mass_train_picks_on_this_machine(paths, monkeypatch, capsys):
+    """On a CUDA machine mass_train trains 3d_paper, so mass_generate_masks must make 3d_paper masks there."""
+    roots = ["--raw", str(paths.raw), "--preprocessed", str(paths.preprocessed), "--results", str(paths.results)]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert cli.main(["-d", "990", "-g", "labels", "--no-progress", *roots]) == 1
+    assert "no configuration '3d_paper'" in capsys.readouterr().err  # the phantom was planned for 3d_cpu only
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert cli.main(["-d", "990", "-g", "labels", "--no-progress", *roots]) == 0
+    assert "3d_cpu" in capsys.readouterr().out

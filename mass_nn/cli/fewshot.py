@@ -15,6 +15,7 @@ from pathlib import Path
 from mass_nn.cli.common import add_common_arguments, add_path_arguments, paths_from_args, run_cli
 from mass_nn.errors import MassError
 from mass_nn.io.atomic import prepare_output_folder
+from mass_nn.training.checkpoint import load_checkpoint
 from mass_nn.training.run_folder import checkpoint_identity
 
 
@@ -30,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also in context with each class's threshold read off its references (not 0.5)")
     parser.add_argument("--no-finetune", action="store_true", help="skip finetuning from the checkpoint")
     parser.add_argument("--scratch", action="store_true", help="also finetune from random initialisation")
-    parser.add_argument("-c", "--configuration", default="3d_cpu", help="default: %(default)s")
+    parser.add_argument("-c", "--configuration", help="default: the checkpoint's configuration")
     parser.add_argument("-p", "--plans", dest="plans_name", default="MassPlans", help="default: %(default)s")
     parser.add_argument("--epochs", type=int, help="finetuning epochs (default: the trainer's, 50)")
     parser.add_argument("--iters-per-epoch", type=int, help="finetuning steps per epoch (default: the trainer's)")
@@ -52,8 +53,11 @@ def _run(args) -> int:
         + ([] if args.no_finetune else ["finetune"]) + (["scratch"] if args.scratch else [])
     if not methods:
         raise MassError("nothing to run: --no-in-context and --no-finetune without --scratch")
+    if args.output:
+        prepare_output_folder(args.output)  # before the checkpoint is read
     protocol = FewShotProtocol(dataset=args.dataset, checkpoint=Path(args.checkpoint), shots=args.shots,
-                               seeds=args.seeds, methods=methods, configuration=args.configuration,
+                               seeds=args.seeds, methods=methods,
+                               configuration=args.configuration or load_checkpoint(args.checkpoint).meta.configuration,
                                plans_name=args.plans_name, epochs=args.epochs, iters_per_epoch=args.iters_per_epoch,
                                device=args.device, tag=args.tag, hd95=args.hd95)
     name = find_dataset_name(args.dataset, [paths.preprocessed, paths.raw])

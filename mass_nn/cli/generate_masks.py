@@ -4,9 +4,12 @@ from __future__ import annotations
 import argparse
 import os
 
+import torch
+
 from mass_nn.cli.common import add_common_arguments, add_path_arguments, paths_from_args, run_cli
 from mass_nn.masks.generate import MaskGenerationOptions, bank_folder_of, generate_masks
 from mass_nn.masks.quality_report import format_report, quality_report
+from mass_nn.planning.configuration_choice import default_configuration
 from mass_nn.registry import MASK_GENERATORS
 
 CHECKPOINT_ENV = "MASS_SAM2_CHECKPOINT"
@@ -15,7 +18,9 @@ CHECKPOINT_ENV = "MASS_SAM2_CHECKPOINT"
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mass_generate_masks", description=__doc__)
     parser.add_argument("-d", "--dataset", nargs="+", required=True, help="dataset id(s) or full name(s)")
-    parser.add_argument("-c", "--configuration", default="3d_cpu", help="preprocessed configuration (default: %(default)s)")
+    parser.add_argument("-c", "--configuration",
+                        help="preprocessed configuration (default: 3d_paper where CUDA is available, else 3d_cpu: "
+                             "the configuration mass_train picks on this machine)")
     parser.add_argument("-p", "--plans-name", default="MassPlans", help="plans file name (default: %(default)s)")
     parser.add_argument("-g", "--generator", nargs="+",
                         help=f"generator(s): {', '.join(MASK_GENERATORS.names())} (default: sam2 when a checkpoint "
@@ -59,11 +64,12 @@ def _run(args) -> int:
     paths = paths_from_args(args)
     checkpoint = args.checkpoint or os.environ.get(CHECKPOINT_ENV) or None
     generators = args.generator or (["sam2"] if checkpoint else ["supervoxel"])
+    configuration = args.configuration or default_configuration("cuda" if torch.cuda.is_available() else "cpu")
     for dataset in args.dataset:
         for name in generators:
             options = MaskGenerationOptions(
                 generator=name, generator_settings=_generator_settings(name, args, checkpoint),
-                configuration=args.configuration, plans_name=args.plans_name, channel=args.channel,
+                configuration=configuration, plans_name=args.plans_name, channel=args.channel,
                 min_volume_mm3=args.min_volume_mm3, num_processes=max(1, args.num_processes),
                 num_parts=args.num_parts, part_id=args.part_id, clean=args.clean, previews=not args.no_previews,
                 progress=not args.no_progress)

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from mass_nn.errors import MassError
 from mass_nn.io.atomic import write_json_atomic
 from mass_nn.paths import MassPaths
+from mass_nn.planning.configuration_choice import default_configuration
 from mass_nn.planning.plans import ConfigurationPlan, Plans
 from mass_nn.threads import ThreadGovernor
 from mass_nn.training.checkpoint import (Checkpoint, CheckpointMeta, checkpoint_path, load_checkpoint,
@@ -34,7 +35,6 @@ from mass_nn.training.optim.lr_scaling import scaled_learning_rate
 from mass_nn.training.optim.schedules import build_lr_scheduler
 from mass_nn.training.options import TrainingOptions, load_run_config, merge_for_continue, save_run_config
 from mass_nn.training.plans_compatibility import plans_differences, pool_channel_layouts
-from mass_nn.training.pretrain.pretraining_data import default_configuration
 from mass_nn.training.progress_plot import write_progress_plot
 from mass_nn.training.stop_signal import StopRequest
 

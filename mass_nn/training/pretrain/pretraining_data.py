@@ -30,11 +30,6 @@ class PreprocessedSource:
         return list(self.splits.get(split, []))
 
 
-def default_configuration(device_type: str) -> str:
-    """The paper's configuration on a GPU, the 2-core configuration elsewhere."""
-    return "3d_paper" if device_type == "cuda" else "3d_cpu"
-
-
 def resolve_source(dataset: str, paths: MassPaths, plans_name: str, configuration: str) -> PreprocessedSource:
     """Load plans and splits of one preprocessed dataset; clear errors when a stage is missing."""
     name = find_dataset_name(dataset, [paths.preprocessed, paths.raw])
