@@ -115,37 +115,43 @@ IMAGE_DAMAGE = {
 }
 
 
+def _damaged_copy(source: Path, target: Path, damage: str) -> str:
+    """Copy `source` to `target`, damage it; returns the message fragment the refusal must hold."""
+    shutil.copy(source, target)
+    make_damage, expected = IMAGE_DAMAGE[damage]
+    make_damage(target)
+    return expected
+
+
+def _predict_in_context(checkpoint: str, phantom: MassPaths, query: Path, reference: Path, out: Path) -> int:
+    return predict_main(["-i", str(query), "-o", str(out), "--checkpoint", checkpoint, "--device", "cpu",
+                         "--reference-image", str(reference), "--reference-mask",
+                         str(phantom.raw / PHANTOM / "labelsTr" / "phantom_000.nii.gz"), "--labels", "1"])
+
+
 @pytest.mark.parametrize("damage", sorted(IMAGE_DAMAGE))
 def test_predict_refuses_a_damaged_query_and_writes_nothing(damage, checkpoint, phantom_with_masks, tmp_path, capsys):
     images = phantom_with_masks.raw / PHANTOM / "imagesTr"
     query = tmp_path / "query_0000.nii.gz"
-    shutil.copy(images / "phantom_001_0000.nii.gz", query)
-    make_damage, expected = IMAGE_DAMAGE[damage]
-    make_damage(query)
-    out = tmp_path / "out"
-    code = predict_main(["-i", str(query), "-o", str(out), "--checkpoint", checkpoint, "--device", "cpu",
-                         "--reference-image", str(images / "phantom_000_0000.nii.gz"), "--reference-mask",
-                         str(phantom_with_masks.raw / PHANTOM / "labelsTr" / "phantom_000.nii.gz"), "--labels", "1"])
+    expected = _damaged_copy(images / "phantom_001_0000.nii.gz", query, damage)
+    code = _predict_in_context(checkpoint, phantom_with_masks, query, images / "phantom_000_0000.nii.gz",
+                               tmp_path / "out")
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" not in err
     failure = [line for line in err.splitlines() if line.startswith("failed: query")]
     assert len(failure) == 1 and str(query) in failure[0] and expected in failure[0], err
-    assert not any(out.iterdir()) and _leftovers(tmp_path) == []
+    assert not any((tmp_path / "out").iterdir()) and _leftovers(tmp_path) == []
 
 
 @pytest.mark.parametrize("damage", ["truncated gzip", "zero voxel size", "NaN voxels", "negative voxel size"])
 def test_predict_refuses_a_damaged_reference(damage, checkpoint, phantom_with_masks, tmp_path, capsys):
     images = phantom_with_masks.raw / PHANTOM / "imagesTr"
     reference = tmp_path / "ref_0000.nii.gz"
-    shutil.copy(images / "phantom_000_0000.nii.gz", reference)
-    make_damage, expected = IMAGE_DAMAGE[damage]
-    make_damage(reference)
-    out = tmp_path / "out"
-    code = predict_main(["-i", str(images / "phantom_001_0000.nii.gz"), "-o", str(out), "--checkpoint", checkpoint,
-                         "--device", "cpu", "--reference-image", str(reference), "--reference-mask",
-                         str(phantom_with_masks.raw / PHANTOM / "labelsTr" / "phantom_000.nii.gz")])
+    expected = _damaged_copy(images / "phantom_000_0000.nii.gz", reference, damage)
+    code = _predict_in_context(checkpoint, phantom_with_masks, images / "phantom_001_0000.nii.gz", reference,
+                               tmp_path / "out")
     refused(capsys, code, str(reference), expected)
-    assert not any(out.iterdir()) and _leftovers(tmp_path) == []
+    assert not any((tmp_path / "out").iterdir()) and _leftovers(tmp_path) == []
 
 
 @pytest.mark.parametrize("damage", ["truncated gzip", "zero voxel size", "NaN voxels", "degenerate sform"])
