@@ -283,9 +283,11 @@ def test_a_damaged_bank_is_redone_not_skipped(damage, world, capsys):
     assert bank.read_bytes() == original and (bank.parent / "previews" / "phantom_000.png").is_file()
 
 
-@pytest.mark.parametrize("damage", ["header cut short", "data cut short"])
-def test_pretraining_refuses_a_damaged_bank_before_the_first_step(damage, world, capsys):
-    bank = _bank(world, _train_case(world))
+@pytest.mark.parametrize("damage, split", [("header cut short", "train"), ("data cut short", "train"),
+                                           ("header cut short", "val")])
+def test_pretraining_refuses_a_damaged_bank_before_the_first_step(damage, split, world, capsys):
+    case = json.loads((world.preprocessed / PHANTOM / "splits.json").read_text())[split][0]
+    bank = _bank(world, case)
     data = bank.read_bytes()
     bank.write_bytes(data[:40] if damage == "header cut short" else data[:-10])
     code = train_main(["PRETRAIN", "-d", "990", "-c", "3d_cpu", "--epochs", "1", "--iters-per-epoch", "1",

@@ -15,7 +15,7 @@ from mass_nn.errors import MassError
 from mass_nn.networks.config import InContextNetworkConfig
 from mass_nn.networks.in_context_model import InContextSegmenter
 from mass_nn.threads import default_mass_loader_workers
-from mass_nn.training.data.pretraining_loader import PretrainingCase, make_pretraining_loader
+from mass_nn.training.data.pretraining_loader import PretrainingCase, make_pretraining_loader, validate_cases
 from mass_nn.training.data.augmentation import TwoViewSettings
 from mass_nn.training.losses import SegmentationLoss
 from mass_nn.training.options import check_settings
@@ -57,6 +57,8 @@ class MASSPretrainer(Trainer):
                           for c, image, bank in cases_with_banks(s, f, "val")]
         if not self.train_cases:
             raise MassError(f"{self.sources[0].data_folder}: the train split has no cases; check splits.json")
+        if self.val_cases:  # a damaged val bank must stop the run now, not at the first validation
+            validate_cases(self.val_cases)
         self.adopt_sources(self.sources)
 
     def setup(self) -> None:
