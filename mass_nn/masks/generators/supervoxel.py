@@ -41,7 +41,7 @@ class SupervoxelGenerator(MaskGenerator):
 
     name = "supervoxel"
 
-    def __init__(self, max_masks: int = 1000, band_fraction: float = 0.3, nms_iou: float = 0.5,
+    def __init__(self, max_masks: int = 1000, band_fraction: float = 0.3, nms_iou: float = 0.7,
                  min_volume_mm3: float = 1000.0, max_volume_fraction: float = 0.5,
                  seed_spacing_mm: float = 12.0, gradient_sigma_mm: float = 1.5, max_merge_rounds: int = 300,
                  min_border_gradient: float = 2.0,
