@@ -70,7 +70,8 @@ VOLUMES = [
     *[Volume(f"BRATS {p} FLAIR ({w})", f"{BRATS}/{s}/brats_2013_{p}_1/Flair_subtrMeanDivStd.nii.gz",
              f"{BRATS}/{s}/brats_2013_{p}_1/OTMultiClass.nii.gz", k)
       for p, s in (("pat0001", "test"), ("pat0003", "validation"))
-      for w, k in (("foreground quantiles", "quantile"), ("quantiles over every voxel, old rule", "quantile_all_voxels"))],
+      for w, k in (("foreground quantiles", "quantile"),
+                   ("quantiles over every voxel, old rule", "quantile_all_voxels"))],
     *[Volume(f"CHAOS MR {i} (4 organs)", f"chaos_mr_t2spir/image_{i}.nii.gz", f"chaos_mr_t2spir/label_{i}.nii.gz",
              "quantile") for i in (1, 2)],
     *[Volume(f"MS-CMRSeg {i} (3 structures)", f"mscmrseg_bssfp/image_{i}.nii.gz", f"mscmrseg_bssfp/label_{i}.nii.gz",
@@ -153,7 +154,8 @@ def reading(rows: list[tuple[str, str, dict]]) -> str:
     ratio = [result[ours]["best"] / max(result[anchor]["best"], 1e-9) for _, _, result, _ in rows]
     slowest = max(rows, key=lambda row: row[2][ours]["seconds"])
     text = (
-        f"Reading: the supervoxel generator is at or above the anchor's Best on {wins} of {len(rows)} volumes (Best ratio "
+        f"Reading: the supervoxel generator is at or above the anchor's Best on {wins} of {len(rows)} volumes "
+        f"(Best ratio "
         f"supervoxel / anchor {min(ratio):.2f} to {max(ratio):.2f}, median {np.median(ratio):.2f}); its slowest "
         f"volume is {slowest[0]} ({slowest[2][ours]['seconds']:.0f} s). Avg and %>40 count every overlapping "
         "(mask, class) pair, so they reward few, clean masks and stay low for both methods; Best asks that every "
@@ -199,8 +201,8 @@ def main(argv=None) -> int:
         "## Mask quality of the weight-free generator vs plain SLIC (step 2)",
         "",
         "Both methods see the same three uint8 windows of each labelled volume of `../shared/data` (CT: soft "
-        "tissue, contrast and bone HU windows; MR, PET: per-image quantile windows 5-95 / 15-85 / 1-99 % over the image's foreground, as the orchestrator "
-        "takes them; the BRATS rows marked old rule take them over every voxel and are not in the means), and "
+        "tissue, contrast and bone HU windows; MR, PET: per-image quantile windows 5-95 / 15-85 / 1-99 % over the "
+        "image's foreground, as the orchestrator takes them; the BRATS rows marked old rule take them over every voxel and are not in the means), and "
         "their masks go through the orchestrator's post-processing (drop masks below 200 mm³, of every pair with "
         "IoU > 0.9 keep one) before mask_quality scores them against the label map (MASS Table 4a: Best = mean "
         "over classes of the best Dice of any mask, Avg = mean Dice over overlapping (mask, class) pairs, %>40 = "

@@ -335,6 +335,7 @@ def test_training_refuses_unknown_names_and_missing_files(world, tmp_path, capsy
     refused(capsys, train_main(["PRETRAIN", *base, "-tr", "NoSuchTrainer"]), "NoSuchTrainer")
     refused(capsys, train_main(["PRETRAIN", *base, "-s", "no_such_setting=1"]), "no_such_setting")
     refused(capsys, train_main(["PRETRAIN", *base, "-c", "4d_nothing"]), "4d_nothing")
+    refused(capsys, train_main(["PRETRAIN", *base, "--lr", "1e-3", "--lr-scaling", "linear"]), "give one of them")
     refused(capsys, train_main(["FINETUNE", *base, "-shots", "1", "--pretrained", str(tmp_path / "none.pt")]),
             "none.pt")
     refused(capsys, train_main(["FINETUNE", *base, "-shots", "99"]), "choose 1 to")

@@ -53,17 +53,15 @@ def _run(args) -> int:
         + ([] if args.no_finetune else ["finetune"]) + (["scratch"] if args.scratch else [])
     if not methods:
         raise MassError("nothing to run: --no-in-context and --no-finetune without --scratch")
-    if args.output:
-        prepare_output_folder(args.output)  # before the checkpoint is read
+    output = prepare_output_folder(args.output) if args.output else None  # before the checkpoint is read
     protocol = FewShotProtocol(dataset=args.dataset, checkpoint=Path(args.checkpoint), shots=args.shots,
                                seeds=args.seeds, methods=methods,
                                configuration=args.configuration or load_checkpoint(args.checkpoint).meta.configuration,
                                plans_name=args.plans_name, epochs=args.epochs, iters_per_epoch=args.iters_per_epoch,
                                device=args.device, tag=args.tag, hd95=args.hd95)
     name = find_dataset_name(args.dataset, [paths.preprocessed, paths.raw])
-    output = Path(args.output) if args.output else paths.results / name / (
-        f"fewshot__{checkpoint_identity(args.checkpoint)}" + (f"__{args.tag}" if args.tag else ""))
-    prepare_output_folder(output)
+    output = output or prepare_output_folder(paths.results / name / (
+        f"fewshot__{checkpoint_identity(args.checkpoint)}" + (f"__{args.tag}" if args.tag else "")))
     results = run_few_shot_protocol(protocol, paths, output)
     print(results_table(results))
     print(f"results.json, results.md and examples.png in {output}")

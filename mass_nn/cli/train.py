@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def options_from_args(args) -> TrainingOptions:
+    if args.lr is not None and args.lr_scaling is not None:
+        raise MassError("--lr is used as given and --lr-scaling scales only the trainer's default lr; give one of "
+                        "them")
     mode_specific = {"PRETRAIN": ("masks", "val_dataset", "val_batches", "schedule", "dice"),
                      "FINETUNE": ("shots", "pretrained", "train_fraction", "patience")}[args.mode]
     return TrainingOptions(mode=args.mode, datasets=[str(d) for d in args.datasets], trainer=args.trainer,

@@ -44,7 +44,8 @@ def read_nifti_header(path: Path):
     try:  # the header alone: extensions, which follow it, say nothing about geometry
         return header_class.from_fileobj(io.BytesIO(raw[:header_class.sizeof_hdr]), check=False)
     except Exception as err:  # nibabel raises several unrelated types for a malformed header
-        raise ImageReadError(f"{path}: cannot be read, the NIfTI header is malformed ({err}); re-export the image") from err
+        raise ImageReadError(f"{path}: cannot be read, the NIfTI header is malformed ({err}); re-export the "
+                             f"image") from err
 
 
 def nifti_geometry_problem(header) -> str | None:

@@ -7,40 +7,22 @@ from pathlib import Path
 
 import numpy as np
 
-from mass_nn.errors import DatasetIntegrityError, ImageReadError, MassError
+from mass_nn.errors import DatasetIntegrityError, MassError
 from mass_nn.io.dataset_json import CHANNEL_SUFFIX, CaseFiles, DatasetJson, list_cases, load_dataset_json
-from mass_nn.io.image_file_checks import nonfinite_message
-from mass_nn.io.image_io import ImageGeometry, read_geometry, read_image
+from mass_nn.io.image_io import ImageGeometry, read_image
 from mass_nn.parallel import run_per_item
 
 logger = logging.getLogger(__name__)
 
 
-def _read_voxels_for_check(path: Path) -> tuple[ImageGeometry, np.ndarray]:
-    """Geometry and voxels with one decompression. NIfTI voxels come from nibabel (SimpleITK's NIfTI reader
-    turns NaN into 0, which would hide them); the array order then differs, which counting does not mind."""
-    if path.is_file() and path.name.endswith((".nii", ".nii.gz")):
-        import nibabel as nib
-        geometry = read_geometry(path)
-        try:
-            return geometry, np.asanyarray(nib.load(str(path)).dataobj)
-        except Exception as err:  # nibabel's errors have no common base class
-            raise ImageReadError(f"{path}: cannot be read ({err}); replace it with a valid NIfTI file") from err
-    array, geometry = read_image(path)
-    return geometry, array
-
-
 def _check_image(path: Path) -> tuple[list[str], ImageGeometry | None, np.ndarray | None]:
-    """Problems of one image file (unreadable, non-3D, NaN/inf), its geometry and voxels (None if unreadable)."""
+    """Problems of one image file, its geometry and voxels (None if it cannot be used). The reader itself refuses
+    unreadable, truncated, non-3D and NaN/inf files and unphysical geometry (image_file_checks.py)."""
     try:
-        geometry, array = _read_voxels_for_check(path)
+        array, geometry = read_image(path)
     except MassError as err:
         return [f"{err}"], None, None
-    problems = []
-    nonfinite = int(array.size - np.isfinite(array).sum()) if np.issubdtype(array.dtype, np.floating) else 0
-    if nonfinite:
-        problems.append(nonfinite_message(path, nonfinite))
-    return problems, geometry, array
+    return [], geometry, array
 
 
 def _check_label(path: Path, allowed_values: set[int] | None) -> tuple[list[str], object, list[str]]:

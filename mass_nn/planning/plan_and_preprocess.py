@@ -90,5 +90,6 @@ def _plan_and_preprocess(dataset: str | int, paths: MassPaths, options: PlanAndP
         results = preprocess_cases(cases, plans, folders, options.num_processes, options.clean, options.progress,
                                    pool=pool)
     return {"dataset": name, "cases": len(cases), "plans": str(out_dir / f"{plans_name}.json"),
-            "configurations": results, "warnings": warnings or [], "splits": {k: len(splits[k]) for k in ("train", "val", "test")},
+            "configurations": results, "warnings": warnings or [],
+            "splits": {k: len(splits[k]) for k in ("train", "val", "test")},
             "seconds": round(time.time() - start, 2)}
