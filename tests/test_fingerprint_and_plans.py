@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 from mass_nn.errors import PlansValidationError
-from mass_nn.io.image_io import ImageGeometry
-from mass_nn.planning.fingerprint import PERCENTILES, DatasetFingerprint, extract_fingerprint
+from mass_nn.io.image_geometry import ImageGeometry
+from mass_nn.planning.fingerprint import extract_fingerprint
+from mass_nn.planning.fingerprint_records import PERCENTILES, DatasetFingerprint
 from mass_nn.planning.planner import plan_experiment
 from mass_nn.planning.planner_settings import PlannerSettings, available_presets, load_preset
 from mass_nn.planning.plans import Plans, load_plans, save_plans

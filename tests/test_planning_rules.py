@@ -1,7 +1,7 @@
 """Axis / interval / modality / window rules with the exact numbers of documentation/planning.md."""
 import pytest
 
-from mass_nn.planning.fingerprint import ChannelIntensityStats, PERCENTILES, percentile_key
+from mass_nn.planning.fingerprint_records import ChannelIntensityStats, PERCENTILES, percentile_key
 from mass_nn.planning.mask_slicing import mask_generation_axis, seed_slice_interval
 from mass_nn.planning.modality import modality_of_channel
 from mass_nn.planning.windows import derive_windows

@@ -17,7 +17,8 @@ from mass_nn.io.dataset_json import find_dataset_name, list_cases, load_dataset_
 from mass_nn.io.integrity import verify_dataset_integrity
 from mass_nn.parallel import default_num_processes, worker_pool
 from mass_nn.paths import MassPaths
-from mass_nn.planning.fingerprint import DatasetFingerprint, extract_fingerprint, source_signature
+from mass_nn.planning.fingerprint import extract_fingerprint, source_signature
+from mass_nn.planning.fingerprint_records import DatasetFingerprint
 from mass_nn.planning.planner import plan_experiment
 from mass_nn.planning.planner_settings import DEFAULT_PRESET, load_preset
 from mass_nn.planning.plans import Plans, save_plans

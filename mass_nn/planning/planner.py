@@ -17,7 +17,7 @@ import numpy as np
 
 from mass_nn import __version__
 from mass_nn.errors import PlansValidationError
-from mass_nn.planning.fingerprint import DatasetFingerprint
+from mass_nn.planning.fingerprint_records import DatasetFingerprint
 from mass_nn.planning.mask_slicing import mask_generation_axis, seed_slice_interval
 from mass_nn.planning.modality import CT
 from mass_nn.planning.plans import (PLANS_FORMAT_VERSION, ChannelPlan, ConfigurationPlan, MaskGenerationPlan,

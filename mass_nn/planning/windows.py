@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass
 from typing import Literal
 
-from mass_nn.planning.fingerprint import ChannelIntensityStats
+from mass_nn.planning.fingerprint_records import ChannelIntensityStats
 from mass_nn.planning.modality import CT
 
 logger = logging.getLogger(__name__)

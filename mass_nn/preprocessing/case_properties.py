@@ -7,7 +7,7 @@ from pathlib import Path
 
 from mass_nn.errors import MassError
 from mass_nn.io.atomic import read_json, write_json_atomic
-from mass_nn.io.image_io import ImageGeometry
+from mass_nn.io.image_geometry import ImageGeometry
 from mass_nn.preprocessing.normalization import ChannelNormalization
 from mass_nn.schema import from_dict, to_dict
 
