@@ -14,7 +14,7 @@ from mass_nn.io.atomic import read_json
 from mass_nn.io.figures import pyplot, save_figure
 from mass_nn.training.metrics_log import read_metrics
 
-SECTION = "in_context_learning_curve"
+SECTION = "in_context_learning_curve"  # the gpu budget writes SECTION + "_gpu", its figures carry the same suffix
 TITLES = {"chaos_mr": "CHAOS MR", "mscmrseg": "MS-CMRSeg"}
 METHOD_TITLES = {"in_context": "MASS in context (no training), threshold 0.5",
                  "in_context_calibrated": "MASS in context (no training), reference-calibrated thresholds",
@@ -99,20 +99,26 @@ def comparison_rows(curve) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def _suffix(curve) -> str:
+    return "_gpu" if curve.budget.name == "gpu" else ""
+
+
 def _figures(curve, out: Path, records: list[dict], dataset_names: dict[str, str]) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
-    figures = [curve_figure(records, dataset_names, out / "in_context_curve.png")]
+    suffix = _suffix(curve)
+    figures = [curve_figure(records, dataset_names, out / f"in_context_curve{suffix}.png")]
     for key in TITLES:
         example = curve.workspace / "compare" / key / "examples.png"
         if example.is_file():
-            figures.append(Path(shutil.copyfile(example, out / f"in_context_examples_{key}.png")))
+            figures.append(Path(shutil.copyfile(example, out / f"in_context_examples_{key}{suffix}.png")))
     checkpoint = curve.run_folder() / "checkpoint_final.pt"
     test_case = read_json(curve.paths.preprocessed / dataset_names["chaos_mr"] / "splits.json")["test"][0]
     data_folder = curve.paths.preprocessed / dataset_names["chaos_mr"] / f"{curve.plans_name}_3d_cpu"
     if checkpoint.is_file():
         figures.append(write_case_feature_figure(checkpoint, data_folder / f"{test_case}.b2nd",
-                                                 out / "in_context_pca_chaos.png",
-                                                 f"MASS (CPU recipe), CHAOS test patient {test_case}"))
+                                                 out / f"in_context_pca_chaos{suffix}.png",
+                                                 f"MASS (CPU recipe{', on a GPU' if suffix else ''}), CHAOS test "
+                                                 f"patient {test_case}"))
     return figures
 
 
@@ -134,8 +140,17 @@ def report_markdown(curve, figures: list[Path], relative_to: Path) -> str:
     compare_header, compare_rows = comparison_rows(curve)
     seconds = sum(r.get("epoch_seconds", 0.0) for r in records)
     untrained_note = " Step 0 is the same network untrained." if records[0]["global_step"] == 0 else ""
-    lines = ["## In-context learning curve on organ-level MR (CPU recipe)", "",
-             f"`python benchmarks/in_context_learning_curve.py` ({machine_description()}). Trainer "
+    if b.name == "gpu":
+        title = "## In-context learning curve on organ-level MR (the CPU recipe on a GPU)"
+        command = ("`python benchmarks/in_context_learning_curve.py --gpu --reuse-datasets-from "
+                   "benchmarks/_work/in_context_curve`: the same pool, masks, trainer, batch and val references as "
+                   "the CPU curve above, more steps; pretraining on " + state.get("pretrain_device", "a CUDA device")
+                   + " with bf16 autocast, everything after it (untrained step 0, comparison) on "
+                   + machine_description() + ". What more steps of the recipe buy, at no other change.")
+    else:
+        title = "## In-context learning curve on organ-level MR (CPU recipe)"
+        command = f"`python benchmarks/in_context_learning_curve.py` ({machine_description()})."
+    lines = [title, "", f"{command} Trainer "
              f"`MASSCPUPretrainer`, preset `cpu_in_context`, {b.pretrain_steps} steps in {seconds / 60:.0f} min of "
              f"pretraining on the MR pool ({state['splits']['pool']['train']} volumes, weight-free masks). Splits: "
              + ", ".join(f"{TITLES[k]} {s['train']} train / {s['val']} val / {s['test']} test patients"
@@ -164,5 +179,5 @@ def write_curve_report(curve, page: Path | None) -> Path:
         target.write_text(report_markdown(curve, figures, curve.workspace))
         return target
     figures = _figures(curve, page.parent / "figures", records, names)
-    replace_section(page, SECTION, report_markdown(curve, figures, page.parent))
+    replace_section(page, SECTION + _suffix(curve), report_markdown(curve, figures, page.parent))
     return page

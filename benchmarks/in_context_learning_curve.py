@@ -3,6 +3,9 @@
     python benchmarks/in_context_learning_curve.py            # about 1 h pretraining + the comparison; writes
                                                               # the in_context_learning_curve section of benchmarks.md
     python benchmarks/in_context_learning_curve.py --quick    # every stage at a token budget, workspace report only
+    python benchmarks/in_context_learning_curve.py --gpu --reuse-datasets-from benchmarks/_work/in_context_curve
+                                                              # the same recipe for 4000 steps on a CUDA device
+                                                              # (bf16 autocast), its own section beside the CPU curve
 
 Stages (each resumable; re-running the command skips what is finished, an interrupted pretraining continues):
   datasets  raw CHAOS MR (705) and MS-CMRSeg (706) with their fixed patient splits, and the MR pretraining pool
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,6 +38,7 @@ if str(REPOSITORY) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(REPOSITORY))
 
 from benchmarks.in_context_curve_report import write_curve_report  # noqa: E402
+from benchmarks.measure import machine_description  # noqa: E402
 from benchmarks.replication_datasets import (ReplicationDataset, pool_images, sts_patients,  # noqa: E402
                                              sts_test_patients, write_organ_mr, write_pool, write_splits)
 from mass_nn.evaluation.few_shot_protocol import FewShotProtocol, run_few_shot_protocol  # noqa: E402
@@ -78,6 +83,8 @@ class CurveBudget:
 
 FULL = CurveBudget("full", pretrain_epochs=12, pretrain_iters_per_epoch=100, finetune_epochs=2,
                    finetune_iters_per_epoch=50, seeds=(0, 1, 2))
+GPU = CurveBudget("gpu", pretrain_epochs=20, pretrain_iters_per_epoch=200, finetune_epochs=2,
+                  finetune_iters_per_epoch=50, seeds=(0, 1, 2))
 QUICK = CurveBudget("quick", pretrain_epochs=2, pretrain_iters_per_epoch=2, finetune_epochs=1,
                     finetune_iters_per_epoch=2, seeds=(0,), pool_cases_per_source=2)
 
@@ -102,6 +109,9 @@ class LearningCurve:
         return self.state()["datasets"]
 
     def stage_datasets(self) -> None:
+        if not (self.shared_data / "chaos_mr_t2spir").is_dir():
+            raise SystemExit(f"{self.shared_data}: no chaos_mr_t2spir/ here; pass --shared-data with the folder laid "
+                             f"out like ../shared/data")
         raw = self.paths.raw
         evaluation = {key: write_organ_mr(self.shared_data, raw, key) for key in EVALUATION}
         sts_test = set(sts_test_patients(sts_patients(self.shared_data)))
@@ -116,6 +126,20 @@ class LearningCurve:
         state = self.state()
         state["datasets"] = {key: dataset.folder_name for key, dataset in built.items()}
         state["splits"] = {key: {s: len(c) for s, c in dataset.splits.items()} for key, dataset in built.items()}
+        self.save_state(state)
+
+    def reuse_datasets(self, source: Path) -> None:
+        """Copy `source`'s raw and preprocessed folders and mark datasets and masks finished, once."""
+        state, theirs = self.state(), read_json(source / "state.json")
+        if {"datasets", "masks"} <= set(state["finished"]):
+            return
+        if not {"datasets", "masks"} <= set(theirs["finished"]):
+            raise SystemExit(f"{source}: its datasets and masks stages are not finished; run them there first")
+        for folder in ("raw", "preprocessed"):
+            if (source / folder).is_dir():
+                shutil.copytree(source / folder, self.workspace / folder, dirs_exist_ok=True)
+        state.update(datasets=theirs["datasets"], splits=theirs["splits"],
+                     finished=sorted(set(state["finished"]) | {"datasets", "masks"}))
         self.save_state(state)
 
     def stage_masks(self) -> None:
@@ -136,10 +160,16 @@ class LearningCurve:
         return run_folder(self.paths.results, o.datasets[0], o.trainer, o.plans_name, o.configuration, o.tag)
 
     def stage_pretrain(self) -> None:
+        if self.budget is GPU and not torch.cuda.is_available():
+            raise SystemExit("--gpu: no CUDA device here; run the pretrain stage where there is one")
         if not (self.run_folder() / "checkpoint_final.pt").is_file():
             summary = run_training(self.pretraining_options(), self.paths)
             if summary["stopped_early"]:
                 raise SystemExit("pretraining stopped by a signal; re-run to continue it")
+            state = self.state()
+            state["pretrain_device"] = (torch.cuda.get_device_name() if torch.cuda.is_available()
+                                        else "CPU (" + machine_description() + ")")
+            self.save_state(state)
 
     def untrained_checkpoint(self) -> Path:
         """The recipe's network freshly initialised (same architecture and plans): the baseline that shows what
@@ -237,17 +267,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="token budget; the report stays in the workspace")
     parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
     parser.add_argument("--redo", action="store_true", help="run the given stages again even if finished")
+    parser.add_argument("--gpu", action="store_true",
+                        help="the GPU budget (4000 steps, same recipe and batch); needs a CUDA device for pretraining")
+    parser.add_argument("--reuse-datasets-from", type=Path, metavar="WORKSPACE",
+                        help="copy the finished datasets and masks stages of another workspace (same code, same "
+                             "data: identical arrays) instead of running them again")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    if not (args.shared_data / "chaos_mr_t2spir").is_dir():
-        raise SystemExit(f"{args.shared_data}: no chaos_mr_t2spir/ here; pass --shared-data with the folder laid "
-                         f"out like ../shared/data")
-    budget = QUICK if args.quick else FULL
-    default_workspace = REPOSITORY / "benchmarks" / "_work" / f"in_context_curve{'_quick' if args.quick else ''}"
-    workspace = args.workspace or default_workspace
+    if args.quick and args.gpu:
+        raise SystemExit("--quick and --gpu are two budgets: pass one")
+    budget = QUICK if args.quick else GPU if args.gpu else FULL
+    suffix = "" if budget is FULL else f"_{budget.name}"
+    workspace = args.workspace or REPOSITORY / "benchmarks" / "_work" / f"in_context_curve{suffix}"
     workspace.mkdir(parents=True, exist_ok=True)
     page = None if args.quick else REPOSITORY / "documentation" / "benchmarks.md"
-    LearningCurve(workspace, args.shared_data.resolve(), budget, page).run(args.stages, args.redo)
+    curve = LearningCurve(workspace, args.shared_data.resolve(), budget, page)
+    if args.reuse_datasets_from is not None:
+        curve.reuse_datasets(args.reuse_datasets_from.resolve())
+    curve.run(args.stages, args.redo)
     return 0
 
 
