@@ -22,6 +22,7 @@ setup(
         "sam2==1.1.0",
         "batchgenerators>=0.25",
         "acvl-utils>=0.2",
+        "dynamic-network-architectures>=0.4",
         "SimpleITK>=2.3",
         "nibabel>=5.0",
         "pydicom>=2.4",
@@ -34,7 +35,7 @@ setup(
         "matplotlib>=3.7",
         "psutil>=5.9",
     ],
-    extras_require={"test": ["pytest>=7"], "benchmark": ["nnunetv2>=2.6", "h5py>=3.8"]},
+    extras_require={"test": ["pytest>=7"], "nnunet": ["nnunetv2>=2.6"], "benchmark": ["nnunetv2>=2.6", "h5py>=3.8"]},
     entry_points={
         "console_scripts": [
             "mass_plan_and_preprocess=mass_nn.cli.plan_and_preprocess:main",
@@ -44,6 +45,7 @@ setup(
             "mass_evaluate=mass_nn.cli.evaluate:main",
             "mass_fewshot=mass_nn.cli.fewshot:main",
             "mass_demo=mass_nn.cli.demo:main",
+            "mass_export_nnunet=mass_nn.cli.export_nnunet:main",
             "mass_convert_dataset=dataset_conversion.cli:main",
         ]
     },

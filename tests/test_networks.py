@@ -66,8 +66,8 @@ def test_config_round_trip_presets_and_plans():
 
 @pytest.mark.parametrize("changes, message", [
     ({"channels": [8, 16, 24, 64, 128]}, "head_dim"),
-    ({"input_size_zyx": [32, 40, 32]}, "divisible by 16"),
-    ({"input_size_zyx": [16, 32, 32]}, ">= 32"),
+    ({"input_size_zyx": [32, 40, 32]}, "multiples of \\[16, 16, 16\\]"),
+    ({"input_size_zyx": [16, 32, 32]}, "at least \\[32, 32, 32\\]"),
     ({"channels": [8, 16, 32, 64]}, "channels"),
     ({"num_blocks": [1, 1, 0, 1]}, "num_blocks"),
     ({"num_prior_stages": 5}, "num_prior_stages"),

@@ -1,4 +1,4 @@
-"""The decoder: four upsampling stages with skip connections, conditioned on the task embedding by fusion stages
+"""The decoder: one upsampling stage per encoder level below the deepest, with skip connections, conditioned on the task embedding by fusion stages
 at the deepest `num_prior_stages` resolutions."""
 from __future__ import annotations
 
@@ -29,27 +29,29 @@ class MaskDecoder(nn.Module):
 
     Level i (deepest first) is fused with task_embedding[i] before being upsampled, for i < num_prior_stages. The
     fused task tokens are not carried to the next level; only each level's token 0 per task (the first learnable
-    query) is kept as that level's "posterior" for the mask head. Up stage j mirrors down stage 3 - j in block count.
+    query) is kept as that level's "posterior" for the mask head. With L levels, up stage j brings level L-1-j to
+    level L-2-j with num_blocks[L-2-j] blocks (the ResUNet: mirrors down stage 3 - j).
     """
 
     def __init__(self, config: InContextNetworkConfig):
         super().__init__()
-        channels, eps = config.channels, config.norm_eps
+        channels, eps, last = config.channels, config.norm_eps, len(config.channels) - 1
         self.fusions = nn.ModuleList(
             FusionStage(dim, config.fusion_depth, config.head_dim, config.mlp_ratio)
             for dim in config.prior_channels()
         )
         self.ups = nn.ModuleList(
-            UpBlock(channels[4 - j], channels[3 - j], channels[3 - j], config.num_blocks[3 - j], eps)
-            for j in range(4)
+            UpBlock(channels[last - j], channels[last - 1 - j], channels[last - 1 - j],
+                    config.num_blocks[last - 1 - j], eps)
+            for j in range(last)
         )
 
     def forward(self, features: list[Tensor], task_embedding: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
-        """features: the encoder's five maps, deepest first; task_embedding: num_prior_stages tensors
-        [B, K, T, C_i]. Returns (dense [B, c0, D, H, W], posteriors: one [B, K, C_i] per prior stage)."""
-        if len(features) != 5 or len(task_embedding) != len(self.fusions):
-            raise ValueError(f"decoder needs 5 feature maps and {len(self.fusions)} task-embedding stages, got "
-                             f"{len(features)} and {len(task_embedding)}")
+        """features: the encoder's maps, deepest first; task_embedding: num_prior_stages tensors [B, K, T, C_i].
+        Returns (dense [B, c0, D, H, W], posteriors: one [B, K, C_i] per prior stage)."""
+        if len(features) != len(self.ups) + 1 or len(task_embedding) != len(self.fusions):
+            raise ValueError(f"decoder needs {len(self.ups) + 1} feature maps and {len(self.fusions)} task-embedding "
+                             f"stages, got {len(features)} and {len(task_embedding)}")
         x, posteriors = features[0], []
         for j, (up, skip) in enumerate(zip(self.ups, features[1:])):
             if j < len(self.fusions):

@@ -7,13 +7,15 @@ from mass_nn.networks.config import MIN_SIZE, SIZE_DIVISOR, InContextNetworkConf
 from mass_nn.networks.conv_blocks import ResBlock3d, res_blocks
 
 
-def check_spatial_size(x: Tensor, name: str = "input") -> None:
-    """Raise ValueError unless x is [B, C, D, H, W] with every side divisible by 16 and at least 32."""
+def check_spatial_size(x: Tensor, name: str = "input", divisors=(SIZE_DIVISOR,) * 3,
+                       min_sizes=(MIN_SIZE,) * 3) -> None:
+    """Raise ValueError unless x is [B, C, D, H, W] with every side a multiple of its divisor and at least its
+    minimum (the ResUNet's 16 and 32 unless given)."""
     if x.dim() != 5:
         raise ValueError(f"{name} must be a 5D tensor [B, C, D, H, W], got shape {list(x.shape)}")
-    if any(side % SIZE_DIVISOR or side < MIN_SIZE for side in x.shape[2:]):
-        raise ValueError(f"{name} of shape {list(x.shape)}: every spatial side must be divisible by {SIZE_DIVISOR} "
-                         f"and at least {MIN_SIZE}")
+    if any(side % d or side < m for side, d, m in zip(x.shape[2:], divisors, min_sizes)):
+        raise ValueError(f"{name} of shape {list(x.shape)}: the spatial sides must be multiples of "
+                         f"{list(divisors)} and at least {list(min_sizes)}")
 
 
 class ResUNetEncoder(nn.Module):

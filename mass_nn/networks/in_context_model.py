@@ -10,13 +10,16 @@ from mass_nn.networks.config import InContextNetworkConfig
 from mass_nn.networks.decoder import MaskDecoder
 from mass_nn.networks.encoder import ResUNetEncoder, check_spatial_size
 from mass_nn.networks.mask_head import DynamicMaskHead
+from mass_nn.networks.resenc_encoder import ResEncEncoder
 from mass_nn.networks.task_encoder import TaskEmbedding, TaskEncoder
 
 
 class InContextSegmenter(nn.Module):
-    """ResUNet encoder + task encoder + task-conditioned decoder + dynamic mask head.
+    """Encoder (our ResUNet, or nnU-Net's ResEnc when config.resenc is set) + task encoder + task-conditioned
+    decoder + dynamic mask head.
 
-    Images are [B, in_channels, D, H, W] with every side divisible by 16 and at least 32. Reference images may not
+    Images are [B, in_channels, D, H, W] with every side a multiple of config.size_divisors() and at least
+    config.min_sizes() (16 and 32 for the ResUNet). Reference images may not
     exceed `config.input_size_zyx` in any axis (the positional maps have that size); query images may be larger.
     Masks are [B, K, D, H, W], one channel per task; logits are [B, K, D, H, W], one sigmoid channel per task.
     """
@@ -28,13 +31,14 @@ class InContextSegmenter(nn.Module):
         super().__init__()
         config.validate()
         self.config = copy.deepcopy(config)
-        self.encoder = ResUNetEncoder(config)
+        self.encoder = ResUNetEncoder(config) if config.resenc is None else ResEncEncoder(config.resenc,
+                                                                                         config.in_channels)
         self.task_encoder = TaskEncoder(config)
         self.decoder = MaskDecoder(config)
         self.head = DynamicMaskHead(sum(config.prior_channels()), config.channels[0])
 
     def encode_image(self, x: Tensor) -> list[Tensor]:
-        """Encoder feature maps of x, deepest first: [B, c4, /16], [B, c3, /8], ..., [B, c0, /1]."""
+        """Encoder feature maps of x, deepest first (ResUNet: [B, c4, /16], [B, c3, /8], ..., [B, c0, /1])."""
         self._check_image(x, "image")
         return self.encoder(x)
 
@@ -71,7 +75,7 @@ class InContextSegmenter(nn.Module):
         return self.task_encoder(features[: self.config.num_prior_stages], masks)
 
     def _check_image(self, x: Tensor, name: str) -> None:
-        check_spatial_size(x, name)
+        check_spatial_size(x, name, self.config.size_divisors(), self.config.min_sizes())
         if x.shape[1] != self.config.in_channels:
             raise ValueError(f"{name} of shape {list(x.shape)} has {x.shape[1]} channels; the network expects "
                              f"{self.config.in_channels}")

@@ -7,6 +7,8 @@ embedding of task k never depends on the other tasks.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -14,7 +16,7 @@ from torch import Tensor, nn
 from mass_nn.networks.attention import TaskQueryBlock
 from mass_nn.networks.config import InContextNetworkConfig
 from mass_nn.networks.conv_blocks import autocast_disabled, resize_trilinear
-from mass_nn.networks.pixel_shuffle import pixel_shuffle_3d, pixel_unshuffle_3d
+from mass_nn.networks.pixel_shuffle import pixel_shuffle_3d, pixel_unshuffle_3d, scale_triple
 from mass_nn.networks.shared_kernel_conv import shared_kernel_conv3d
 
 TaskEmbedding = list[Tensor]
@@ -107,22 +109,24 @@ class TaskEncoderStage(nn.Module):
     """Task embedding at one feature level: features [B, C, d, h, w] at 1/scale of the masks [B, K, D, H, W]
     → [B, K, num_queries + 1, C]; token num_queries (the last) starts as the foreground token.
 
-    Context stream: expand C → scale³ channels, pixel-shuffle to one full-resolution map, merge it with each
-    task's mask into one channel (`MaskMerge`), add the learnable positional map (sliced to D, H, W),
-    pixel-unshuffle, squeeze back to C channels and add the features. Masks may not exceed positional_size.
+    Context stream: expand C → scale³ channels (the product of the per-axis factors), pixel-shuffle to one
+    full-resolution map, merge it with each task's mask into one channel (`MaskMerge`), add the learnable
+    positional map (sliced to D, H, W), pixel-unshuffle, squeeze back to C channels and add the features. Masks
+    may not exceed positional_size.
     """
 
-    def __init__(self, dim: int, scale: int, num_queries: int, depth: int, head_dim: int, mlp_ratio: int,
-                 positional_size: list[int], eps: float = 1e-4, foreground_pool: str = "adjoint"):
+    def __init__(self, dim: int, scale: int | tuple[int, int, int], num_queries: int, depth: int, head_dim: int,
+                 mlp_ratio: int, positional_size: list[int], eps: float = 1e-4, foreground_pool: str = "adjoint"):
         super().__init__()
-        self.scale = scale
+        self.scale = scale_triple(scale)
+        sub_pixels = math.prod(self.scale)
         self.foreground_pool = foreground_pool
         self.queries = nn.Parameter(torch.empty(num_queries, dim))
         nn.init.xavier_uniform_(self.queries)
         self.positional_map = nn.Parameter(torch.randn(1, 1, *positional_size))
-        self.expand = _pre_act_conv(dim, scale ** 3, 1, eps)
+        self.expand = _pre_act_conv(dim, sub_pixels, 1, eps)
         self.merge = MaskMerge(eps)
-        self.squeeze = _pre_act_conv(scale ** 3, dim, 1, eps)
+        self.squeeze = _pre_act_conv(sub_pixels, dim, 1, eps)
         self.norm_query = nn.LayerNorm(dim)
         self.norm_foreground = nn.LayerNorm(dim)
         self.norm_combined = nn.LayerNorm(dim)
@@ -145,9 +149,9 @@ class TaskEncoderStage(nn.Module):
         if features.dim() != 5 or masks.dim() != 5 or features.shape[0] != masks.shape[0]:
             raise ValueError(f"expected features [B, C, d, h, w] and masks [B, K, D, H, W], got "
                              f"{list(features.shape)} and {list(masks.shape)}")
-        expected = [side * self.scale for side in features.shape[2:]]
+        expected = [side * factor for side, factor in zip(features.shape[2:], self.scale)]
         if list(masks.shape[2:]) != expected:
-            raise ValueError(f"masks of spatial size {list(masks.shape[2:])} must be {self.scale}× the features' "
+            raise ValueError(f"masks of spatial size {list(masks.shape[2:])} must be {list(self.scale)}× the features' "
                              f"{list(features.shape[2:])}, i.e. {expected}")
         limit = list(self.positional_map.shape[2:])
         if any(side > most for side, most in zip(masks.shape[2:], limit)):
@@ -175,13 +179,14 @@ class TaskEncoderStage(nn.Module):
 
 
 class TaskEncoder(nn.Module):
-    """One `TaskEncoderStage` per prior stage: stage i works on the i-th deepest level with pixel-shuffle factor
-    16 / 2**i (16, 8, 4 for three stages)."""
+    """One `TaskEncoderStage` per prior stage: stage i works on the i-th deepest level with that level's stride as
+    pixel-shuffle factor (ResUNet: 16 / 2**i, i.e. 16, 8, 4 for three stages)."""
 
     def __init__(self, config: InContextNetworkConfig):
         super().__init__()
+        strides = config.level_strides()[::-1]  # deepest first, like the prior stages
         self.stages = nn.ModuleList(
-            TaskEncoderStage(dim, 16 // 2 ** i, config.num_queries, config.task_depth, config.head_dim,
+            TaskEncoderStage(dim, tuple(strides[i]), config.num_queries, config.task_depth, config.head_dim,
                              config.mlp_ratio, list(config.input_size_zyx), config.norm_eps, config.foreground_pool)
             for i, dim in enumerate(config.prior_channels())
         )

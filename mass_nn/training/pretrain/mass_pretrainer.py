@@ -14,6 +14,7 @@ import torch
 from mass_nn.errors import MassError
 from mass_nn.networks.config import InContextNetworkConfig
 from mass_nn.networks.in_context_model import InContextSegmenter
+from mass_nn.networks.resenc_architecture import read_nnunet_plans
 from mass_nn.threads import default_mass_loader_workers
 from mass_nn.training.data.pretraining_loader import PretrainingCase, make_pretraining_loader, validate_cases
 from mass_nn.training.data.augmentation import TwoViewSettings
@@ -26,7 +27,9 @@ logger = logging.getLogger(__name__)
 
 # trainer-specific settings (-s KEY=VALUE) and their defaults
 MASS_SETTINGS = {"num_tasks": 13, "everything_task": True, "prefer_masks_in_view": True, "min_mask_fraction": 0.0,
-                 "val_reference_choices": 1}
+                 "val_reference_choices": 1,
+                 # an nnU-Net ResEnc plans file: build nnU-Net's own encoder from it (documentation/nnunet.md)
+                 "nnunet_plans": "", "nnunet_configuration": "3d_fullres"}
 
 
 def batch_to_device(batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
@@ -75,8 +78,7 @@ class MASSPretrainer(Trainer):
         o.batch_size = o.batch_size or self.configuration_plan.batch_size
         if o.num_workers is None:
             o.num_workers = default_mass_loader_workers(self.device.type)
-        config = InContextNetworkConfig.from_configuration(self.configuration_plan,
-                                                           in_channels=len(self.plans.channels))
+        config = self._network_config()
         self.network = InContextSegmenter(config)
         self.network_class_name, self.network_config = "InContextSegmenter", config.to_dict()
         self.loss = SegmentationLoss(dice=o.dice)
@@ -88,6 +90,18 @@ class MASSPretrainer(Trainer):
         self.validation = self._build_validation()
         if self.validation is not None:
             self.best_metric_key, self.best_metric_mode = self.validation.metric_key, self.validation.metric_mode
+
+    def _network_config(self) -> InContextNetworkConfig:
+        o, in_channels = self.options, len(self.plans.channels)
+        if not o.extra["nnunet_plans"]:
+            return InContextNetworkConfig.from_configuration(self.configuration_plan, in_channels)
+        resenc, _ = read_nnunet_plans(o.extra["nnunet_plans"], o.extra["nnunet_configuration"])
+        try:
+            return InContextNetworkConfig.from_configuration(self.configuration_plan, in_channels, resenc)
+        except ValueError as err:
+            raise MassError(f"{o.extra['nnunet_plans']}: no in-context network on its ResEnc (total stride "
+                            f"{resenc.cumulative_strides()[-1]}) with the {o.configuration} plans (patch "
+                            f"{self.configuration_plan.patch_size_zyx}): {err}") from err
 
     def _build_validation(self):
         from mass_nn.training.pretrain.validation import (AutoMaskValidation, InContextValidation,

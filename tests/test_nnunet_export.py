@@ -1,0 +1,172 @@
+"""MASS with nnU-Net's ResEnc encoder, and the export that nnU-Net v2 itself loads (-pretrained_weights).
+
+The plans files here are written in nnU-Net v2's format (what nnUNetv2_plan_experiment -pl nnUNetPlannerResEncM
+writes, scaled down to a CPU-size network); nnU-Net's own code (nnunetv2, the optional `nnunet` extra that CI
+installs) builds its network from them and loads the export.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from mass_nn.cli.export_nnunet import main as export_main
+from mass_nn.cli.train import main as train_main
+from mass_nn.errors import MassError
+from mass_nn.export.nnunet_export import export_to_nnunet
+from mass_nn.networks.config import InContextNetworkConfig
+from mass_nn.networks.in_context_model import InContextSegmenter
+from mass_nn.networks.resenc_architecture import read_nnunet_plans
+from mass_nn.training.checkpoint import load_checkpoint, model_state_dict
+
+nnunet_plans_handler = pytest.importorskip("nnunetv2.utilities.plans_handling.plans_handler",
+                                           reason="nnunetv2 (the `nnunet` extra) is not installed")
+from nnunetv2.run.load_pretrained_weights import load_pretrained_weights  # noqa: E402
+from nnunetv2.utilities.get_network_from_plans import get_network_from_plans  # noqa: E402
+
+RUN = "MASSPretrainer__MassPlans__3d_cpu__resenc"
+
+
+def write_nnunet_plans(folder: Path, widths=(8, 32, 64, 128), channels: int = 1, name: str = "Dataset990_Phantom",
+                       network_class: str = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
+                       ) -> Path:
+    """An nnU-Net v2 ResEnc plans file (+ the dataset.json nnU-Net keeps beside it) for a 4-stage network."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stages = len(widths)
+    arch_kwargs = {"n_stages": stages, "features_per_stage": list(widths),
+                   "conv_op": "torch.nn.modules.conv.Conv3d",
+                   "kernel_sizes": [[1, 3, 3]] + [[3, 3, 3]] * (stages - 1),
+                   "strides": [[1, 1, 1]] + [[2, 2, 2]] * (stages - 1),
+                   "n_blocks_per_stage": [1, 2, 2, 2][:stages] + [2] * max(0, stages - 4),
+                   "n_conv_per_stage_decoder": [1] * (stages - 1), "conv_bias": True,
+                   "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+                   "norm_op_kwargs": {"eps": 1e-05, "affine": True}, "dropout_op": None, "dropout_op_kwargs": None,
+                   "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}}
+    configuration = {"data_identifier": "nnUNetResEncUNetMPlans_3d_fullres", "preprocessor_name": "DefaultPreprocessor",
+                     "batch_size": 2, "patch_size": [32, 48, 48], "median_image_size_in_voxels": [40, 60, 60],
+                     "spacing": [3.0, 3.0, 3.0], "normalization_schemes": ["CTNormalization"] * channels,
+                     "use_mask_for_norm": [False] * channels,
+                     "resampling_fn_data": "resample_data_or_seg_to_shape",
+                     "resampling_fn_seg": "resample_data_or_seg_to_shape",
+                     "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0,
+                                                   "force_separate_z": None},
+                     "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
+                     "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
+                     "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0,
+                                                            "force_separate_z": None},
+                     "architecture": {"network_class_name": network_class, "arch_kwargs": arch_kwargs,
+                                      "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]},
+                     "batch_dice": False}
+    plans = {"dataset_name": name, "plans_name": "nnUNetResEncUNetMPlans",
+             "original_median_spacing_after_transp": [3.0, 3.0, 3.0],
+             "original_median_shape_after_transp": [40, 60, 60], "image_reader_writer": "SimpleITKIO",
+             "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
+             "configurations": {"3d_fullres": configuration}, "experiment_planner_used": "nnUNetPlannerResEncM",
+             "label_manager": "LabelManager", "foreground_intensity_properties_per_channel": {}}
+    path = folder / "nnUNetResEncUNetMPlans.json"
+    path.write_text(json.dumps(plans, indent=2))
+    (folder / "dataset.json").write_text(json.dumps({
+        "channel_names": {str(i): "CT" for i in range(channels)}, "labels": {"background": 0, "organ": 1},
+        "numTraining": 6, "file_ending": ".nii.gz"}))
+    return path
+
+
+def nnunet_network(plans_path: Path, input_channels: int, output_channels: int = 2):
+    """nnU-Net's network for these plans, built the way nnUNetTrainer.build_network_architecture builds it."""
+    plans = nnunet_plans_handler.PlansManager(str(plans_path))
+    configuration = plans.get_configuration("3d_fullres")
+    return get_network_from_plans(configuration.network_arch_class_name, configuration.network_arch_init_kwargs,
+                                  configuration.network_arch_init_kwargs_req_import, input_channels, output_channels,
+                                  allow_init=True, deep_supervision=True)
+
+
+@pytest.fixture(scope="module")
+def resenc_checkpoint(phantom_with_masks, tmp_path_factory) -> tuple[Path, Path]:
+    """(checkpoint, plans file): two MASS steps on the phantom with the ResEnc of a 4-stage nnU-Net plans file."""
+    root = tmp_path_factory.mktemp("resenc")
+    plans_path = write_nnunet_plans(root / "nnunet")
+    code = train_main(["PRETRAIN", "-d", "990", "-c", "3d_cpu", "--epochs", "1", "--iters-per-epoch", "2",
+                       "--tag", "resenc", "-s", f"nnunet_plans={plans_path}", "--raw", str(phantom_with_masks.raw),
+                       "--preprocessed", str(phantom_with_masks.preprocessed), "--results", str(root / "results")])
+    assert code == 0
+    return root / "results" / "Dataset990_PhantomCT" / RUN / "checkpoint_final.pt", plans_path
+
+
+def test_resenc_encoder_is_nnunets_encoder_key_for_key(tmp_path):
+    plans_path = write_nnunet_plans(tmp_path / "nnunet")
+    architecture, _ = read_nnunet_plans(plans_path)
+    config = InContextNetworkConfig(in_channels=1, channels=architecture.features_per_stage,
+                                    num_blocks=architecture.n_conv_per_stage_decoder, input_size_zyx=[16, 48, 48],
+                                    num_prior_stages=2, num_queries=4, head_dim=16, resenc=architecture)
+    ours = InContextSegmenter(config)
+    theirs = nnunet_network(plans_path, input_channels=1)
+    our_encoder = {k: v.shape for k, v in ours.state_dict().items() if k.startswith("encoder.")}
+    their_encoder = {k: v.shape for k, v in theirs.state_dict().items() if k.startswith("encoder.")}
+    assert our_encoder == their_encoder and len(our_encoder) > 20
+    query = torch.randn(2, 1, 16, 48, 48)
+    masks = (torch.rand(2, 3, 16, 48, 48) > 0.7).float()
+    logits = ours(query, query, masks)
+    assert logits.shape == (2, 3, 16, 48, 48)
+    logits.float().mean().backward()
+    assert ours.encoder.stem.convs[0].conv.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="multiples of \\[8, 8, 8\\]"):
+        ours(torch.randn(1, 1, 16, 44, 48), query[:1], masks[:1])
+
+
+def test_pretrain_export_and_nnunet_loads_it(resenc_checkpoint, tmp_path, capsys):
+    checkpoint, plans_path = resenc_checkpoint
+    meta = load_checkpoint(checkpoint).meta
+    assert meta.network_config["resenc"]["features_per_stage"] == [8, 32, 64, 128]
+    output = tmp_path / "export" / "mass_resenc.pth"
+    assert export_main(["--checkpoint", str(checkpoint), "--nnunet-plans", str(plans_path), "-o", str(output)]) == 0
+    assert "encoder tensors" in capsys.readouterr().out
+    network = nnunet_network(plans_path, input_channels=1, output_channels=3)
+    load_pretrained_weights(network, str(output))
+    ours = model_state_dict(load_checkpoint(checkpoint))
+    loaded = network.state_dict()
+    encoder_keys = [k for k in loaded if k.startswith("encoder.")]
+    assert encoder_keys and all(torch.equal(loaded[k], ours[k]) for k in encoder_keys)
+    exported = torch.load(output, weights_only=True)["network_weights"]
+    assert not any(".seg_layers." in k for k in exported)
+    assert any(k.startswith("decoder.stages.") for k in exported)
+
+
+def test_export_names_every_mismatch(resenc_checkpoint, tmp_path, capsys):
+    checkpoint, _ = resenc_checkpoint
+    wider = write_nnunet_plans(tmp_path / "wider", widths=(8, 32, 64, 96), channels=2)
+    with pytest.raises(MassError, match="input channels: checkpoint 1, nnU-Net dataset.json 2.*stage widths: "
+                                        "checkpoint \\[8, 32, 64, 128\\], plans \\[8, 32, 64, 96\\]"):
+        export_to_nnunet(checkpoint, wider, "3d_fullres", tmp_path / "never.pth")
+    deeper = write_nnunet_plans(tmp_path / "deeper", widths=(8, 32, 64, 128, 128))
+    code = export_main(["--checkpoint", str(checkpoint), "--nnunet-plans", str(deeper), "-o",
+                        str(tmp_path / "never.pth")])
+    err = capsys.readouterr().err
+    assert code == 1 and "stage count: checkpoint 4, plans 5" in err and "Traceback" not in err
+    assert not (tmp_path / "never.pth").exists()
+
+
+def test_resunet_checkpoints_and_foreign_plans_are_refused(pretraining_roots, tmp_path, capsys):
+    code = train_main(["PRETRAIN", "-d", "990", "-c", "3d_cpu", "--epochs", "1", "--iters-per-epoch", "1",
+                       "--raw", str(pretraining_roots.raw), "--preprocessed", str(pretraining_roots.preprocessed),
+                       "--results", str(pretraining_roots.results)])
+    assert code == 0
+    checkpoint = pretraining_roots.results / "Dataset990_PhantomCT" / "MASSPretrainer__MassPlans__3d_cpu" / \
+        "checkpoint_final.pt"
+    plans_path = write_nnunet_plans(tmp_path / "nnunet")
+    with pytest.raises(MassError, match="not nnU-Net's ResEnc.*-s nnunet_plans="):
+        export_to_nnunet(checkpoint, plans_path, "3d_fullres", tmp_path / "never.pth")
+    plain_unet = write_nnunet_plans(tmp_path / "plain",
+                                    network_class="dynamic_network_architectures.architectures.unet.PlainConvUNet")
+    with pytest.raises(MassError, match="not nnU-Net's ResidualEncoderUNet; plan with -pl nnUNetPlannerResEncM"):
+        read_nnunet_plans(plain_unet)
+    with pytest.raises(MassError, match="no configuration '2d'"):
+        read_nnunet_plans(plans_path, "2d")
+    capsys.readouterr()
+    code = train_main(["PRETRAIN", "-d", "990", "-c", "3d_cpu", "--epochs", "1", "--iters-per-epoch", "1",
+                       "--tag", "deep", "-s", f"nnunet_plans={write_nnunet_plans(tmp_path / 'deep', (32,) * 7)}",
+                       "--raw", str(pretraining_roots.raw), "--preprocessed", str(pretraining_roots.preprocessed),
+                       "--results", str(pretraining_roots.results)])
+    err = capsys.readouterr().err
+    assert code == 1 and "multiples of [64, 64, 64]" in err and "Traceback" not in err
