@@ -20,6 +20,7 @@ from mass_nn.networks.config import InContextNetworkConfig
 from mass_nn.networks.in_context_model import InContextSegmenter
 from mass_nn.networks.resenc_architecture import read_nnunet_plans
 from mass_nn.training.checkpoint import load_checkpoint, model_state_dict
+from mass_nn.training.finetune.downstream_network import in_context_weights
 
 nnunet_plans_handler = pytest.importorskip("nnunetv2.utilities.plans_handling.plans_handler",
                                            reason="nnunetv2 (the `nnunet` extra) is not installed")
@@ -170,3 +171,19 @@ def test_resunet_checkpoints_and_foreign_plans_are_refused(pretraining_roots, tm
                        "--results", str(pretraining_roots.results)])
     err = capsys.readouterr().err
     assert code == 1 and "multiples of [64, 64, 64]" in err and "Traceback" not in err
+
+
+def test_resenc_checkpoint_finetunes_and_predicts_in_mass_nn(resenc_checkpoint, phantom_with_masks, tmp_path):
+    checkpoint, _ = resenc_checkpoint
+    results = tmp_path / "results"
+    code = train_main(["FINETUNE", "-d", "990", "-c", "3d_cpu", "--epochs", "1", "--iters-per-epoch", "1",
+                       "--batch-size", "1", "-shots", "1", "--pretrained", str(checkpoint),
+                       "--raw", str(phantom_with_masks.raw), "--preprocessed", str(phantom_with_masks.preprocessed),
+                       "--results", str(results)])
+    assert code == 0
+    finetuned = load_checkpoint(next(results.rglob("checkpoint_final.pt")))
+    assert finetuned.meta.network_config["network"]["resenc"]["features_per_stage"] == [8, 32, 64, 128]
+    shapes = lambda state: {k: v.shape for k, v in state.items() if k.startswith("encoder.")}  # noqa: E731
+    finetuned_encoder = shapes(in_context_weights(finetuned))
+    assert finetuned_encoder == shapes(model_state_dict(load_checkpoint(checkpoint)))
+    assert "encoder.stages.3.blocks.1.conv2.conv.weight" in finetuned_encoder
