@@ -7,6 +7,9 @@ installs) builds its network from them and loads the export.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -187,3 +190,32 @@ def test_resenc_checkpoint_finetunes_and_predicts_in_mass_nn(resenc_checkpoint, 
     finetuned_encoder = shapes(in_context_weights(finetuned))
     assert finetuned_encoder == shapes(model_state_dict(load_checkpoint(checkpoint)))
     assert "encoder.stages.3.blocks.1.conv2.conv.weight" in finetuned_encoder
+
+
+@pytest.mark.slow
+def test_nnunet_trains_from_the_export_on_cpu(resenc_checkpoint, phantom_with_masks, tmp_path):
+    """nnU-Net's own pipeline on the phantom: fingerprint, preprocessing with the ResEnc plans, then one epoch of
+    nnUNetv2_train (250 iterations and validation, a few minutes on 2 cores) from the export."""
+    checkpoint, _ = resenc_checkpoint
+    env = {**os.environ, "nnUNet_raw": str(phantom_with_masks.raw),
+           "nnUNet_preprocessed": str(tmp_path / "nnUNet_preprocessed"), "nnUNet_results": str(tmp_path / "nnres"),
+           "nnUNet_n_proc_DA": "1"}
+    subprocess.run(["nnUNetv2_extract_fingerprint", "-d", "990", "-np", "1"], env=env, check=True)
+    target = tmp_path / "nnUNet_preprocessed" / "Dataset990_PhantomCT"
+    fingerprint = json.loads((target / "dataset_fingerprint.json").read_text())
+    plans_path = write_nnunet_plans(target, name="Dataset990_PhantomCT")
+    shutil.copy(phantom_with_masks.raw / "Dataset990_PhantomCT" / "dataset.json", target / "dataset.json")
+    plans = json.loads(plans_path.read_text())
+    plans["foreground_intensity_properties_per_channel"] = fingerprint["foreground_intensity_properties_per_channel"]
+    plans["configurations"]["3d_fullres"]["spacing"] = fingerprint["spacings"][0]
+    plans_path.write_text(json.dumps(plans))
+    subprocess.run(["nnUNetv2_preprocess", "-d", "990", "-plans_name", "nnUNetResEncUNetMPlans", "-c", "3d_fullres",
+                    "-np", "1"], env=env, check=True)
+    export = tmp_path / "mass_resenc.pth"
+    assert export_main(["--checkpoint", str(checkpoint), "--nnunet-plans", str(plans_path), "-o", str(export)]) == 0
+    run = subprocess.run(["nnUNetv2_train", "990", "3d_fullres", "0", "-p", "nnUNetResEncUNetMPlans", "-tr",
+                          "nnUNetTrainer_1epoch", "-device", "cpu", "-pretrained_weights", str(export)],
+                         env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "Loading pretrained weights from file" in run.stdout
+    assert next((tmp_path / "nnres").rglob("checkpoint_final.pth")).is_file()
