@@ -8,13 +8,24 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.in_context_learning_curve import FULL, QUICK, _few_per_source, main
+from benchmarks.in_context_learning_curve import FULL, GPU, QUICK, LearningCurve, _few_per_source, main
 from tests.conftest import requires_shared_data, shared_data_dir
 
 
 def test_full_budget_fits_an_hour_and_quick_is_a_token_run():
     assert FULL.pretrain_steps == 1200 and len(FULL.seeds) >= 3 and FULL.pool_cases_per_source is None
     assert QUICK.pretrain_steps <= 4 and QUICK.pool_cases_per_source == 2
+
+
+def test_workspaces_from_before_the_batch_fields_still_match_and_budgets_stay_apart(tmp_path):
+    older = {"name": "full", "pretrain_epochs": 12, "pretrain_iters_per_epoch": 100, "finetune_epochs": 2,
+             "finetune_iters_per_epoch": 50, "seeds": [0, 1, 2], "pool_cases_per_source": None}
+    (tmp_path / "state.json").write_text(json.dumps({"finished": ["datasets"], "budget": older}))
+    LearningCurve(tmp_path, tmp_path, FULL, None).run([], redo=False)  # no stage: only the budget check
+    assert json.loads((tmp_path / "state.json").read_text())["budget"]["batch_size"] is None
+    assert GPU.batch_size == 16 and GPU.lr_scaling == "none"
+    with pytest.raises(SystemExit, match="holds runs of budget"):
+        LearningCurve(tmp_path, tmp_path, GPU, None).run([], redo=False)
 
 
 def test_quick_pool_keeps_the_first_cases_of_every_source():
