@@ -202,7 +202,8 @@ def main(argv=None) -> int:
         "",
         "Both methods see the same three uint8 windows of each labelled volume of `../shared/data` (CT: soft "
         "tissue, contrast and bone HU windows; MR, PET: per-image quantile windows 5-95 / 15-85 / 1-99 % over the "
-        "image's foreground, as the orchestrator takes them; the BRATS rows marked old rule take them over every voxel and are not in the means), and "
+        "image's foreground, as the orchestrator takes them; the BRATS rows marked old rule take them over every "
+        "voxel and are not in the means), and "
         "their masks go through the orchestrator's post-processing (drop masks below 200 mm³, of every pair with "
         "IoU > 0.9 keep one) before mask_quality scores them against the label map (MASS Table 4a: Best = mean "
         "over classes of the best Dice of any mask, Avg = mean Dice over overlapping (mask, class) pairs, %>40 = "

@@ -23,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", required=True, help="MASS checkpoint with a ResEnc encoder")
     parser.add_argument("--nnunet-plans", required=True,
                         help="the nnU-Net plans file of the target dataset (nnUNetResEncUNet{M,L,XL}Plans.json)")
-    parser.add_argument("-c", "--configuration", default="3d_fullres", help="nnU-Net configuration (default 3d_fullres)")
+    parser.add_argument("-c", "--configuration", default="3d_fullres",
+                        help="nnU-Net configuration (default 3d_fullres)")
     parser.add_argument("-o", "--output", required=True, help="the file to write, e.g. mass_resenc_m.pth")
     parser.add_argument("--seed", type=int, default=0, help="seed of nnU-Net's decoder initialisation (default 0)")
     add_common_arguments(parser)

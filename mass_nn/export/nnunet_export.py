@@ -10,7 +10,6 @@ nnU-Net plans describe, and every mismatch is named.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import torch
 from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
 
 from mass_nn.errors import MassError
-from mass_nn.io.atomic import atomic_path
+from mass_nn.io.atomic import atomic_path, read_json
 from mass_nn.networks.resenc_architecture import ResEncArchitecture, read_nnunet_plans
 from mass_nn.networks.resenc_encoder import resenc_kwargs
 from mass_nn.training.checkpoint import load_checkpoint, model_state_dict
@@ -55,7 +54,7 @@ def export_to_nnunet(checkpoint: str | Path, nnunet_plans: str | Path, configura
     weights = {k: v.detach().clone() for k, v in network.state_dict().items() if SEGMENTATION_LAYER_KEY not in k}
     provenance = {"source_checkpoint": str(Path(checkpoint).resolve()), "nnunet_plans": str(Path(nnunet_plans)),
                   "configuration": configuration, "trainer": loaded.meta.trainer,
-                  "global_step": loaded.meta.global_step, "decoder": "nnU-Net initialisation, seed %d" % seed}
+                  "global_step": loaded.meta.global_step, "decoder": f"nnU-Net initialisation, seed {seed}"}
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(output) as tmp:
@@ -104,8 +103,4 @@ def _nnunet_input_channels(plans: Path, fallback: int) -> int:
     dataset_json = plans.parent / "dataset.json"
     if not dataset_json.is_file():
         return fallback
-    try:
-        names = json.loads(dataset_json.read_text()).get("channel_names") or {}
-    except (OSError, json.JSONDecodeError) as err:
-        raise MassError(f"{dataset_json}: not readable as JSON ({err}); fix or remove it") from err
-    return len(names) or fallback
+    return len(read_json(dataset_json).get("channel_names") or {}) or fallback

@@ -1,5 +1,5 @@
-"""The decoder: one upsampling stage per encoder level below the deepest, with skip connections, conditioned on the task embedding by fusion stages
-at the deepest `num_prior_stages` resolutions."""
+"""The decoder: one upsampling stage per encoder level below the deepest, with skip connections, conditioned on
+the task embedding by fusion stages at the deepest `num_prior_stages` resolutions."""
 from __future__ import annotations
 
 import torch

@@ -19,8 +19,8 @@ class InContextSegmenter(nn.Module):
     decoder + dynamic mask head.
 
     Images are [B, in_channels, D, H, W] with every side a multiple of config.size_divisors() and at least
-    config.min_sizes() (16 and 32 for the ResUNet). Reference images may not
-    exceed `config.input_size_zyx` in any axis (the positional maps have that size); query images may be larger.
+    config.min_sizes() (16 and 32 for the ResUNet). Reference images may not exceed `config.input_size_zyx` in any
+    axis (the positional maps have that size); query images may be larger.
     Masks are [B, K, D, H, W], one channel per task; logits are [B, K, D, H, W], one sigmoid channel per task.
     """
 

@@ -7,8 +7,6 @@ count.
 """
 from __future__ import annotations
 
-import math
-
 from torch import Tensor, nn
 
 
@@ -42,7 +40,7 @@ def pixel_unshuffle_3d(x: Tensor, scale: int | tuple[int, int, int]) -> Tensor:
     d, h, w = depth // a, height // b, width // c
     x = x.reshape(batch, channels, d, a, h, b, w, c)
     x = x.permute(0, 1, 3, 5, 7, 2, 4, 6)
-    return x.reshape(batch, channels * math.prod((a, b, c)), d, h, w)
+    return x.reshape(batch, channels * a * b * c, d, h, w)
 
 
 class PixelShuffle3d(nn.Module):

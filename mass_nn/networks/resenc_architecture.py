@@ -38,7 +38,6 @@ class ResEncArchitecture:
     conv_bias: bool = True
     norm_eps: float = 1e-5
     norm_affine: bool = True
-    source: str = ""  # "<plans file> <configuration>", for messages
 
     @property
     def n_stages(self) -> int:
@@ -138,7 +137,7 @@ def _architecture_from_kwargs(kwargs: dict, source: str) -> ResEncArchitecture:
             n_conv_per_stage_decoder=[int(v) for v in per_stage["n_conv_per_stage_decoder"]],
             conv_bias=bool(kwargs.get("conv_bias", False)),
             norm_eps=float((kwargs.get("norm_op_kwargs") or {}).get("eps", 1e-5)),
-            norm_affine=bool((kwargs.get("norm_op_kwargs") or {}).get("affine", True)), source=source)
+            norm_affine=bool((kwargs.get("norm_op_kwargs") or {}).get("affine", True)))
     except (KeyError, TypeError, ValueError) as err:
         raise MassError(f"{source}: arch_kwargs incomplete or malformed ({type(err).__name__}: {err}); re-plan "
                         f"with nnUNetv2_plan_experiment") from err

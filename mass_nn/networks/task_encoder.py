@@ -151,7 +151,8 @@ class TaskEncoderStage(nn.Module):
                              f"{list(features.shape)} and {list(masks.shape)}")
         expected = [side * factor for side, factor in zip(features.shape[2:], self.scale)]
         if list(masks.shape[2:]) != expected:
-            raise ValueError(f"masks of spatial size {list(masks.shape[2:])} must be {list(self.scale)}× the features' "
+            raise ValueError(f"masks of spatial size {list(masks.shape[2:])} must be {list(self.scale)}× the "
+                             f"features' "
                              f"{list(features.shape[2:])}, i.e. {expected}")
         limit = list(self.positional_map.shape[2:])
         if any(side > most for side, most in zip(masks.shape[2:], limit)):
