@@ -1,4 +1,5 @@
 """Fingerprint statistics, the planner's derivations, and the plans JSON contract."""
+import dataclasses
 import json
 
 import numpy as np
@@ -122,6 +123,19 @@ def test_cpu_in_context_preset_plans_4mm_and_48_cubed(tmp_path):
     assert config.target_spacing_zyx_mm == pytest.approx([4.0, 4.0, 4.0])
     assert config.patch_size_zyx == [48, 48, 48]
 
+
+
+def test_demo_preset_caps_the_patch_at_32_and_3mm(tmp_path):
+    name, plans_name, settings = load_preset("demo_in_context")
+    assert (name, plans_name, settings.cpu_max_patch_edge) == ("demo_in_context", "MassPlansDemo", 32)
+    dataset = make_raw_dataset(tmp_path, channel_names=("T2",), num_cases=2, shape_zyx=(70, 170, 170))
+    config = plan_experiment(extract_fingerprint(dataset, progress=False), settings).configuration("3d_cpu")
+    assert config.target_spacing_zyx_mm == pytest.approx([3.0, 3.0, 3.0])
+    assert config.patch_size_zyx == [32, 32, 32]  # 64 from the field of view, capped
+    assert "at most 32" in config.derivation
+    uncapped = plan_experiment(extract_fingerprint(dataset, progress=False),
+                               dataclasses.replace(settings, cpu_max_patch_edge=0)).configuration("3d_cpu")
+    assert uncapped.patch_size_zyx == [64, 64, 64] and "at most" not in uncapped.derivation
 
 def test_mr_channel_plan(tmp_path):
     dataset = make_raw_dataset(tmp_path, channel_names=("T1", "PET"), num_cases=2)

@@ -20,9 +20,9 @@ from mass_nn.errors import PlansValidationError
 from mass_nn.planning.fingerprint_records import DatasetFingerprint
 from mass_nn.planning.mask_slicing import mask_generation_axis, seed_slice_interval
 from mass_nn.planning.modality import CT
+from mass_nn.planning.planner_settings import PlannerSettings
 from mass_nn.planning.plans import (PLANS_FORMAT_VERSION, ChannelPlan, ConfigurationPlan, MaskGenerationPlan,
                                     NetworkPlan, Plans)
-from mass_nn.planning.planner_settings import PlannerSettings
 from mass_nn.planning.windows import derive_windows
 
 POOLING_DIVISOR = 16  # four 2x poolings in the ResUNet encoder
@@ -70,6 +70,8 @@ def plan_cpu_configuration(fingerprint, settings: PlannerSettings, axis: int, pl
     factor = settings.cpu_resolution_factor
     spacing = [settings.paper_target_spacing_mm * factor] * 3
     full_edge = int(round(settings.paper_patch_edge / factor))
+    if settings.cpu_max_patch_edge:
+        full_edge = min(full_edge, settings.cpu_max_patch_edge)
     median_shape = median_shape_at_spacing(fingerprint, spacing)
     patch = [max(settings.cpu_min_patch_edge, min(full_edge, POOLING_DIVISOR * math.ceil(m / POOLING_DIVISOR)))
              for m in median_shape]
@@ -82,7 +84,8 @@ def plan_cpu_configuration(fingerprint, settings: PlannerSettings, axis: int, pl
         seed_slice_interval=_interval_on_grid(axis, spacing, settings),
         derivation=(f"cpu: spacing = paper spacing x {factor:g}; patch edge = paper edge / {factor:g} = {full_edge} "
                     f"(same field of view), shrunk per axis to the median shape rounded up to a multiple of "
-                    f"{POOLING_DIVISOR}, at least {settings.cpu_min_patch_edge}"))
+                    f"{POOLING_DIVISOR}, at least {settings.cpu_min_patch_edge}"
+                    + (f", at most {settings.cpu_max_patch_edge}" if settings.cpu_max_patch_edge else "")))
 
 
 CONFIGURATION_PLANNERS = {"3d_paper": plan_paper_configuration, "3d_cpu": plan_cpu_configuration}

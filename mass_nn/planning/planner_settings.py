@@ -35,6 +35,7 @@ class PlannerSettings:
     cpu_num_blocks: list[int] = field(default_factory=lambda: [1, 1, 1, 1])
     cpu_batch_size: int = 2
     cpu_min_patch_edge: int = 32
+    cpu_max_patch_edge: int = 0  # 0: no cap; else the patch edge never exceeds it (a cheaper step, smaller view)
     seed_slice_distance_mm: float = DEFAULT_SEED_SLICE_DISTANCE_MM
     isotropy_ratio: float = ISOTROPY_RATIO
     mask_channel: int = 0  # the input channel masks are made from (mass_generate_masks --channel overrides)
