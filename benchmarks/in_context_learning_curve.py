@@ -41,18 +41,18 @@ from benchmarks.in_context_curve_report import write_curve_report  # noqa: E402
 from benchmarks.measure import machine_description  # noqa: E402
 from benchmarks.replication_datasets import (ReplicationDataset, pool_images, sts_patients,  # noqa: E402
                                              sts_test_patients, write_organ_mr, write_pool, write_splits)
-from mass_nn.evaluation.few_shot_protocol import FewShotProtocol, run_few_shot_protocol  # noqa: E402
 from mass_nn.evaluation.in_context_protocol import in_context_evaluation  # noqa: E402
+from mass_nn.experiments.few_shot_protocol import FewShotProtocol, run_few_shot_protocol  # noqa: E402
 from mass_nn.inference.model_loading import load_in_context_checkpoint  # noqa: E402
 from mass_nn.io.atomic import read_json, write_json_atomic  # noqa: E402
 from mass_nn.masks.generate import MaskGenerationOptions, generate_masks  # noqa: E402
+from mass_nn.model.checkpoint import save_untrained_copy  # noqa: E402
 from mass_nn.paths import MassPaths  # noqa: E402
-from mass_nn.planning.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess  # noqa: E402
 from mass_nn.planning.planner_settings import load_preset  # noqa: E402
-from mass_nn.training.checkpoint import save_untrained_copy  # noqa: E402
+from mass_nn.preprocessing.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess  # noqa: E402
 from mass_nn.training.options import TrainingOptions  # noqa: E402
-from mass_nn.training.run_folder import run_folder  # noqa: E402
 from mass_nn.training.pretrain.validation import InContextValidation, PretrainingValidation  # noqa: E402
+from mass_nn.training.run_folder import run_folder  # noqa: E402
 from mass_nn.training.run_training import run_training  # noqa: E402
 
 logger = logging.getLogger("in_context_curve")

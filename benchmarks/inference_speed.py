@@ -68,7 +68,7 @@ def measure_dataset(dataset_id: int, paths: MassPaths, repeats: int, out: Path) 
     from mass_nn.inference.predictor import SegmentationPredictor
     from mass_nn.inference.reference_encoding import encode_reference_labels
     from mass_nn.preprocessing.blosc2_storage import open_array
-    from mass_nn.training.finetune.labelled_data import resolve_labelled_dataset
+    from mass_nn.datasets.labelled_data import resolve_labelled_dataset
     checkpoint = pretrained_checkpoint(dataset_id, paths)
     network, _, _ = load_in_context_checkpoint(checkpoint)
     data = resolve_labelled_dataset(str(dataset_id), paths, "MassPlans", CONFIGURATION)

@@ -110,7 +110,7 @@ class Replication:
 
     # ------------------------------------------------------------------ stages
     def stage_datasets(self) -> dict:
-        from mass_nn.planning.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess
+        from mass_nn.preprocessing.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess
         built = build_replication_datasets(self.shared_data, self.paths.raw)
         summary = {}
         for key, dataset in built.items():

@@ -15,11 +15,11 @@ import torch
 from benchmarks.measure import machine_description, replace_section
 from benchmarks.replication_datasets import EVALUATION_IDS
 from benchmarks.replication_runs import PRETRAINERS, read_timings
+from mass_nn.datasets.labelled_data import resolve_labelled_dataset
 from mass_nn.evaluation.feature_pca import write_case_feature_figure
 from mass_nn.evaluation.segmentation_figure import write_segmentation_figure
 from mass_nn.evaluation.tables import markdown_table, mean_std
 from mass_nn.io.atomic import read_json
-from mass_nn.training.finetune.labelled_data import resolve_labelled_dataset
 from mass_nn.training.metrics_log import read_metrics
 from mass_nn.training.progress_plot import write_progress_plot
 

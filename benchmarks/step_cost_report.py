@@ -21,12 +21,12 @@ from benchmarks.measure import machine_description
 from benchmarks.pretraining_workspace import (PLANS_NAME, build_trainer, ensure_phantom, loader_of,
                                               preprocess_and_generate_masks, ready_for_steps)
 from benchmarks.step_comparison import SideBySide, commit_worktree, compare
-from benchmarks.step_cost import (PARTS, PartCost, PeakEstimate, count_flops, measure_parts, measured_sgemm_flops,
+from benchmarks.step_cost import (PartCost, PeakEstimate, count_flops, measure_parts, measured_sgemm_flops,
                                   part_functions, peak_fp32_flops, top_operators)
+from mass_nn.datasets.labelled_data import resolve_labelled_dataset
 from mass_nn.paths import MassPaths
 from mass_nn.preprocessing.blosc2_storage import open_array
-from mass_nn.training.finetune.labelled_data import resolve_labelled_dataset
-from mass_nn.training.pretrain.mass_pretrainer import batch_to_device
+from mass_nn.training.data.pretraining_loader import batch_to_device
 
 SECTION = "pretraining_step_cost"
 EARLIER_COMMIT = "a3d41a4"
@@ -132,8 +132,6 @@ def measure_baselines(work: Path, earlier: Path, budget: StepBudget, threads: in
 def measure_inference(work: Path, earlier: Path, budget: StepBudget, threads: int) -> SideBySide:
     """Segmenting one phantom test case (sliding window, cached reference of every class) with a 2-step MASS
     checkpoint, earlier commit vs now."""
-    from mass_nn.training.finetune.labelled_data import resolve_labelled_dataset
-    from mass_nn.preprocessing.blosc2_storage import open_array
     paths = _workspace(work, "3d_cpu")
     command = [sys.executable, "-m", "mass_nn.cli.train", "PRETRAIN", "-d", "990", "-c", "3d_cpu", "--device", "cpu",
                "--epochs", "1", "--iters-per-epoch", "2", "--val-batches", "1", "--tag", "step_cost", "--continue",

@@ -78,7 +78,7 @@ def phantom_with_masks(tmp_path_factory):
     from dataset_conversion.phantom import write_phantom_dataset
     from mass_nn.masks.generate import MaskGenerationOptions, generate_masks
     from mass_nn.paths import MassPaths
-    from mass_nn.planning.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess
+    from mass_nn.preprocessing.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess
     root = tmp_path_factory.mktemp("phantom_masks")
     paths = MassPaths(raw=root / "raw", preprocessed=root / "pre", results=root / "res")
     write_phantom_dataset(paths.raw, 990, num_cases=6, seed=3)

@@ -20,7 +20,7 @@ BASELINES = ["MAEPretrainer", "S3DPretrainer", "SimCLRPretrainer", "ModelsGenesi
 @pytest.fixture(scope="module")
 def sarcoma_ct(tmp_path_factory):
     from dataset_conversion.shared_data import convert_shared_data
-    from mass_nn.planning.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess
+    from mass_nn.preprocessing.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess
     root = tmp_path_factory.mktemp("baselines_real")
     paths = MassPaths(raw=root / "raw", preprocessed=root / "pre", results=root / "res")
     raw = convert_shared_data(shared_data_dir(), paths.raw, which=["ct_tumour"])["ct_tumour"]

@@ -24,7 +24,7 @@ pytestmark = requires_shared_data
 def test_few_shot_protocol_and_prediction_on_sarcoma_ct(tmp_path):
     from dataset_conversion.shared_data import convert_shared_data
     from mass_nn.masks.generate import MaskGenerationOptions, generate_masks
-    from mass_nn.planning.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess
+    from mass_nn.preprocessing.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess
     paths = MassPaths(raw=tmp_path / "raw", preprocessed=tmp_path / "pre", results=tmp_path / "res")
     raw = convert_shared_data(shared_data_dir(), paths.raw, which=["ct_tumour"])["ct_tumour"]
     dataset_id = raw.name.split("_")[0].removeprefix("Dataset")

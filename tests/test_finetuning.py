@@ -14,7 +14,7 @@ from mass_nn.cli.predict import main as predict_main
 from mass_nn.cli.train import main as train_main
 from mass_nn.inference.task_embedding_file import load_task_embedding
 from mass_nn.io.image_io import read_image, write_image
-from mass_nn.training.checkpoint import load_checkpoint, model_state_dict, save_checkpoint
+from mass_nn.model.checkpoint import load_checkpoint, model_state_dict, save_checkpoint
 from mass_nn.training.options import TrainingOptions
 from mass_nn.training.run_folder import checkpoint_identity
 from mass_nn.training.run_training import run_training

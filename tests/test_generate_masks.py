@@ -13,7 +13,7 @@ from mass_nn.io.atomic import read_json
 from mass_nn.masks.generate import MaskGenerationOptions, generate_masks, select_part
 from mass_nn.masks.mask_bank import MaskBank
 from mass_nn.paths import MassPaths
-from mass_nn.planning.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess
+from mass_nn.preprocessing.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess
 from tests.conftest import make_raw_dataset
 
 

@@ -16,14 +16,13 @@ import torch
 from dataset_conversion.phantom_case_labels import write_phantom_case_labels
 from mass_nn.cli.train import main as train_main
 from mass_nn.errors import MassError
+from mass_nn.model.checkpoint import Checkpoint, CheckpointMeta, encoder_state_dict, load_checkpoint
+from mass_nn.model.pretrained_networks import unetr_from_pretrained, vit_classifier_from_pretrained
 from mass_nn.networks.build import build_network
 from mass_nn.networks.hi_end_mae import HiEndMAE, HiEndMAEConfig
-from mass_nn.networks.unetr import UNETRSegmenter
 from mass_nn.networks.vit import (ViTConfig, ViTEncoder, default_hierarchy, patchify, sincos_position_embedding,
                                   unpatchify)
-from mass_nn.networks.vit_classifier import ViTClassifier
 from mass_nn.paths import MassPaths
-from mass_nn.training.checkpoint import Checkpoint, CheckpointMeta, encoder_state_dict, load_checkpoint
 from mass_nn.training.options import TrainingOptions
 from mass_nn.training.pretrain.hi_end_mae_pretrainer import (HiEndMAEPretrainer, hi_end_mae_loss, mask_noise,
                                                              masked_patch_loss, network_config, norm_pix_target)
@@ -196,29 +195,29 @@ def test_vit_keys_load_into_unetr_and_classifier():
     checkpoint = _checkpoint_of(pretrained)
     vit_keys = set(encoder_state_dict(checkpoint))
     assert vit_keys == set(pretrained.encoder.state_dict())
-    unetr, report = UNETRSegmenter.from_pretrained(checkpoint, ["liver", "lesion"], [1, 2], "ckpt.pt")
+    unetr, report = unetr_from_pretrained(checkpoint, ["liver", "lesion"], [1, 2], "ckpt.pt")
     assert set(report.loaded) == {f"vit.{k}" for k in vit_keys} and not report.unexpected
     assert report.missing and not any(k.startswith("vit.") for k in report.missing)
     assert unetr.vit.config.learned_pos_embed and unetr.config.skip_layers == [3, 2, 1]
     torch.testing.assert_close(unetr.vit.pos_embed.detach(), pretrained.encoder.pos_embed)
     assert unetr(torch.randn(1, 1, 32, 32, 32)).shape == (1, 2, 32, 32, 32)
-    classifier, report = ViTClassifier.from_pretrained_for_classification(checkpoint, 3, [32, 48, 32], 0.1, "c.pt")
+    classifier, report = vit_classifier_from_pretrained(checkpoint, 3, [32, 48, 32], 0.1, "c.pt")
     assert len(report.loaded) == len(vit_keys) and not report.unexpected
     assert report.missing and all(k.startswith("head.") for k in report.missing)
     assert classifier.deepest_features(torch.randn(2, 1, 32, 48, 32)).shape == (2, 48, 4, 6, 4)
     assert classifier(torch.randn(2, 1, 32, 48, 32)).shape == (2, 3)
     with pytest.raises(MassError, match="c.pt.*multiples of 8"):
-        ViTClassifier.from_pretrained_for_classification(checkpoint, 3, [36, 32, 32], 0.1, "c.pt")
+        vit_classifier_from_pretrained(checkpoint, 3, [36, 32, 32], 0.1, "c.pt")
     checkpoint.model["encoder.blocks.9.norm1.weight"] = torch.ones(48)
     with pytest.raises(MassError, match="unexpected"):
-        UNETRSegmenter.from_pretrained(checkpoint, ["liver"], [1], "ckpt.pt")
+        unetr_from_pretrained(checkpoint, ["liver"], [1], "ckpt.pt")
 
 
 @pytest.mark.parametrize("patch, size", [(12, 48), (16, 32)])
 def test_unetr_reaches_full_resolution_for_other_patch_sizes(patch, size):
     config = tiny_config(encoder=ViTConfig(in_channels=1, input_size_zyx=[size] * 3, patch_size=patch, dim=12,
                                            depth=4, heads=2), decoder_dim=12, decoder_heads=2)
-    unetr, _ = UNETRSegmenter.from_pretrained(_checkpoint_of(HiEndMAE(config)), ["a"], [1], "x.pt")
+    unetr, _ = unetr_from_pretrained(_checkpoint_of(HiEndMAE(config)), ["a"], [1], "x.pt")
     assert unetr(torch.randn(1, 1, size, size, size)).shape == (1, 1, size, size, size)
 
 

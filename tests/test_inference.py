@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from mass_nn.datasets.labelled_data import select_shots
 from mass_nn.errors import MassError
 from mass_nn.inference.label_maps import probabilities_to_label_map
 from mass_nn.inference.reference_encoding import encode_reference_labels, label_box, reference_crop
@@ -13,7 +14,6 @@ from mass_nn.inference.sliding_window import sliding_window_probabilities, windo
 from mass_nn.io.image_io import ImageGeometry, read_image
 from mass_nn.networks.config import InContextNetworkConfig
 from mass_nn.networks.in_context_model import InContextSegmenter
-from mass_nn.training.finetune.labelled_data import select_shots
 
 
 def test_reference_crop_near_the_border_keeps_the_label_and_pads_with_zeros():
@@ -136,7 +136,7 @@ def test_prediction_is_written_in_the_input_geometry(tmp_path, tiny_network):
 def _cpu_plans(tmp_path):
     """Plans of a tiny CT dataset with a 32^3 patch (the tiny network's input size)."""
     from mass_nn.paths import MassPaths
-    from mass_nn.planning.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess
+    from mass_nn.preprocessing.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess
     from mass_nn.planning.plans import load_plans
     from tests.conftest import make_raw_dataset
     paths = MassPaths(raw=tmp_path / "raw", preprocessed=tmp_path / "pre", results=tmp_path / "res")

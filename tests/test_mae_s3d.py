@@ -16,6 +16,9 @@ from scipy import ndimage
 from dataset_conversion.phantom_case_labels import write_phantom_case_labels
 from mass_nn.cli.train import main as train_main
 from mass_nn.errors import MassError
+from mass_nn.model.checkpoint import encoder_state_dict, load_checkpoint
+from mass_nn.model.downstream_network import build_downstream_network
+from mass_nn.networks.block_masking import mask_at, mask_generator, mask_grid, random_block_mask
 from mass_nn.networks.config import InContextNetworkConfig
 from mass_nn.networks.encoder import ResUNetEncoder
 from mass_nn.networks.reconstruction_unet import ReconstructionUNet, ReconstructionUNetConfig
@@ -23,10 +26,7 @@ from mass_nn.networks.s3d_network import S3DNetwork
 from mass_nn.networks.sparse_encoder import sparse_encode, sparse_instance_norm
 from mass_nn.paths import MassPaths
 from mass_nn.planning.plans import Plans
-from mass_nn.training.checkpoint import encoder_state_dict, load_checkpoint
-from mass_nn.training.finetune.downstream_network import build_downstream_network
 from mass_nn.training.options import TrainingOptions
-from mass_nn.training.pretrain.block_masking import mask_at, mask_generator, mask_grid, random_block_mask
 from mass_nn.training.pretrain.mae_pretrainer import MAEPretrainer, masked_input, masked_reconstruction_loss
 from mass_nn.training.run_training import run_training
 from tests.conftest import single_folder
@@ -174,7 +174,7 @@ def test_a_short_overfit_on_one_volume_lowers_each_loss():
 def phantom(tmp_path_factory) -> MassPaths:
     """The 6-case phantom, preprocessed (3d_cpu; no mask banks: these trainers need none), with labels.csv."""
     from dataset_conversion.phantom import write_phantom_dataset
-    from mass_nn.planning.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess
+    from mass_nn.preprocessing.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess
     root = tmp_path_factory.mktemp("mae_s3d_phantom")
     paths = MassPaths(raw=root / "raw", preprocessed=root / "pre", results=root / "res")
     write_phantom_dataset(paths.raw, 990, num_cases=6, seed=3)

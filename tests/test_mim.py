@@ -13,12 +13,11 @@ import torch
 from dataset_conversion.phantom_case_labels import write_phantom_case_labels
 from mass_nn.cli.train import main as train_main
 from mass_nn.errors import MassError
+from mass_nn.model.checkpoint import encoder_state_dict, load_checkpoint
+from mass_nn.model.pretrained_networks import mim_classifier_from_pretrained, mim_segmenter_from_pretrained
 from mass_nn.networks.mim_backbone import MiMBackboneConfig, sincos_position_embedding
-from mass_nn.networks.mim_classifier import MiMClassifier
 from mass_nn.networks.mim_network import MiMNetwork, MiMNetworkConfig, patchify
-from mass_nn.networks.mim_segmenter import MiMSegmenter
 from mass_nn.paths import MassPaths
-from mass_nn.training.checkpoint import encoder_state_dict, load_checkpoint
 from mass_nn.training.options import TrainingOptions
 from mass_nn.training.pretrain.mim_levels import MiMLevelSettings, build_levels, region_of_token, resize_volume
 from mass_nn.training.pretrain.mim_pretrainer import MiMPretrainer, batch_generator, masked_patch_loss, mim_loss
@@ -231,11 +230,11 @@ def test_backbone_loads_into_segmenter_and_classifier_with_no_unexpected_key(mim
     _, summary = mim_run
     checkpoint = load_checkpoint(os.path.join(summary["output_folder"], "checkpoint_final.pt"))
     backbone_keys = set(encoder_state_dict(checkpoint))
-    segmenter, report = MiMSegmenter.from_pretrained(checkpoint, ["liver", "kidney"], [1, 2], "ckpt")
+    segmenter, report = mim_segmenter_from_pretrained(checkpoint, ["liver", "kidney"], [1, 2], "ckpt")
     assert not report.unexpected and {k.removeprefix("backbone.") for k in report.loaded} == backbone_keys
     assert report.missing and not any(k.startswith("backbone.") for k in report.missing)
     assert segmenter(torch.zeros(1, 1, 64, 48, 48)).shape == (1, 2, 64, 48, 48)
-    classifier, report = MiMClassifier.from_pretrained_for_classification(checkpoint, 3, [32, 48, 48], 0.1, "ckpt")
+    classifier, report = mim_classifier_from_pretrained(checkpoint, 3, [32, 48, 48], 0.1, "ckpt")
     assert not report.unexpected and len(report.loaded) == len(backbone_keys)
     assert all(k.startswith("head.") for k in report.missing)
     features = classifier.deepest_features(torch.zeros(2, 1, 32, 48, 48))

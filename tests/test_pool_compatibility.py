@@ -11,16 +11,16 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from mass_nn.datasets.preprocessed_sources import resolve_sources
 from mass_nn.errors import MassError
+from mass_nn.model.checkpoint import Checkpoint, CheckpointMeta, load_checkpoint, save_checkpoint
+from mass_nn.model.pretrained import load_pretrained_checkpoint
 from mass_nn.paths import MassPaths
 from mass_nn.planning.plans import (PLANS_FORMAT_VERSION, ChannelPlan, ConfigurationPlan, MaskGenerationPlan,
                                     NetworkPlan, Plans, save_plans)
-from mass_nn.planning.windows import IntensityWindow
-from mass_nn.training.checkpoint import Checkpoint, CheckpointMeta, load_checkpoint, save_checkpoint
-from mass_nn.training.plans_compatibility import (channel_layout, plans_differences, pool_channel_layouts,
+from mass_nn.planning.plans_compatibility import (channel_layout, plans_differences, pool_channel_layouts,
                                                   pooled_model_differences, pretraining_pool_differences)
-from mass_nn.training.pretrain.pretraining_data import resolve_sources
-from mass_nn.training.pretrained import load_pretrained_checkpoint
+from mass_nn.planning.windows import IntensityWindow
 from mass_nn.training.trainer import Trainer
 
 CONFIG = "3d_cpu"

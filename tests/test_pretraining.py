@@ -11,7 +11,7 @@ import torch
 
 from mass_nn.cli.train import main as train_main
 from mass_nn.errors import MassError
-from mass_nn.training.checkpoint import load_checkpoint
+from mass_nn.model.checkpoint import load_checkpoint
 from mass_nn.training.metrics_log import read_metrics
 from mass_nn.training.options import TrainingOptions
 from mass_nn.training.run_training import run_training

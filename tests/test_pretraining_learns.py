@@ -16,7 +16,7 @@ from mass_nn.training.run_training import run_training
 def test_a_few_hundred_steps_lower_the_loss(tmp_path):
     from dataset_conversion.phantom import write_phantom_dataset
     from mass_nn.masks.generate import MaskGenerationOptions, generate_masks
-    from mass_nn.planning.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess
+    from mass_nn.preprocessing.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess
     preset = tmp_path / "coarse.json"
     preset.write_text(json.dumps({"description": "6 mm, 32^3 patch", "plans_name": "MassPlansCoarse",
                                   "settings": {"configurations": ["3d_cpu"], "cpu_resolution_factor": 4.0}}))

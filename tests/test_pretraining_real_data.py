@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
+from mass_nn.model.checkpoint import load_network
 from mass_nn.paths import MassPaths
-from mass_nn.training.checkpoint import load_network
 from mass_nn.training.metrics_log import read_metrics
 from mass_nn.training.options import TrainingOptions
 from mass_nn.training.run_training import run_training
@@ -17,7 +17,7 @@ pytestmark = requires_shared_data
 def test_pretraining_runs_on_real_mr_and_validates_in_context(tmp_path):
     from dataset_conversion.shared_data import convert_shared_data
     from mass_nn.masks.generate import MaskGenerationOptions, generate_masks
-    from mass_nn.planning.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess
+    from mass_nn.preprocessing.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess
     paths = MassPaths(raw=tmp_path / "raw", preprocessed=tmp_path / "pre", results=tmp_path / "res")
     convert_shared_data(shared_data_dir(), paths.raw, which=["pyradiomics_mr"])
     plan_and_preprocess(608, paths, PlanAndPreprocessOptions(preset="cpu_only", num_processes=2, progress=False))

@@ -13,16 +13,16 @@ import pytest
 import torch
 
 from mass_nn.errors import MassError
+from mass_nn.masks.generate import MaskGenerationOptions, generate_masks
 from mass_nn.masks.generators import sam2_backend
 from mass_nn.masks.generators.sam2_backend import CHECKPOINT_GUIDANCE, Sam2Backend, Sam2Settings, SeedMask
 from mass_nn.masks.generators.sam2_generator import (
     Sam2Generator, axes_and_intervals, drop_small_masks, select_diverse, seed_slices, slice_frames)
-from mass_nn.masks.generate import MaskGenerationOptions, generate_masks
 from mass_nn.masks.mask_bank import MaskBank
 from mass_nn.masks.native_grid import transfer_to_grid
 from mass_nn.masks.proposal import CaseInput, MaskProposal
 from mass_nn.paths import MassPaths
-from mass_nn.planning.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess
+from mass_nn.preprocessing.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess
 from mass_nn.registry import MASK_GENERATORS
 from tests.conftest import make_raw_dataset
 

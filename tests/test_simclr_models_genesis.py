@@ -15,6 +15,8 @@ import torch
 from dataset_conversion.phantom_case_labels import write_phantom_case_labels
 from mass_nn.cli.train import main as train_main
 from mass_nn.errors import MassError
+from mass_nn.model.checkpoint import encoder_state_dict, load_checkpoint
+from mass_nn.model.downstream_network import build_downstream_network
 from mass_nn.networks.build import build_network
 from mass_nn.networks.config import InContextNetworkConfig
 from mass_nn.networks.contrastive_encoder import ContrastiveEncoder, ContrastiveEncoderConfig
@@ -24,12 +26,10 @@ from mass_nn.planning.plans import Plans
 from mass_nn.preprocessing.blosc2_storage import open_array
 from mass_nn.preprocessing.crop_pad import crop_or_pad
 from mass_nn.registry import TRAINERS
-from mass_nn.training.checkpoint import encoder_state_dict, load_checkpoint
 from mass_nn.training.data.contrastive_crops import (ContrastiveAugmentation, ContrastiveCropSettings,
                                                      derived_crop_size, derived_region_size, make_contrastive_loader,
                                                      plan_crop_pairs)
 from mass_nn.training.data.image_crop_loader import ImageCase
-from mass_nn.training.finetune.downstream_network import build_downstream_network
 from mass_nn.training.options import TrainingOptions
 from mass_nn.training.pretrain import models_genesis_corruptions as mg
 from mass_nn.training.pretrain.models_genesis_pretrainer import ModelsGenesisPretrainer, make_genesis_loader

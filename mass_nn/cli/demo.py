@@ -1,10 +1,11 @@
 """mass_demo: the main job on the embedded demo data, end to end, in one self-contained workspace.
 
-Write the synthetic phantom dataset, plan and preprocess it with the CPU recipe's preset (`cpu_in_context`),
-generate weight-free masks and score them against the phantom's labels, pretrain MASS with the CPU recipe
-(MASSCPUPretrainer; in-context Dice on the phantom's labelled val case is reported each epoch), then evaluate the
-pretrained model 1-shot on the held-out test cases - training-free in context and finetuned - next to the same
-network untrained, and print the Dice table (figure alongside).
+Write the synthetic phantom dataset, plan and preprocess it with the demo preset (`demo_in_context`: the CPU
+recipe's idea scaled to the phantom, 3 mm and a 32^3 patch), generate weight-free masks and score them against the
+phantom's labels, pretrain MASS with the CPU recipe's trainer (MASSCPUPretrainer; in-context Dice on the phantom's
+labelled val case is reported each epoch), then evaluate the pretrained model 1-shot on the held-out test cases -
+training-free in context and finetuned - next to the same network untrained, and print the Dice table and the
+structures the pretrained model segments best (figure alongside).
 """
 from __future__ import annotations
 
@@ -19,12 +20,12 @@ from mass_nn.masks.generate import MaskGenerationOptions, bank_folder_of, genera
 from mass_nn.masks.quality_report import quality_report
 from mass_nn.parallel import default_num_processes
 from mass_nn.paths import MassPaths
-from mass_nn.planning.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess
 from mass_nn.planning.planner_settings import load_preset
+from mass_nn.preprocessing.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess
 from mass_nn.training.run_folder import checkpoint_identity
 
 DEMO_DATASET_ID = 990
-PRESET = "cpu_in_context"
+PRESET = "demo_in_context"
 TRAINER = "MASSCPUPretrainer"
 
 
@@ -35,12 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-cases", type=int, default=12, help="phantom training cases (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="phantom seed (default: %(default)s)")
     parser.add_argument("-np", "--num-processes", type=int, default=default_num_processes())
-    parser.add_argument("--epochs", type=int, default=6, help="pretraining epochs (default: %(default)s)")
-    parser.add_argument("--iters-per-epoch", type=int, default=25,
+    parser.add_argument("--epochs", type=int, default=10, help="pretraining epochs (default: %(default)s)")
+    parser.add_argument("--iters-per-epoch", type=int, default=50,
                         help="pretraining steps per epoch (default: %(default)s)")
-    parser.add_argument("--finetune-epochs", type=int, default=3, help="1-shot finetuning epochs (default: %(default)s)")
+    parser.add_argument("--finetune-epochs", type=int, default=3,
+                        help="1-shot finetuning epochs (default: %(default)s)")
     parser.add_argument("--finetune-iters", type=int, default=10,
                         help="1-shot finetuning steps per epoch (default: %(default)s)")
+    parser.add_argument("--preset", default=PRESET, help="plans preset of the phantom (default: %(default)s)")
     parser.add_argument("--clean", action="store_true", help="delete the workspace first")
     add_common_arguments(parser)
     return parser
@@ -67,14 +70,14 @@ def _run(args) -> int:
     print(f"[1/5] phantom dataset -> {paths.raw}")
     dataset_dir = _ensure_phantom(paths, args.num_cases, args.seed)
     print(f"[2/5] plan and preprocess {dataset_dir.name} -> {paths.preprocessed}")
-    summary = plan_and_preprocess(DEMO_DATASET_ID, paths, PlanAndPreprocessOptions(preset=PRESET,
+    summary = plan_and_preprocess(DEMO_DATASET_ID, paths, PlanAndPreprocessOptions(preset=args.preset,
                                                                                    num_processes=args.num_processes))
     for config in summary["configurations"]:
         print(f"      {config['configuration']}: {config['preprocessed']} preprocessed, {config['skipped']} "
               f"already done")
     print("[3/5] weight-free mask generation (supervoxel) on 3d_cpu")
-    options = MaskGenerationOptions(generator="supervoxel", configuration="3d_cpu", plans_name=_plans_name(),
-                                    num_processes=args.num_processes)
+    options = MaskGenerationOptions(generator="supervoxel", configuration="3d_cpu",
+                                    plans_name=_plans_name(args.preset), num_processes=args.num_processes)
     masks = generate_masks(DEMO_DATASET_ID, paths, options)
     quality = quality_report(bank_folder_of(DEMO_DATASET_ID, paths, options))["mean"]
     print(f"      {masks['masks']} masks for {masks['cases']} cases in {masks['seconds']:.1f} s; against the phantom "
@@ -89,46 +92,56 @@ def _run(args) -> int:
     return 0
 
 
-def _plans_name() -> str:
-    return load_preset(PRESET)[1]
+def _plans_name(preset: str) -> str:
+    return load_preset(preset)[1]
 
 
 def _few_shot(paths: MassPaths, args, run_folder: Path) -> None:
     """1-shot in-context and finetuned Dice on the held-out test cases: pretrained vs untrained."""
-    from mass_nn.evaluation.few_shot_protocol import FewShotProtocol, run_few_shot_protocol
+    from mass_nn.experiments.few_shot_protocol import FewShotProtocol, run_few_shot_protocol
     from mass_nn.evaluation.in_context_protocol import in_context_evaluation
     from mass_nn.evaluation.tables import markdown_table
-    from mass_nn.training.checkpoint import save_untrained_copy
+    from mass_nn.model.checkpoint import save_untrained_copy
     steps = args.finetune_epochs * args.finetune_iters
     print(f"[5/5] 1-shot segmentation of the held-out test cases: in context, and finetuned for {steps} steps")
     checkpoint = run_folder / "checkpoint_final.pt"
     out = paths.results / f"Dataset{DEMO_DATASET_ID}_PhantomCT" / f"fewshot_demo__{checkpoint_identity(checkpoint)}"
     protocol = FewShotProtocol(dataset=str(DEMO_DATASET_ID), checkpoint=checkpoint, shots=[1], seeds=[0],
                                methods=["in_context", "in_context_calibrated", "finetune", "scratch"],
-                               plans_name=_plans_name(), epochs=args.finetune_epochs,
+                               plans_name=_plans_name(args.preset), epochs=args.finetune_epochs,
                                iters_per_epoch=args.finetune_iters, tag="demo")
     results = run_few_shot_protocol(protocol, paths, out)
     dice = {r["method"]: r["mean_dice"] for r in results["runs"]}
+    per_class = {r["method"]: r["per_class_dice"] for r in results["runs"]}
     untrained_checkpoint = out / "untrained.pt"
     for calibrated in (False, True):
         folder = out / ("in_context_calibrated_untrained" if calibrated else "in_context_untrained")
         if (folder / "summary.json").is_file():
-            value = read_json(folder / "summary.json")["mean_dice"]
+            summary = read_json(folder / "summary.json")
         else:
             if not untrained_checkpoint.is_file():
                 save_untrained_copy(checkpoint, untrained_checkpoint)
-            value = in_context_evaluation(untrained_checkpoint, str(DEMO_DATASET_ID), paths, 1, 0, folder,
-                                          plans_name=_plans_name(), hd95=False,
-                                          calibrate_threshold=calibrated)["mean_dice"]
-        dice[folder.name] = value
-    percent = {k: "n/a" if v is None else f"{100 * v:.1f}" for k, v in dice.items()}
+            summary = in_context_evaluation(untrained_checkpoint, str(DEMO_DATASET_ID), paths, 1, 0, folder,
+                                            plans_name=_plans_name(args.preset), hd95=False,
+                                            calibrate_threshold=calibrated)
+        dice[folder.name] = summary["mean_dice"]
+        per_class[folder.name] = {name: entry["dice"] for name, entry in summary["mean"].items()}
+    percent = {k: _percent(v) for k, v in dice.items()}
     print(markdown_table(["1-shot mean Dice (%), test split", "pretrained MASS", "untrained"],
                          [["in context (no training), threshold 0.5", percent["in_context"],
                            percent["in_context_untrained"]],
                           ["in context, reference-calibrated thresholds", percent["in_context_calibrated"],
                            percent["in_context_calibrated_untrained"]],
                           [f"finetuned ({steps} steps)", percent["finetune"], percent["scratch"]]]))
+    best = sorted(per_class["in_context"], key=lambda name: -(per_class["in_context"][name] or 0.0))[:3]
+    print("      in context at 0.5, the structures the pretrained model segments best (pretrained vs untrained): "
+          + ", ".join(f"{name} {_percent(per_class['in_context'][name])} vs "
+                      f"{_percent(per_class['in_context_untrained'].get(name))}" for name in best))
     print(f"      per-class results in {out}/results.md; figure {results['figure']}")
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}"
 
 
 def _pretrain(paths: MassPaths, args) -> Path | None:
@@ -139,7 +152,7 @@ def _pretrain(paths: MassPaths, args) -> Path | None:
     print(f"[4/5] MASS pretraining on the masks ({TRAINER}, the CPU recipe): {args.epochs} epochs x "
           f"{args.iters_per_epoch} steps")
     options = TrainingOptions(mode="PRETRAIN", datasets=[str(DEMO_DATASET_ID)], trainer=TRAINER,
-                              configuration="3d_cpu", plans_name=_plans_name(), epochs=args.epochs,
+                              configuration="3d_cpu", plans_name=_plans_name(args.preset), epochs=args.epochs,
                               iters_per_epoch=args.iters_per_epoch, device="cpu",
                               val_dataset=[str(DEMO_DATASET_ID)], continue_training=True)
     summary = run_training(options, paths)

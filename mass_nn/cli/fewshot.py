@@ -15,7 +15,7 @@ from pathlib import Path
 from mass_nn.cli.common import add_common_arguments, add_path_arguments, paths_from_args, run_cli
 from mass_nn.errors import MassError
 from mass_nn.io.atomic import prepare_output_folder
-from mass_nn.training.checkpoint import load_checkpoint
+from mass_nn.model.checkpoint import load_checkpoint
 from mass_nn.training.run_folder import checkpoint_identity
 
 
@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args) -> int:
-    from mass_nn.evaluation.few_shot_protocol import FewShotProtocol, results_table, run_few_shot_protocol
+    from mass_nn.experiments.few_shot_protocol import FewShotProtocol, results_table, run_few_shot_protocol
     from mass_nn.io.dataset_json import find_dataset_name
     paths = paths_from_args(args)
     methods = ([] if args.no_in_context else ["in_context"]) + (["in_context_calibrated"] if args.calibrated else []) \

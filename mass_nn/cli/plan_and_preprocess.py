@@ -5,8 +5,8 @@ import argparse
 
 from mass_nn.cli.common import add_common_arguments, add_path_arguments, paths_from_args, run_cli
 from mass_nn.parallel import default_num_processes
-from mass_nn.planning.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess
 from mass_nn.planning.planner_settings import DEFAULT_PRESET, available_presets
+from mass_nn.preprocessing.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,1 +1,2 @@
-"""Metrics, evaluation of prediction folders, the few-shot protocol and result tables."""
+"""Metrics, scoring of prediction folders and predictors, training-free in-context evaluation, result tables
+and figures."""

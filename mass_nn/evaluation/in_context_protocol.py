@@ -5,7 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mass_nn.datasets.labelled_data import resolve_labelled_dataset, select_shots
+from mass_nn.evaluation.predict_and_score import predict_and_score
+from mass_nn.inference.model_loading import load_in_context_checkpoint
+from mass_nn.inference.predictor import SegmentationPredictor
+from mass_nn.inference.reference_calibration import calibrate_reference_thresholds
+from mass_nn.inference.reference_encoding import encode_reference_labels
 from mass_nn.io.atomic import write_json_atomic
+from mass_nn.model.pretrained import load_pretrained_checkpoint
 from mass_nn.paths import MassPaths
 
 
@@ -17,13 +24,6 @@ def in_context_evaluation(checkpoint: Path, dataset: str, paths: MassPaths, shot
     uses, so in-context and finetuned results of one (k, seed) share their training cases. With
     `calibrate_threshold` each class's threshold is read off its reference crops (reference_calibration.py)
     instead of 0.5; the thresholds are saved in shots.json."""
-    from mass_nn.inference.model_loading import load_in_context_checkpoint
-    from mass_nn.inference.predictor import SegmentationPredictor
-    from mass_nn.inference.reference_calibration import calibrate_reference_thresholds
-    from mass_nn.inference.reference_encoding import encode_reference_labels
-    from mass_nn.evaluation.predict_and_score import predict_and_score
-    from mass_nn.training.finetune.labelled_data import resolve_labelled_dataset, select_shots
-    from mass_nn.training.pretrained import load_pretrained_checkpoint
     data = resolve_labelled_dataset(dataset, paths, plans_name, configuration)
     load_pretrained_checkpoint(checkpoint, data.source.plans, configuration, data.source.dataset_name)
     network, _, _ = load_in_context_checkpoint(checkpoint, device)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mass_nn.evaluation.segmentation_evaluation import evaluate_case_pairs, write_summary
+from mass_nn.inference.batch_prediction import image_ending, predict_cases
 from mass_nn.io.dataset_json import CaseFiles
 
 
@@ -12,8 +14,6 @@ def predict_and_score(predictor, cases: list[CaseFiles], classes: dict[str, int]
     """Predict `cases` into out_folder/predictions (kept for inspection), score each against its raw label,
     write out_folder/summary.json and summary.md, and return the summary (mass_evaluate's format, plus
     "prediction_failures")."""
-    from mass_nn.evaluation.segmentation_evaluation import evaluate_case_pairs, write_summary
-    from mass_nn.inference.batch_prediction import image_ending, predict_cases
     predictions = Path(out_folder) / "predictions"
     with_endings = [(case, image_ending(case.images[0])) for case in cases]
     result = predict_cases(predictor, with_endings, predictions, progress=False)

@@ -9,17 +9,17 @@ import numpy as np
 import torch
 
 from mass_nn.errors import MassError
-from mass_nn.io.dataset_json import CaseFiles
-from mass_nn.io.image_io import read_geometry
-from mass_nn.networks.fixed_class_segmenter import FixedClassSegmenter
-from mass_nn.networks.in_context_model import InContextSegmenter
-from mass_nn.planning.plans import Plans
-from mass_nn.preprocessing.preprocessor import preprocess_in_memory
-from mass_nn.training.checkpoint import checkpoint_path, load_network
 from mass_nn.inference.predictor import InferenceSettings, SegmentationPredictor
 from mass_nn.inference.reference_calibration import calibrate_reference_thresholds
 from mass_nn.inference.reference_encoding import encode_reference_labels
 from mass_nn.inference.task_embedding_file import load_task_embedding, save_task_embedding
+from mass_nn.io.dataset_json import CaseFiles
+from mass_nn.io.image_io import read_geometry
+from mass_nn.model.checkpoint import checkpoint_path, load_network
+from mass_nn.networks.fixed_class_segmenter import FixedClassSegmenter
+from mass_nn.networks.in_context_model import InContextSegmenter
+from mass_nn.planning.plans import Plans
+from mass_nn.preprocessing.preprocessor import preprocess_in_memory
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""File formats and atomic writes: images, dataset.json, case labels, figures, integrity checks."""

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from mass_nn.errors import MassError
+from mass_nn.io.atomic import atomic_path
 
 CASE_LABELS_FILE = "labels.csv"
 
@@ -83,7 +84,6 @@ def read_case_labels(path: str | Path) -> CaseLabels:
 
 def write_case_labels(labels: CaseLabels, path: str | Path) -> None:
     """Write `labels` in the format read_case_labels reads (atomically)."""
-    from mass_nn.io.atomic import atomic_path
     columns = [labels.target_name or "target"] if labels.kind == "multiclass" else labels.class_names
     with atomic_path(Path(path)) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)

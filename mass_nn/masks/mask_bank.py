@@ -19,9 +19,10 @@ from typing import Iterator
 import blosc2
 import numpy as np
 
+from mass_nn.boxes import Box
 from mass_nn.errors import MassError
 from mass_nn.io.atomic import atomic_path
-from mass_nn.masks.proposal import Box, MaskProposal
+from mass_nn.masks.proposal import MaskProposal
 
 MAGIC = b"MASSMB01"
 BANK_SUFFIX = ".masks"

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from mass_nn.boxes import tight_box
 from mass_nn.errors import MassError
 from mass_nn.io.image_io import read_image
-from mass_nn.masks.proposal import CaseInput, MaskProposal, tight_box
+from mass_nn.masks.proposal import CaseInput, MaskProposal
 from mass_nn.masks.windowing import windowed_channels
 from mass_nn.planning.mask_slicing import seed_slice_interval
 from mass_nn.planning.plans import Plans

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from mass_nn.masks.proposal import MaskProposal, tight_box
+from mass_nn.boxes import tight_box
+from mass_nn.masks.proposal import MaskProposal
 
 
 def keep_component_touching_seed(mask: np.ndarray, seed_mask: np.ndarray) -> np.ndarray:

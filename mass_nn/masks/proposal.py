@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-Box = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]  # ((z0, z1), (y0, y1), (x0, x1)), stop exclusive
+from mass_nn.boxes import Box, tight_box
+
 
 
 @dataclass
@@ -57,15 +58,3 @@ class MaskProposal:
         if box is None:
             return None
         return cls(box=box, crop=mask[tuple(slice(a, b) for a, b in box)].copy(), generator=generator, **kwargs)
-
-
-def tight_box(mask: np.ndarray) -> Box | None:
-    """Bounding box of the True voxels of a 3D mask, or None when it has none."""
-    box = []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        hits = np.flatnonzero(mask.any(axis=other))
-        if hits.size == 0:
-            return None
-        box.append((int(hits[0]), int(hits[-1]) + 1))
-    return tuple(box)

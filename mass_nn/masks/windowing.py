@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from mass_nn.planning.foreground import ct_body_mask
 from mass_nn.planning.modality import CT
 from mass_nn.planning.plans import ChannelPlan
 from mass_nn.planning.windows import IntensityWindow
-from mass_nn.preprocessing.foreground import ct_body_mask
 
 # off-background: further from the background value than this share of the image's p0.5-p99.5 range; far above
 # the error of the stored intensities (12 mantissa bits, about 2.4e-4 relative) and far below any tissue contrast

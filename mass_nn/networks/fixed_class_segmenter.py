@@ -73,9 +73,3 @@ class FixedClassSegmenter(nn.Module):
 
     def forward(self, image: Tensor) -> Tensor:
         return self.segmenter.segment(image, self.task_embedding())
-
-    @classmethod
-    def from_pretrained(cls, checkpoint, class_names: list[str], label_values: list[int], source: str):
-        """Downstream network of a CNN baseline checkpoint: (network with its encoder loaded, transfer report)."""
-        from mass_nn.training.finetune.downstream_network import encoder_transfer_into_fixed_class
-        return encoder_transfer_into_fixed_class(checkpoint, class_names, label_values, source)

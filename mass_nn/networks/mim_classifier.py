@@ -8,16 +8,14 @@ under `backbone.` match the pretraining network's, so its backbone loads by name
 from __future__ import annotations
 
 import copy
-import dataclasses
 from dataclasses import dataclass
 
 import torch.nn.functional as F
 from torch import Tensor
 
-from mass_nn.errors import MassError
 from mass_nn.networks.attention_pool_head import AttentionPoolHead
-from mass_nn.networks.pooled_classifier import PooledClassifier, check_head_settings
 from mass_nn.networks.mim_backbone import MiMBackbone, MiMBackboneConfig
+from mass_nn.networks.pooled_classifier import PooledClassifier, check_head_settings
 from mass_nn.schema import from_dict, to_dict
 
 
@@ -63,24 +61,3 @@ class MiMClassifier(PooledClassifier):
         """The normalised transformer tokens as a grid [B, C, D/2^n, H/2^n, W/2^n]."""
         tokens = self.backbone.feature_maps(images)[-1]
         return F.layer_norm(tokens.movedim(1, -1), (tokens.shape[1],)).movedim(-1, 1)
-
-    @classmethod
-    def from_pretrained_for_classification(cls, checkpoint, num_classes: int, input_size: list[int], dropout: float,
-                                           source) -> tuple["MiMClassifier", object]:
-        """(classifier with the checkpoint's backbone for `input_size` windows, weight-transfer report); every
-        backbone key must load, the head's keys are reported missing."""
-        from mass_nn.training.finetune.classifier_initialisation import load_pretrained_encoder
-        stored = checkpoint.meta.network_config
-        if "backbone" not in stored:
-            raise MassError(f"{source}: the {checkpoint.meta.network_class} configuration has no 'backbone' entry; "
-                            f"pass a checkpoint of mass_train PRETRAIN -tr MiMPretrainer")
-        backbone = MiMBackboneConfig.from_dict(stored["backbone"])
-        backbone = dataclasses.replace(backbone, input_size_zyx=[int(s) for s in input_size])
-        try:
-            backbone.validate()
-        except ValueError as error:
-            raise MassError(f"{source}: the classifier window {list(input_size)} does not fit the MiM backbone "
-                            f"({error}); pass -s input_size=[z,y,x] with sides divisible by {backbone.patch_size}"
-                            ) from error
-        network = cls(MiMClassifierConfig(backbone, int(num_classes), dropout=float(dropout)))
-        return network, load_pretrained_encoder(network, checkpoint, source)

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from mass_nn.errors import MassError
 from mass_nn.networks.conv_blocks import ResBlock3d
 from mass_nn.networks.decoder import UpBlock
 from mass_nn.networks.mim_backbone import ChannelLayerNorm, MiMBackbone, MiMBackboneConfig
@@ -78,17 +77,3 @@ class MiMSegmenter(nn.Module):
         for up, skip in zip(self.ups, reversed(maps[:-1])):
             x = up(x, skip)
         return self.output(self.full_resolution(x, self.input_block(image)))
-
-    @classmethod
-    def from_pretrained(cls, checkpoint, class_names: list[str], label_values: list[int],
-                        source: str) -> tuple["MiMSegmenter", object]:
-        """(segmenter whose backbone holds the checkpoint's backbone weights, weight-transfer report); every
-        backbone key must load, decoder keys are reported missing."""
-        from mass_nn.training.finetune.classifier_initialisation import load_pretrained_encoder
-        stored = checkpoint.meta.network_config
-        if "backbone" not in stored:
-            raise MassError(f"{source}: the {checkpoint.meta.network_class} configuration has no 'backbone' entry; "
-                            f"pass a checkpoint of mass_train PRETRAIN -tr MiMPretrainer")
-        backbone = MiMBackboneConfig.from_dict(stored["backbone"])
-        network = cls(MiMSegmenterConfig(backbone, list(class_names), [int(v) for v in label_values]))
-        return network, load_pretrained_encoder(network, checkpoint, source)

@@ -16,15 +16,13 @@ keys are `vit.*`, exactly the pretraining encoder's.
 from __future__ import annotations
 
 import copy
-import dataclasses
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mass_nn.networks.vit import (ViTConfig, ViTEncoder, pretrained_vit_config, tokens_to_grid,
-                                  transfer_vit_weights)
+from mass_nn.networks.vit import ViTConfig, ViTEncoder, tokens_to_grid
 from mass_nn.schema import from_dict, to_dict
 
 LEAKY_SLOPE = 0.01
@@ -164,16 +162,3 @@ class UNETRSegmenter(nn.Module):
         for layer, project, up in zip(self.config.skip_layers, self.skips, self.ups):
             x = up(x, project(tokens_to_grid(hidden[layer][:, 1:], grid)))
         return self.output(self.final_up(x, self.image_block(image)))
-
-    @classmethod
-    def from_pretrained(cls, checkpoint, class_names: list[str], label_values: list[int], source: str):
-        """(UNETRSegmenter for these classes with every ViT key of a ViT pretraining checkpoint loaded, transfer
-        report). The positional embedding becomes learnable, starting from the pretrained one (as the reference);
-        skip layers and feature size follow the pretraining network (hier_layers, downstream_feature_size)."""
-        pretraining = pretrained_vit_config(checkpoint, source)
-        vit = dataclasses.replace(pretraining.encoder, learned_pos_embed=True)
-        config = UNETRConfig(vit=vit, class_names=list(class_names), label_values=[int(v) for v in label_values],
-                             skip_layers=list(pretraining.hier_layers),
-                             feature_size=int(pretraining.downstream_feature_size))
-        network = cls(config)
-        return network, transfer_vit_weights(network, checkpoint, source, cls.encoder_key_prefix)

@@ -263,32 +263,3 @@ def default_hierarchy(depth: int) -> list[int]:
     if depth < 4 or len(set(layers)) != 3:
         raise ValueError(f"the hierarchical layers need a depth of at least 4, got {depth}")
     return layers
-
-
-def pretrained_vit_config(checkpoint, source: str):
-    """The pretraining network configuration of a checkpoint whose network has a ViT `encoder` (e.g. HiEndMAE's);
-    anything else raises MassError naming `source`."""
-    from mass_nn.registry import NETWORKS
-    config = NETWORKS.get(checkpoint.meta.network_class).config_class.from_dict(checkpoint.meta.network_config)
-    if not isinstance(getattr(config, "encoder", None), ViTConfig):
-        raise MassError(f"{source}: a {checkpoint.meta.network_class} checkpoint has no ViT encoder; pass a "
-                        f"checkpoint of a ViT pretraining (e.g. -tr HiEndMAEPretrainer)")
-    return config
-
-
-def transfer_vit_weights(network: nn.Module, checkpoint, source: str, prefix: str):
-    """Load the checkpoint's encoder weights (EMA when saved) into `network` under `prefix`; returns the
-    WeightTransfer report. Every ViT key must load and none may be left over (else MassError); the keys of the
-    network's new parts (decoder, head) are reported missing and keep their initialisation."""
-    from mass_nn.training.checkpoint import encoder_state_dict
-    from mass_nn.training.pretrained import transfer_weights
-    weights = {prefix + key: value for key, value in encoder_state_dict(checkpoint).items()}
-    if not weights:
-        raise MassError(f"{source}: no weights under the encoder prefix {checkpoint.meta.encoder_key_prefix!r}; pass "
-                        f"a checkpoint of mass_train PRETRAIN")
-    report = transfer_weights(network, weights, str(source), allow_missing=True, allow_unexpected=False)
-    missing = [key for key in report.missing if key.startswith(prefix)]
-    if missing:
-        raise MassError(f"{source}: {len(missing)} ViT key(s) are not in the checkpoint (e.g. {missing[:3]}); the "
-                        f"checkpoint was made for another encoder - use a matching one")
-    return report

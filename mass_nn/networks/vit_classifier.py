@@ -13,11 +13,9 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from mass_nn.errors import MassError
 from mass_nn.networks.attention_pool_head import AttentionPoolHead
 from mass_nn.networks.pooled_classifier import PooledClassifier, check_head_settings
-from mass_nn.networks.vit import (ViTConfig, ViTEncoder, patch_grid, pretrained_vit_config, tokens_to_grid,
-                                  transfer_vit_weights)
+from mass_nn.networks.vit import ViTConfig, ViTEncoder, tokens_to_grid
 from mass_nn.schema import from_dict, to_dict
 
 
@@ -65,17 +63,3 @@ class ViTClassifier(PooledClassifier):
         """The final patch tokens on their grid [B, dim, Z/p, Y/p, X/p]."""
         final, _ = self.vit(images)
         return tokens_to_grid(final[:, 1:], self.vit.grid(images.shape[2:]))
-
-    @classmethod
-    def from_pretrained_for_classification(cls, checkpoint, num_classes: int, input_size: list[int], dropout: float,
-                                           source):
-        """(classifier with every ViT key of a ViT pretraining checkpoint loaded, transfer report); the head
-        starts fresh. `input_size` sides must be multiples of the ViT patch (MassError otherwise)."""
-        vit = pretrained_vit_config(checkpoint, str(source)).encoder
-        try:
-            patch_grid(input_size, vit.patch_size)
-        except MassError as error:
-            raise MassError(f"{source}: {error}") from error
-        network = cls(ViTClassifierConfig(vit=vit, num_classes=num_classes, input_size=list(input_size),
-                                          dropout=dropout))
-        return network, transfer_vit_weights(network, checkpoint, str(source), cls.encoder_key_prefix)

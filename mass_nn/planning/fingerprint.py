@@ -19,8 +19,8 @@ from mass_nn.io.image_io import read_image
 from mass_nn.parallel import run_per_item
 from mass_nn.planning.fingerprint_records import (PERCENTILES, CaseFingerprint, ChannelIntensityStats,
                                                   DatasetFingerprint, percentile_key)
+from mass_nn.planning.foreground import bounding_box, crop_to_box, foreground_definition, foreground_mask
 from mass_nn.planning.modality import modality_of_channel
-from mass_nn.preprocessing.foreground import bounding_box, crop_to_box, foreground_definition, foreground_mask
 
 logger = logging.getLogger(__name__)
 

@@ -19,11 +19,11 @@ from mass_nn.errors import MassError
 from mass_nn.io.dataset_json import CaseFiles
 from mass_nn.io.image_io import ImageGeometry, read_geometry, read_image
 from mass_nn.parallel import run_per_item
+from mass_nn.planning.foreground import bounding_box, crop_to_box, foreground_mask
 from mass_nn.planning.mask_slicing import mask_generation_axis, seed_slice_interval
 from mass_nn.planning.plans import Plans
 from mass_nn.preprocessing.blosc2_storage import open_array, save_array
 from mass_nn.preprocessing.case_properties import CaseProperties, load_properties, save_properties
-from mass_nn.preprocessing.foreground import bounding_box, crop_to_box, foreground_mask
 from mass_nn.preprocessing.normalization import normalize_channel
 from mass_nn.preprocessing.resampling import (nearest_resampling_axis, resample_images, resample_label,
                                                shape_at_spacing)

@@ -1,1 +1,2 @@
-"""MASS pretraining: data pipeline, losses, optimisation and the training loop."""
+"""Trainers by name: MASS and the baseline pretrainers, segmentation finetuning and classification; their data
+loaders, augmentation, losses, optimisers and run folders."""

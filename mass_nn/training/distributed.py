@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from mass_nn.errors import MassError
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,6 @@ def _pick_device(requested: str, local_rank: int) -> torch.device:
         requested = "cuda" if torch.cuda.is_available() else "cpu"
     if requested == "cuda":
         if not torch.cuda.is_available():
-            from mass_nn.errors import MassError
             raise MassError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
         return torch.device("cuda", local_rank)
     return torch.device(requested)

@@ -20,22 +20,25 @@ from tqdm import tqdm
 
 from mass_nn.errors import MassError
 from mass_nn.io.atomic import write_json_atomic
+from mass_nn.io.dataset_json import find_dataset_name
+from mass_nn.model.checkpoint import (Checkpoint, CheckpointMeta, checkpoint_path, load_checkpoint,
+                                         save_checkpoint)
 from mass_nn.paths import MassPaths
 from mass_nn.planning.configuration_choice import default_configuration
 from mass_nn.planning.plans import ConfigurationPlan, Plans
+from mass_nn.planning.plans_compatibility import plans_differences, pool_channel_layouts
 from mass_nn.threads import ThreadGovernor
-from mass_nn.training.checkpoint import (Checkpoint, CheckpointMeta, checkpoint_path, load_checkpoint,
-                                         save_checkpoint)
 from mass_nn.training.distributed import (DistributedContext, any_rank, init_distributed, mean_over_ranks,
                                           parameter_checksums)
 from mass_nn.training.metrics_log import (RunLogFile, append_metrics, format_epoch_line, read_metrics,
                                           truncate_metrics)
 from mass_nn.training.optim.ema import ModelEMA
+from mass_nn.training.optim.lamb import Lamb
 from mass_nn.training.optim.lr_scaling import scaled_learning_rate
 from mass_nn.training.optim.schedules import build_lr_scheduler
 from mass_nn.training.options import TrainingOptions, load_run_config, merge_for_continue, save_run_config
-from mass_nn.training.plans_compatibility import plans_differences, pool_channel_layouts
 from mass_nn.training.progress_plot import write_progress_plot
+from mass_nn.training.run_folder import run_folder
 from mass_nn.training.stop_signal import StopRequest
 
 logger = logging.getLogger(__name__)
@@ -108,7 +111,6 @@ class Trainer:
         return {}
 
     def build_optimizer(self) -> torch.optim.Optimizer:
-        from mass_nn.training.optim.lamb import Lamb
         return Lamb(self.network.parameters(), lr=self.options.lr, weight_decay=1e-5)
 
     def run_tag(self) -> str:
@@ -212,8 +214,6 @@ class Trainer:
         return max(steps, 0)
 
     def _resolve_output_folder(self) -> Path:
-        from mass_nn.io.dataset_json import find_dataset_name
-        from mass_nn.training.run_folder import run_folder
         dataset_name = find_dataset_name(self.options.datasets[0], [self.paths.preprocessed, self.paths.raw])
         return run_folder(self.paths.results, dataset_name, self.name, self.options.plans_name,
                           self.options.configuration, self.run_tag())

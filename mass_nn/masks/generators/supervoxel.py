@@ -22,12 +22,13 @@ import time
 
 import numpy as np
 
+from mass_nn.boxes import Box
 from mass_nn.errors import MassError
 from mass_nn.masks.generators.base import MaskGenerator
 from mass_nn.masks.generators.supervoxel_bands import BandSettings, band_components, select_components
 from mass_nn.masks.generators.supervoxel_merging import build_hierarchy, gradient_magnitude, node_masks, \
     select_nodes, supervoxels
-from mass_nn.masks.proposal import Box, CaseInput, MaskProposal
+from mass_nn.masks.proposal import CaseInput, MaskProposal
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from mass_nn.masks.proposal import Box
+from mass_nn.boxes import Box
 
 
 @dataclass

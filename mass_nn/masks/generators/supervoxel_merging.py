@@ -17,7 +17,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.segmentation import watershed
 
-from mass_nn.masks.proposal import Box
+from mass_nn.boxes import Box
 
 
 @dataclass

@@ -8,11 +8,10 @@ follow indexed_loader.py.
 from __future__ import annotations
 
 import logging
-import os
-from dataclasses import dataclass
 
 import numpy as np
 
+from mass_nn.datasets.labelled_data import LabelledCase
 from mass_nn.preprocessing.blosc2_storage import open_array
 from mass_nn.preprocessing.crop_pad import centered_start, crop_or_pad
 from mass_nn.training.data.augmentation import ViewAugmentation, build_single_view_transform, margin_for_patch
@@ -22,15 +21,6 @@ from mass_nn.training.data.indexed_loader import (AugmentedBatches, IndexedBatch
 logger = logging.getLogger(__name__)
 
 MAX_FOREGROUND_SAMPLES = 10_000  # voxel coordinates kept per class and case to draw centres from
-
-
-@dataclass(frozen=True)
-class LabelledCase:
-    """A preprocessed case with its label map: `<case>.b2nd` (c, z, y, x) and `<case>_seg.b2nd` (1, z, y, x)."""
-
-    case_id: str
-    image_path: str | os.PathLike
-    seg_path: str | os.PathLike
 
 
 def class_voxels(seg: np.ndarray, label_values: list[int], rng: np.random.Generator) -> list[np.ndarray]:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from mass_nn.errors import MassError
 from mass_nn.masks.mask_bank import MaskBank
@@ -129,3 +130,9 @@ def make_pretraining_loader(cases: list[PretrainingCase], settings: TwoViewSetti
     logger.debug("pretraining loader: %d cases, batch %d, %d workers, rank %d/%d, from step %d", len(cases),
                  batch_size, workers, rank, world_size, start_batch)
     return augmented_batches(loader, transform, workers)
+
+
+def batch_to_device(batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
+    """The array entries of a loader batch as float32 tensors on `device`."""
+    keys = ("reference_image", "reference_masks", "query_image", "query_masks", "task_weights")
+    return {k: torch.as_tensor(batch[k]).to(device, dtype=torch.float32, non_blocking=True) for k in keys}

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mass_nn.boxes import Box
 from mass_nn.errors import MassError
 from mass_nn.masks.mask_bank import MaskBank
-from mass_nn.masks.proposal import Box
 from mass_nn.preprocessing.crop_pad import crop_or_pad
 
 EVERYTHING = -1  # channel code of the all-ones task

@@ -21,21 +21,22 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from mass_nn.datasets.preprocessed_sources import resolve_source
 from mass_nn.errors import MassError
 from mass_nn.io.atomic import write_json_atomic
 from mass_nn.io.case_labels import CASE_LABELS_FILE, read_case_labels
+from mass_nn.model.checkpoint import checkpoint_path, load_network
+from mass_nn.model.classifier_initialisation import encoder_config, load_pretrained_encoder
+from mass_nn.model.pretrained import load_pretrained_checkpoint
+from mass_nn.model.pretrained_networks import CLASSIFIERS_FROM_PRETRAINED
 from mass_nn.networks.encoder_classifier import EncoderClassifier, EncoderClassifierConfig
-from mass_nn.training.checkpoint import checkpoint_path, load_network
+from mass_nn.registry import NETWORKS
 from mass_nn.training.finetune.case_selection import select_training_cases, stratum_of
 from mass_nn.training.finetune.classification_batches import ClassificationBatches
 from mass_nn.training.finetune.classification_inputs import load_case_input, map_cases, warn_about_coverage
 from mass_nn.training.finetune.classification_loss import ClassificationLoss, probabilities
 from mass_nn.training.finetune.classification_report import auc_defined, score_probabilities, write_test_results
 from mass_nn.training.finetune.classification_settings import DEFAULT_BATCH_SIZE, ClassificationSettings
-from mass_nn.training.finetune.classifier_initialisation import encoder_config, load_pretrained_encoder
-from mass_nn.registry import NETWORKS
-from mass_nn.training.pretrain.pretraining_data import resolve_source
-from mass_nn.training.pretrained import load_pretrained_checkpoint
 from mass_nn.training.run_folder import checkpoint_identity
 from mass_nn.training.trainer import Trainer
 
@@ -141,7 +142,7 @@ class ClassificationProbe(Trainer):
         special = getattr(NETWORKS.get(checkpoint.meta.network_class), "classification_network", None) \
             if checkpoint is not None else None
         if special is not None:
-            self.network, report = NETWORKS.get(special).from_pretrained_for_classification(
+            self.network, report = CLASSIFIERS_FROM_PRETRAINED[special](
                 checkpoint, num_classes, list(self.settings.input_size), float(self.settings.dropout), o.pretrained)
             self.network_class_name, self.network_config = special, self.network.config.to_dict()
             return report

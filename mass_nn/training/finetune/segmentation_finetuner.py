@@ -15,17 +15,18 @@ from typing import ClassVar
 
 import torch
 
+from mass_nn.datasets.labelled_data import resolve_labelled_dataset, select_shots
 from mass_nn.errors import MassError
+from mass_nn.inference.reference_encoding import encode_reference_labels
 from mass_nn.io.atomic import write_json_atomic
+from mass_nn.model.downstream_network import build_downstream_network, is_in_context_checkpoint
+from mass_nn.model.pretrained import load_pretrained_checkpoint
 from mass_nn.networks.fixed_class_segmenter import FixedClassSegmenter
 from mass_nn.parallel import default_num_processes
 from mass_nn.training.data.labelled_patch_loader import make_labelled_loader
-from mass_nn.training.finetune.downstream_network import build_downstream_network, is_in_context_checkpoint
-from mass_nn.training.finetune.labelled_data import resolve_labelled_dataset, select_shots
 from mass_nn.training.finetune.segmentation_scores import dice_on_preprocessed, evaluate_on_raw_cases
 from mass_nn.training.losses import SegmentationLoss
 from mass_nn.training.options import check_settings
-from mass_nn.training.pretrained import load_pretrained_checkpoint
 from mass_nn.training.run_folder import checkpoint_identity
 from mass_nn.training.trainer import Trainer
 
@@ -95,7 +96,6 @@ class SegmentationFinetuner(Trainer):
         self._write_selection()
 
     def _initialise_class_embeddings(self) -> None:
-        from mass_nn.inference.reference_encoding import encode_reference_labels
         references = self.data.preprocessed_pairs(self.shot_cases)
         present = self.data.classes_present(references)
         missing = [n for n in self.classes if n not in present]

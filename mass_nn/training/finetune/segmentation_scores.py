@@ -7,12 +7,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mass_nn.datasets.labelled_data import LabelledCase
 from mass_nn.evaluation.metrics import label_map_metrics
+from mass_nn.evaluation.predict_and_score import predict_and_score
 from mass_nn.evaluation.segmentation_evaluation import finite_mean
+from mass_nn.inference.model_loading import predictor_from_checkpoint
+from mass_nn.inference.predictor import SegmentationPredictor
 from mass_nn.io.dataset_json import CaseFiles
 from mass_nn.planning.plans import Plans
 from mass_nn.preprocessing.blosc2_storage import open_array
-from mass_nn.training.data.labelled_patch_loader import LabelledCase
 
 
 @torch.no_grad()
@@ -20,7 +23,6 @@ def dice_on_preprocessed(network: torch.nn.Module, cases: list[LabelledCase], cl
                          plans: Plans, configuration: str, device) -> dict[str, float]:
     """{"val_dice": mean over classes of the per-class mean Dice, "val_dice_<class>": ...} of whole preprocessed
     cases segmented by sliding window (classes absent from a case and its prediction do not count)."""
-    from mass_nn.inference.predictor import SegmentationPredictor
     predictor = SegmentationPredictor(network, None, list(classes.values()), plans, configuration, device)
     spacing = plans.configuration(configuration).target_spacing_zyx_mm
     per_class: dict[str, list[float]] = {name: [] for name in classes}
@@ -37,7 +39,5 @@ def dice_on_preprocessed(network: torch.nn.Module, cases: list[LabelledCase], cl
 def evaluate_on_raw_cases(checkpoint: Path, cases: list[CaseFiles], classes: dict[str, int], out_folder: Path,
                           device, hd95: bool = True) -> dict:
     """Predict `cases` (raw images) with a finetuned checkpoint and score them (see predict_and_score)."""
-    from mass_nn.evaluation.predict_and_score import predict_and_score
-    from mass_nn.inference.model_loading import predictor_from_checkpoint
     predictor, _ = predictor_from_checkpoint(checkpoint, str(device))
     return predict_and_score(predictor, cases, classes, out_folder, hd95)

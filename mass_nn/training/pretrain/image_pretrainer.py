@@ -11,11 +11,11 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from mass_nn.datasets.preprocessed_sources import resolve_sources
 from mass_nn.errors import MassError
 from mass_nn.parallel import default_num_processes
 from mass_nn.training.data.augmentation import ViewAugmentation
 from mass_nn.training.data.image_crop_loader import ImageCase, make_image_crop_loader
-from mass_nn.training.pretrain.pretraining_data import resolve_sources
 from mass_nn.training.options import check_settings
 from mass_nn.training.trainer import Trainer
 

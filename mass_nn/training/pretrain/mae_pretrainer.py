@@ -13,10 +13,10 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from mass_nn.networks.block_masking import hidden_block_count, mask_at, mask_generator, mask_grid, \
+    random_block_mask
 from mass_nn.networks.reconstruction_unet import ReconstructionUNet, ReconstructionUNetConfig
 from mass_nn.training.data.augmentation import ViewAugmentation
-from mass_nn.training.pretrain.block_masking import hidden_block_count, mask_at, mask_generator, mask_grid, \
-    random_block_mask
 from mass_nn.training.pretrain.image_pretrainer import ImagePretrainer
 
 PAPER_BLOCK_SIZE = 16  # nnssl: 16-voxel blocks at 1 mm (10^3 blocks of a 160^3 patch); 8^3 blocks of 128^3 here

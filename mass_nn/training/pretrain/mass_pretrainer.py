@@ -11,16 +11,18 @@ from typing import ClassVar
 
 import torch
 
+from mass_nn.datasets.preprocessed_sources import (cases_with_banks, mask_bank_folder, resolve_sources)
 from mass_nn.errors import MassError
 from mass_nn.networks.config import InContextNetworkConfig
 from mass_nn.networks.in_context_model import InContextSegmenter
 from mass_nn.networks.resenc_architecture import read_nnunet_plans
 from mass_nn.threads import default_mass_loader_workers
-from mass_nn.training.data.pretraining_loader import PretrainingCase, make_pretraining_loader, validate_cases
 from mass_nn.training.data.augmentation import TwoViewSettings
+from mass_nn.training.data.pretraining_loader import (PretrainingCase, batch_to_device, make_pretraining_loader,
+                                                      validate_cases)
 from mass_nn.training.losses import SegmentationLoss
 from mass_nn.training.options import check_settings
-from mass_nn.training.pretrain.pretraining_data import (cases_with_banks, mask_bank_folder, resolve_sources)
+from mass_nn.training.pretrain.validation import AutoMaskValidation, InContextValidation, PretrainingValidation
 from mass_nn.training.trainer import Trainer
 
 logger = logging.getLogger(__name__)
@@ -30,12 +32,6 @@ MASS_SETTINGS = {"num_tasks": 13, "everything_task": True, "prefer_masks_in_view
                  "val_reference_choices": 1,
                  # an nnU-Net ResEnc plans file: build nnU-Net's own encoder from it (documentation/nnunet.md)
                  "nnunet_plans": "", "nnunet_configuration": "3d_fullres"}
-
-
-def batch_to_device(batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
-    """The array entries of a loader batch as float32 tensors on `device`."""
-    keys = ("reference_image", "reference_masks", "query_image", "query_masks", "task_weights")
-    return {k: torch.as_tensor(batch[k]).to(device, dtype=torch.float32, non_blocking=True) for k in keys}
 
 
 class MASSPretrainer(Trainer):
@@ -104,8 +100,6 @@ class MASSPretrainer(Trainer):
                             f"{self.configuration_plan.patch_size_zyx}): {err}") from err
 
     def _build_validation(self):
-        from mass_nn.training.pretrain.validation import (AutoMaskValidation, InContextValidation,
-                                                          PretrainingValidation)
         o = self.options
         in_context = [InContextValidation.from_dataset(dataset, self.paths, self.plans, o.plans_name, o.configuration,
                                                        pool_layouts=self.trained_channel_layouts(),

@@ -14,16 +14,18 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from mass_nn.datasets.preprocessed_sources import resolve_source
 from mass_nn.errors import MassError
 from mass_nn.inference.reference_calibration import calibrate_thresholds
 from mass_nn.io.dataset_json import load_dataset_json
+from mass_nn.networks.task_ops import concat_task_embeddings
 from mass_nn.paths import MassPaths
 from mass_nn.planning.plans import Plans
+from mass_nn.planning.plans_compatibility import pooled_model_differences
 from mass_nn.preprocessing.blosc2_storage import open_array
 from mass_nn.preprocessing.case_properties import load_properties
 from mass_nn.preprocessing.crop_pad import centered_start, crop_or_pad
-from mass_nn.training.plans_compatibility import pooled_model_differences
-from mass_nn.training.pretrain.pretraining_data import resolve_source
+from mass_nn.training.data.pretraining_loader import batch_to_device, make_pretraining_loader
 
 MAX_QUERY_CASES = 8
 
@@ -50,7 +52,6 @@ class AutoMaskValidation:
 
     def _fixed_batches(self) -> list[dict]:
         if self._batches is None:
-            from mass_nn.training.data.pretraining_loader import make_pretraining_loader
             loader = make_pretraining_loader(self.cases, self.settings, self.batch_size, seed=self.seed, num_workers=0)
             try:
                 self._batches = [next(loader) for _ in range(self.num_batches)]
@@ -60,7 +61,6 @@ class AutoMaskValidation:
 
     @torch.no_grad()
     def run(self, network: torch.nn.Module, device: torch.device) -> dict[str, float]:
-        from mass_nn.training.pretrain.mass_pretrainer import batch_to_device
         network.eval()
         losses, dices = [], []
         for batch in self._fixed_batches():
@@ -140,7 +140,6 @@ class InContextValidation:
     def run(self, network: torch.nn.Module, device: torch.device) -> dict[str, float]:
         """`val_dice[_<label>]` at the fixed threshold 0.5, `val_calibrated_dice[_<label>]` at each label's
         threshold read off its reference (mass_nn.inference.reference_calibration)."""
-        from mass_nn.networks.task_ops import concat_task_embeddings
         network.eval()
         names = list(self.references)
         fixed: dict[str, list[float]] = {n: [] for n in names}

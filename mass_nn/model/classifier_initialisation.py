@@ -11,12 +11,12 @@ import dataclasses
 from pathlib import Path
 
 from mass_nn.errors import MassError
+from mass_nn.model.checkpoint import Checkpoint, encoder_state_dict
+from mass_nn.model.pretrained import WeightTransfer, transfer_weights
 from mass_nn.networks.config import InContextNetworkConfig
 from mass_nn.networks.encoder_classifier import EncoderClassifier
 from mass_nn.planning.plans import ConfigurationPlan
 from mass_nn.registry import NETWORKS
-from mass_nn.training.checkpoint import Checkpoint, encoder_state_dict
-from mass_nn.training.pretrained import WeightTransfer, transfer_weights
 
 
 def _encoder_part(config) -> InContextNetworkConfig | None:

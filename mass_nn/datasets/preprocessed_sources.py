@@ -13,7 +13,7 @@ from mass_nn.io.atomic import read_json
 from mass_nn.io.dataset_json import find_dataset_name
 from mass_nn.paths import MassPaths
 from mass_nn.planning.plans import ConfigurationPlan, Plans, load_plans
-from mass_nn.training.plans_compatibility import pretraining_pool_differences
+from mass_nn.planning.plans_compatibility import pretraining_pool_differences
 
 
 @dataclass

@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from mass_nn.errors import MassError
+from mass_nn.model.checkpoint import Checkpoint, load_checkpoint
 from mass_nn.planning.plans import Plans
-from mass_nn.training.checkpoint import Checkpoint, load_checkpoint
-from mass_nn.training.plans_compatibility import channel_layout, pooled_model_differences
+from mass_nn.planning.plans_compatibility import channel_layout, pooled_model_differences
 
 logger = logging.getLogger(__name__)
 

@@ -4,20 +4,21 @@
 - a MASS checkpoint (InContextSegmenter, or an earlier FixedClassSegmenter): the same network, every in-context
   weight loaded (missing, unexpected or reshaped keys are an error);
 - a baseline checkpoint: its network class names the downstream network (`downstream_network`, a NETWORKS name)
-  whose `from_pretrained(checkpoint, class_names, label_values, source)` builds it and loads what transfers -
-  CNN encoders into the FixedClassSegmenter's encoder (decoder and task encoder re-initialised), ViT or hybrid
-  backbones into their own downstream networks.
+  whose builder (encoder_transfer_into_fixed_class below, or pretrained_networks.py) makes it and loads what
+  transfers - CNN encoders into the FixedClassSegmenter's encoder (decoder and task encoder re-initialised), ViT
+  or hybrid backbones into their own downstream networks.
 """
 from __future__ import annotations
 
 from torch import nn
 
 from mass_nn.errors import MassError
+from mass_nn.model.checkpoint import Checkpoint, model_state_dict
+from mass_nn.model.pretrained import WeightTransfer, transfer_weights
+from mass_nn.model.pretrained_networks import SEGMENTERS_FROM_PRETRAINED
 from mass_nn.networks.config import InContextNetworkConfig
 from mass_nn.networks.fixed_class_segmenter import FixedClassConfig, FixedClassSegmenter
 from mass_nn.registry import NETWORKS
-from mass_nn.training.checkpoint import Checkpoint, model_state_dict
-from mass_nn.training.pretrained import WeightTransfer, transfer_weights
 
 IN_CONTEXT_CLASSES = ("InContextSegmenter", "FixedClassSegmenter")
 
@@ -55,7 +56,8 @@ def build_downstream_network(checkpoint: Checkpoint | None, source: str, plans_c
     if downstream is None:
         raise MassError(f"{source}: a {checkpoint.meta.network_class} checkpoint has no downstream segmentation "
                         f"network; use a MASS or baseline pretraining checkpoint")
-    network, report = NETWORKS.get(downstream).from_pretrained(checkpoint, class_names, label_values, source)
+    builders = {"FixedClassSegmenter": encoder_transfer_into_fixed_class, **SEGMENTERS_FROM_PRETRAINED}
+    network, report = builders[downstream](checkpoint, class_names, label_values, source)
     return network, downstream, report
 
 

@@ -8,15 +8,15 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mass_nn.datasets.labelled_data import resolve_labelled_dataset
 from mass_nn.errors import MassError
 from mass_nn.evaluation.in_context_protocol import in_context_evaluation
 from mass_nn.evaluation.segmentation_figure import write_segmentation_figure
 from mass_nn.evaluation.tables import json_safe, markdown_table, mean_std
 from mass_nn.io.atomic import atomic_path, read_json, write_json_atomic
 from mass_nn.io.dataset_json import find_dataset_name
+from mass_nn.model.checkpoint import load_checkpoint
 from mass_nn.paths import MassPaths
-from mass_nn.training.checkpoint import load_checkpoint
-from mass_nn.training.finetune.labelled_data import resolve_labelled_dataset
 from mass_nn.training.finetune.segmentation_finetuner import finetune_run_tag
 from mass_nn.training.options import TrainingOptions
 from mass_nn.training.run_folder import run_folder

@@ -18,6 +18,7 @@ import torch
 from mass_nn import __version__
 from mass_nn.errors import MassError
 from mass_nn.io.atomic import atomic_path
+from mass_nn.networks.build import build_network
 
 CHECKPOINT_FORMAT = "mass_nn.checkpoint"
 CHECKPOINT_FORMAT_VERSION = 1
@@ -109,7 +110,6 @@ def encoder_state_dict(checkpoint: Checkpoint, prefer_ema: bool = True) -> dict:
 
 def load_network(path: str | Path, prefer_ema: bool = True, map_location: str | torch.device = "cpu"):
     """(network in eval mode with the checkpoint's weights - the EMA copy when saved and preferred -, checkpoint)."""
-    from mass_nn.networks.build import build_network
     checkpoint = load_checkpoint(path, map_location=map_location)
     network = build_network(checkpoint.meta.network_class, checkpoint.meta.network_config)
     network.load_state_dict(model_state_dict(checkpoint, prefer_ema))
@@ -121,7 +121,6 @@ def save_untrained_copy(path: str | Path, target: str | Path, seed: int = 0) -> 
     (no optimiser state, epoch 0): the "untrained" baseline of a comparison."""
     import dataclasses
 
-    from mass_nn.networks.build import build_network
     checkpoint = load_checkpoint(path)
     torch.manual_seed(seed)
     network = build_network(checkpoint.meta.network_class, checkpoint.meta.network_config)

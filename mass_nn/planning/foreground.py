@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from mass_nn.masks.proposal import tight_box
+from mass_nn.boxes import tight_box
 from mass_nn.planning.modality import CT
 
 BODY_THRESHOLD_HU = -500.0

@@ -2,17 +2,26 @@
 of each case (test predictions are made from the raw images and scored against the raw labels)."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from mass_nn.datasets.preprocessed_sources import PreprocessedSource, resolve_source
 from mass_nn.errors import MassError
 from mass_nn.io.dataset_json import CaseFiles, list_cases, load_dataset_json
 from mass_nn.paths import MassPaths
 from mass_nn.preprocessing.blosc2_storage import open_array
-from mass_nn.training.data.labelled_patch_loader import LabelledCase
-from mass_nn.training.pretrain.pretraining_data import PreprocessedSource, resolve_source
+
+
+@dataclass(frozen=True)
+class LabelledCase:
+    """A preprocessed case with its label map: `<case>.b2nd` (c, z, y, x) and `<case>_seg.b2nd` (1, z, y, x)."""
+
+    case_id: str
+    image_path: str | os.PathLike
+    seg_path: str | os.PathLike
 
 
 @dataclass

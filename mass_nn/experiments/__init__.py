@@ -1,0 +1,1 @@
+"""Protocols that run several trainings and evaluations and tabulate them (the few-shot grid of mass_fewshot)."""

@@ -1,0 +1,118 @@
+"""Downstream networks of the baselines built from their pretraining checkpoints.
+
+A baseline's pretraining network names its downstream network by class attribute (`downstream_network` for
+segmentation, `classification_network` for classification); the builders here make that network for the run's
+classes and load what transfers (ViT keys into UNETR or the ViT classifier, MiM backbones into their segmenter
+and classifier). They live in the model layer so that network modules never read checkpoints.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from torch import nn
+
+from mass_nn.errors import MassError
+from mass_nn.model.checkpoint import Checkpoint, encoder_state_dict
+from mass_nn.model.classifier_initialisation import load_pretrained_encoder
+from mass_nn.model.pretrained import WeightTransfer, transfer_weights
+from mass_nn.networks.mim_backbone import MiMBackboneConfig
+from mass_nn.networks.mim_classifier import MiMClassifier, MiMClassifierConfig
+from mass_nn.networks.mim_segmenter import MiMSegmenter, MiMSegmenterConfig
+from mass_nn.networks.unetr import UNETRConfig, UNETRSegmenter
+from mass_nn.networks.vit import ViTConfig, patch_grid
+from mass_nn.networks.vit_classifier import ViTClassifier, ViTClassifierConfig
+from mass_nn.registry import NETWORKS
+
+
+def pretrained_vit_config(checkpoint: Checkpoint, source: str):
+    """The pretraining network configuration of a checkpoint whose network has a ViT `encoder` (e.g. HiEndMAE's);
+    anything else raises MassError naming `source`."""
+    config = NETWORKS.get(checkpoint.meta.network_class).config_class.from_dict(checkpoint.meta.network_config)
+    if not isinstance(getattr(config, "encoder", None), ViTConfig):
+        raise MassError(f"{source}: a {checkpoint.meta.network_class} checkpoint has no ViT encoder; pass a "
+                        f"checkpoint of a ViT pretraining (e.g. -tr HiEndMAEPretrainer)")
+    return config
+
+
+def transfer_vit_weights(network: nn.Module, checkpoint: Checkpoint, source: str, prefix: str) -> WeightTransfer:
+    """Load the checkpoint's encoder weights (EMA when saved) into `network` under `prefix`; returns the
+    WeightTransfer report. Every ViT key must load and none may be left over (else MassError); the keys of the
+    network's new parts (decoder, head) are reported missing and keep their initialisation."""
+    weights = {prefix + key: value for key, value in encoder_state_dict(checkpoint).items()}
+    if not weights:
+        raise MassError(f"{source}: no weights under the encoder prefix {checkpoint.meta.encoder_key_prefix!r}; pass "
+                        f"a checkpoint of mass_train PRETRAIN")
+    report = transfer_weights(network, weights, str(source), allow_missing=True, allow_unexpected=False)
+    missing = [key for key in report.missing if key.startswith(prefix)]
+    if missing:
+        raise MassError(f"{source}: {len(missing)} ViT key(s) are not in the checkpoint (e.g. {missing[:3]}); the "
+                        f"checkpoint was made for another encoder - use a matching one")
+    return report
+
+
+def unetr_from_pretrained(checkpoint: Checkpoint, class_names: list[str], label_values: list[int],
+                          source: str) -> tuple[UNETRSegmenter, WeightTransfer]:
+    """(UNETRSegmenter for these classes with every ViT key of a ViT pretraining checkpoint loaded, transfer
+    report). The positional embedding becomes learnable, starting from the pretrained one (as the reference);
+    skip layers and feature size follow the pretraining network (hier_layers, downstream_feature_size)."""
+    pretraining = pretrained_vit_config(checkpoint, source)
+    vit = dataclasses.replace(pretraining.encoder, learned_pos_embed=True)
+    config = UNETRConfig(vit=vit, class_names=list(class_names), label_values=[int(v) for v in label_values],
+                         skip_layers=list(pretraining.hier_layers),
+                         feature_size=int(pretraining.downstream_feature_size))
+    network = UNETRSegmenter(config)
+    return network, transfer_vit_weights(network, checkpoint, source, UNETRSegmenter.encoder_key_prefix)
+
+
+def mim_segmenter_from_pretrained(checkpoint: Checkpoint, class_names: list[str], label_values: list[int],
+                                  source: str) -> tuple[MiMSegmenter, WeightTransfer]:
+    """(segmenter whose backbone holds the checkpoint's backbone weights, weight-transfer report); every
+    backbone key must load, decoder keys are reported missing."""
+    stored = checkpoint.meta.network_config
+    if "backbone" not in stored:
+        raise MassError(f"{source}: the {checkpoint.meta.network_class} configuration has no 'backbone' entry; "
+                        f"pass a checkpoint of mass_train PRETRAIN -tr MiMPretrainer")
+    backbone = MiMBackboneConfig.from_dict(stored["backbone"])
+    network = MiMSegmenter(MiMSegmenterConfig(backbone, list(class_names), [int(v) for v in label_values]))
+    return network, load_pretrained_encoder(network, checkpoint, source)
+
+
+def vit_classifier_from_pretrained(checkpoint: Checkpoint, num_classes: int, input_size: list[int],
+                                   dropout: float, source) -> tuple[ViTClassifier, WeightTransfer]:
+    """(classifier with every ViT key of a ViT pretraining checkpoint loaded, transfer report); the head
+    starts fresh. `input_size` sides must be multiples of the ViT patch (MassError otherwise)."""
+    vit = pretrained_vit_config(checkpoint, str(source)).encoder
+    try:
+        patch_grid(input_size, vit.patch_size)
+    except MassError as error:
+        raise MassError(f"{source}: {error}") from error
+    network = ViTClassifier(ViTClassifierConfig(vit=vit, num_classes=num_classes, input_size=list(input_size),
+                                                dropout=dropout))
+    return network, transfer_vit_weights(network, checkpoint, str(source), ViTClassifier.encoder_key_prefix)
+
+
+def mim_classifier_from_pretrained(checkpoint: Checkpoint, num_classes: int, input_size: list[int],
+                                   dropout: float, source) -> tuple[MiMClassifier, WeightTransfer]:
+    """(classifier with the checkpoint's backbone for `input_size` windows, weight-transfer report); every
+    backbone key must load, the head's keys are reported missing."""
+    stored = checkpoint.meta.network_config
+    if "backbone" not in stored:
+        raise MassError(f"{source}: the {checkpoint.meta.network_class} configuration has no 'backbone' entry; "
+                        f"pass a checkpoint of mass_train PRETRAIN -tr MiMPretrainer")
+    backbone = MiMBackboneConfig.from_dict(stored["backbone"])
+    backbone = dataclasses.replace(backbone, input_size_zyx=[int(s) for s in input_size])
+    try:
+        backbone.validate()
+    except ValueError as error:
+        raise MassError(f"{source}: the classifier window {list(input_size)} does not fit the MiM backbone "
+                        f"({error}); pass -s input_size=[z,y,x] with sides divisible by {backbone.patch_size}"
+                        ) from error
+    network = MiMClassifier(MiMClassifierConfig(backbone, int(num_classes), dropout=float(dropout)))
+    return network, load_pretrained_encoder(network, checkpoint, source)
+
+
+# downstream network name -> builder(checkpoint, class_names, label_values, source) -> (network, report)
+SEGMENTERS_FROM_PRETRAINED = {"UNETRSegmenter": unetr_from_pretrained, "MiMSegmenter": mim_segmenter_from_pretrained}
+# classification network name -> builder(checkpoint, num_classes, input_size, dropout, source) -> (network, report)
+CLASSIFIERS_FROM_PRETRAINED = {"ViTClassifier": vit_classifier_from_pretrained,
+                               "MiMClassifier": mim_classifier_from_pretrained}
