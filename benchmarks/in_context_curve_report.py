@@ -10,6 +10,7 @@ from pathlib import Path
 from benchmarks.measure import machine_description, replace_section
 from mass_nn.evaluation.feature_pca import write_case_feature_figure
 from mass_nn.evaluation.tables import markdown_table, mean_std
+from mass_nn.io.artifact_layout import CaseOutput, checkpoint_path, data_identifier
 from mass_nn.io.atomic import read_json
 from mass_nn.io.figures import pyplot, save_figure
 from mass_nn.training.metrics_log import read_metrics
@@ -111,11 +112,11 @@ def _figures(curve, out: Path, records: list[dict], dataset_names: dict[str, str
         example = curve.workspace / "compare" / key / "examples.png"
         if example.is_file():
             figures.append(Path(shutil.copyfile(example, out / f"in_context_examples_{key}{suffix}.png")))
-    checkpoint = curve.run_folder() / "checkpoint_final.pt"
+    checkpoint = checkpoint_path(curve.run_folder(), "final")
     test_case = read_json(curve.paths.preprocessed / dataset_names["chaos_mr"] / "splits.json")["test"][0]
-    data_folder = curve.paths.preprocessed / dataset_names["chaos_mr"] / f"{curve.plans_name}_3d_cpu"
+    data_folder = curve.paths.preprocessed / dataset_names["chaos_mr"] / data_identifier(curve.plans_name, "3d_cpu")
     if checkpoint.is_file():
-        figures.append(write_case_feature_figure(checkpoint, data_folder / f"{test_case}.b2nd",
+        figures.append(write_case_feature_figure(checkpoint, CaseOutput(data_folder, test_case).data,
                                                  out / f"in_context_pca_chaos{suffix}.png",
                                                  f"MASS (CPU recipe{', on a GPU' if suffix else ''}), CHAOS test "
                                                  f"patient {test_case}"))

@@ -44,6 +44,7 @@ from benchmarks.replication_datasets import (ReplicationDataset, pool_images, st
 from mass_nn.evaluation.in_context_protocol import in_context_evaluation  # noqa: E402
 from mass_nn.experiments.few_shot_protocol import FewShotProtocol, run_few_shot_protocol  # noqa: E402
 from mass_nn.inference.model_loading import load_in_context_checkpoint  # noqa: E402
+from mass_nn.io.artifact_layout import checkpoint_path  # noqa: E402
 from mass_nn.io.atomic import read_json, write_json_atomic  # noqa: E402
 from mass_nn.masks.generate import MaskGenerationOptions, generate_masks  # noqa: E402
 from mass_nn.model.checkpoint import save_untrained_copy  # noqa: E402
@@ -165,7 +166,7 @@ class LearningCurve:
     def stage_pretrain(self) -> None:
         if self.budget is GPU and not torch.cuda.is_available():
             raise SystemExit("--gpu: no CUDA device here; run the pretrain stage where there is one")
-        if not (self.run_folder() / "checkpoint_final.pt").is_file():
+        if not checkpoint_path(self.run_folder(), "final").is_file():
             summary = run_training(self.pretraining_options(), self.paths)
             if summary["stopped_early"]:
                 raise SystemExit("pretraining stopped by a signal; re-run to continue it")
@@ -179,7 +180,7 @@ class LearningCurve:
         pretraining added."""
         path = self.workspace / "untrained.pt"
         if not path.is_file():
-            save_untrained_copy(self.run_folder() / "checkpoint_final.pt", path)
+            save_untrained_copy(checkpoint_path(self.run_folder(), "final"), path)
         return path
 
     def untrained_in_context_folder(self, key: str, method: str, seed: int) -> Path:
@@ -212,7 +213,7 @@ class LearningCurve:
                                               folder, self.plans_name, CONFIGURATION, hd95=False,
                                               calibrate_threshold=method == "in_context_calibrated")
             protocol = FewShotProtocol(dataset=self.datasets()[key],
-                                       checkpoint=self.run_folder() / "checkpoint_final.pt", shots=[1],
+                                       checkpoint=checkpoint_path(self.run_folder(), "final"), shots=[1],
                                        seeds=list(b.seeds),
                                        methods=["in_context", "in_context_calibrated", "finetune", "scratch"],
                                        configuration=CONFIGURATION, plans_name=self.plans_name,

@@ -30,6 +30,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks.measure import machine_description, replace_section  # noqa: E402
 from benchmarks.pretraining_workspace import ensure_phantom, ensure_shared, preprocess_and_generate_masks  # noqa: E402
 from benchmarks.step_cost import median_seconds  # noqa: E402
+from mass_nn.io.artifact_layout import checkpoint_path  # noqa: E402
 from mass_nn.paths import MassPaths  # noqa: E402
 
 SECTION = "inference_speed"
@@ -59,7 +60,7 @@ def pretrained_checkpoint(dataset_id: int, paths: MassPaths) -> Path:
     options = TrainingOptions(mode="PRETRAIN", datasets=[str(dataset_id)], configuration=CONFIGURATION, epochs=1,
                               iters_per_epoch=2, num_workers=0, device="cpu", val_batches=1, tag="inference_benchmark",
                               continue_training=True)
-    return Path(run_training(options, paths)["output_folder"]) / "checkpoint_final.pt"
+    return checkpoint_path(Path(run_training(options, paths)["output_folder"]), "final")
 
 
 def measure_dataset(dataset_id: int, paths: MassPaths, repeats: int, out: Path) -> InferenceResult:

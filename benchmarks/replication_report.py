@@ -19,6 +19,7 @@ from mass_nn.datasets.labelled_data import resolve_labelled_dataset
 from mass_nn.evaluation.feature_pca import write_case_feature_figure
 from mass_nn.evaluation.segmentation_figure import write_segmentation_figure
 from mass_nn.evaluation.tables import markdown_table, mean_std
+from mass_nn.io.artifact_layout import bank_folder, data_identifier
 from mass_nn.io.atomic import read_json
 from mass_nn.training.metrics_log import read_metrics
 from mass_nn.training.progress_plot import write_progress_plot
@@ -149,7 +150,7 @@ def pca_figure(rep, key: str, out: Path) -> Path | None:
     if checkpoint is None or not checkpoint.is_file():
         return None
     data = resolve_labelled_dataset(rep.datasets()[key], rep.paths, "MassPlans", "3d_cpu")
-    return write_case_feature_figure(checkpoint, data.source.data_folder / f"{data.labelled_cases('test')[0]}.b2nd",
+    return write_case_feature_figure(checkpoint, data.patch_case(data.labelled_cases("test")[0]).image_path,
                                      out / f"pca_{key}.png",
                                      f"MASS pretrained on the pool: {DATASET_TITLES[key]} test case")
 
@@ -166,8 +167,8 @@ def copy_figures(rep, out: Path) -> dict[str, list[Path]]:
             write_progress_plot(records, target, f"{PRETRAINERS[method]} on the CT + MR + PET pool")
             copied["progress"].append(target)
     for dataset in rep.pool():
-        previews = sorted((rep.paths.preprocessed / dataset / "MassPlans_3d_cpu" / "masks_supervoxel" /
-                           "previews").glob("*.png"))
+        configuration_folder = rep.paths.preprocessed / dataset / data_identifier("MassPlans", "3d_cpu")
+        previews = sorted((bank_folder(configuration_folder, "supervoxel") / "previews").glob("*.png"))
         if previews:
             copied["masks"].append(_copy(previews[0], out / f"masks_{dataset}.png"))
     return copied

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mass_nn.io.artifact_layout import checkpoint_path
 from mass_nn.io.atomic import read_json, write_json_atomic
 from mass_nn.paths import MassPaths
 
@@ -57,7 +58,7 @@ def pretraining_job(method: str, pool: list[str], paths: MassPaths, epochs: int,
             "--iters-per-epoch", str(iters), "--tag", tag, "--continue", *path_flags(paths)]
     if method == "MASS":
         argv += ["--masks", "supervoxel"]
-    return Job(f"pretrain {method}", argv, logs / f"pretrain_{method}.log", folder / "checkpoint_final.pt",
+    return Job(f"pretrain {method}", argv, logs / f"pretrain_{method}.log", checkpoint_path(folder, "final"),
                extra={"run_folder": str(folder)})
 
 

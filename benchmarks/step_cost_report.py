@@ -24,6 +24,7 @@ from benchmarks.step_comparison import SideBySide, commit_worktree, compare
 from benchmarks.step_cost import (PartCost, PeakEstimate, count_flops, measure_parts, measured_sgemm_flops,
                                   part_functions, peak_fp32_flops, top_operators)
 from mass_nn.datasets.labelled_data import resolve_labelled_dataset
+from mass_nn.io.artifact_layout import checkpoint_path
 from mass_nn.paths import MassPaths
 from mass_nn.preprocessing.blosc2_storage import open_array
 from mass_nn.training.data.pretraining_loader import batch_to_device
@@ -144,7 +145,7 @@ def measure_inference(work: Path, earlier: Path, budget: StepBudget, threads: in
     arrays = work / "inference_arrays.npz"
     np.savez(arrays, reference_image=image, reference_label=label,
              query_image=np.asarray(open_array(data.patch_case(test_ids[0]).image_path)))
-    checkpoint = next(paths.results.glob("*/MASSPretrainer__MassPlans__3d_cpu__step_cost/checkpoint_final.pt"))
+    checkpoint = checkpoint_path(next(paths.results.glob("*/MASSPretrainer__MassPlans__3d_cpu__step_cost")), "final")
     plans = next(paths.preprocessed.glob("*/MassPlans.json"))
     spec = _spec("in_context_query", paths, 990, "MASSPretrainer", max(2, budget.steps - 1), threads,
                  checkpoint=str(checkpoint), arrays=str(arrays), classes=classes, plans=str(plans))

@@ -39,7 +39,7 @@ TRAINERS = Registry("trainer", {
     "HiEndMAEPretrainer": "mass_nn.training.pretrain.hi_end_mae_pretrainer:HiEndMAEPretrainer",
     "MAEPretrainer": "mass_nn.training.pretrain.mae_pretrainer:MAEPretrainer",
     "S3DPretrainer": "mass_nn.training.pretrain.s3d_pretrainer:S3DPretrainer",
-    "ClassificationProbe": "mass_nn.training.finetune.classification_trainer:ClassificationProbe",
+    "ClassificationProbe": "mass_nn.training.finetune.classification.trainer:ClassificationProbe",
     "SegmentationFinetuner": "mass_nn.training.finetune.segmentation_finetuner:SegmentationFinetuner",
     "EmbeddingTuner": "mass_nn.training.finetune.segmentation_finetuner:EmbeddingTuner",
     "SimCLRPretrainer": "mass_nn.training.pretrain.simclr_pretrainer:SimCLRPretrainer",

@@ -24,14 +24,15 @@ from mass_nn.networks.encoder_classifier import EncoderClassifier, EncoderClassi
 from mass_nn.networks.in_context_model import InContextSegmenter
 from mass_nn.paths import MassPaths
 from mass_nn.preprocessing.blosc2_storage import save_array
-from mass_nn.training.finetune.case_selection import select_training_cases
-from mass_nn.training.finetune.classification_batches import ClassificationBatches, batch_case_indices
-from mass_nn.training.finetune.classification_inputs import window_coverage
-from mass_nn.training.finetune.classification_loss import class_weights, positive_weights
-from mass_nn.training.finetune.classification_settings import ClassificationSettings
+from mass_nn.training.finetune.classification.batches import ClassificationBatches, batch_case_indices
+from mass_nn.training.finetune.classification.case_selection import select_training_cases
+from mass_nn.training.finetune.classification.inputs import window_coverage
+from mass_nn.training.finetune.classification.loss import class_weights, positive_weights
+from mass_nn.training.finetune.classification.settings import ClassificationSettings
 from mass_nn.training.metrics_log import read_metrics
 from mass_nn.training.options import TrainingOptions
 from mass_nn.training.run_training import run_training
+from mass_nn.training.trainer_settings import parse_settings
 from tests.conftest import single_folder
 
 PHANTOM = "Dataset990_PhantomCT"
@@ -90,13 +91,16 @@ def test_labels_csv_errors_name_the_file_and_the_problem(tmp_path, text, message
 
 
 def test_settings_reject_unknown_names_and_bad_values():
-    assert ClassificationSettings.from_extra({}, "P") == ClassificationSettings()
+    assert parse_settings(ClassificationSettings, {}, "P") == ClassificationSettings()
+    assert parse_settings(ClassificationSettings, {"weight_decay": 0}, "P").weight_decay == 0.0  # int for float
     with pytest.raises(MassError, match=r"unknown P setting\(s\) \['num_tasks'\]"):
-        ClassificationSettings.from_extra({"num_tasks": 3}, "P")
+        parse_settings(ClassificationSettings, {"num_tasks": 3}, "P")
     with pytest.raises(MassError, match="divisible by 16"):
-        ClassificationSettings.from_extra({"input_size": [32, 40, 32]}, "P")
-    with pytest.raises(MassError, match="finetune_encoder"):
-        ClassificationSettings.from_extra({"finetune_encoder": "yes"}, "P")
+        parse_settings(ClassificationSettings, {"input_size": [32, 40, 32]}, "P")
+    with pytest.raises(MassError, match="P setting finetune_encoder='yes': must be bool"):
+        parse_settings(ClassificationSettings, {"finetune_encoder": "yes"}, "P")
+    with pytest.raises(MassError, match=r"setting dropout=1.5: expected a value in \[0, 1\)"):
+        parse_settings(ClassificationSettings, {"dropout": 1.5}, "P")
 
 
 def _labels(counts: dict[int, int]) -> CaseLabels:

@@ -12,9 +12,12 @@ import torch
 from mass_nn.cli.fewshot import main as fewshot_main
 from mass_nn.cli.predict import main as predict_main
 from mass_nn.cli.train import main as train_main
+from mass_nn.datasets.labelled_data import LabelledCase
 from mass_nn.inference.task_embedding_file import load_task_embedding
 from mass_nn.io.image_io import read_image, write_image
 from mass_nn.model.checkpoint import load_checkpoint, model_state_dict, save_checkpoint
+from mass_nn.preprocessing.blosc2_storage import save_array
+from mass_nn.training.data.labelled_patch_loader import make_labelled_loader
 from mass_nn.training.options import TrainingOptions
 from mass_nn.training.run_folder import checkpoint_identity
 from mass_nn.training.run_training import run_training
@@ -197,3 +200,21 @@ def test_fewshot_results_of_one_checkpoint_are_never_reused_for_another(pretrain
         assert f"pretrained-{checkpoint_identity(path)}_1shot_seed0" in finetune["run_folder"]
         folders.append((folder, finetune["run_folder"]))
     assert folders[0][0] != folders[1][0] and folders[0][1] != folders[1][1]
+
+
+def test_foreground_probability_reaches_the_patch_loader(tmp_path):
+    """-s foreground_probability decides how many patches are centred on a labelled voxel (a small organ in a large
+    volume: centred patches always contain it, uncentred ones rarely do)."""
+    image = np.random.default_rng(0).normal(size=(1, 96, 96, 96)).astype(np.float32)
+    seg = np.zeros((1, 96, 96, 96), dtype=np.int16)
+    seg[0, 70:74, 10:14, 80:84] = 1
+    save_array(image, tmp_path / "c.b2nd", (16, 16, 16))
+    save_array(seg, tmp_path / "c_seg.b2nd", (16, 16, 16))
+    case = LabelledCase("c", tmp_path / "c.b2nd", tmp_path / "c_seg.b2nd")
+    hits = {}
+    for probability in (1.0, 0.0):
+        with make_labelled_loader([case], [1], (16, 16, 16), 8, seed=0, num_workers=0,
+                                  foreground_probability=probability) as loader:
+            masks = np.concatenate([next(loader)["masks"] for _ in range(4)])
+        hits[probability] = float(np.mean(masks.reshape(len(masks), -1).any(axis=1)))
+    assert hits[1.0] == 1.0 and hits[0.0] < 0.5

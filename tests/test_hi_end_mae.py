@@ -3,6 +3,7 @@ learning on one volume, weight transfer into UNETRSegmenter and ViTClassifier, a
 phantom (resume, FINETUNE segmentation, ClassificationProbe)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -24,8 +25,9 @@ from mass_nn.networks.vit import (ViTConfig, ViTEncoder, default_hierarchy, patc
                                   unpatchify)
 from mass_nn.paths import MassPaths
 from mass_nn.training.options import TrainingOptions
-from mass_nn.training.pretrain.hi_end_mae_pretrainer import (HiEndMAEPretrainer, hi_end_mae_loss, mask_noise,
-                                                             masked_patch_loss, network_config, norm_pix_target)
+from mass_nn.training.pretrain.hi_end_mae_pretrainer import (HiEndMAEPretrainer, HiEndMAESettings, hi_end_mae_loss,
+                                                             mask_noise, masked_patch_loss, network_config,
+                                                             norm_pix_target)
 from mass_nn.training.run_training import run_training
 from tests.conftest import single_folder
 
@@ -79,18 +81,20 @@ def test_paper_configuration_is_the_released_vit_large():
 
 
 def test_network_size_and_patch_follow_the_plans_configuration():
-    settings = dict(HiEndMAEPretrainer.settings_defaults)
+    settings = HiEndMAESettings()
     cpu = network_config(SimpleNamespace(name="3d_cpu", patch_size_zyx=[64, 48, 48]), 1, settings)
     assert (cpu.encoder.dim, cpu.encoder.patch_size, cpu.encoder.input_size_zyx) == (96, 8, [64, 48, 48])
     paper = network_config(SimpleNamespace(name="3d_paper", patch_size_zyx=[128, 128, 128]), 1, settings)
     assert (paper.encoder.dim, paper.encoder.patch_size, paper.encoder.grid()) == (1536, 16, (8, 8, 8))
     paper_96 = network_config(SimpleNamespace(name="3d_cpu", patch_size_zyx=[96, 96, 96]), 1,
-                              {**settings, "network": "paper"})
+                              dataclasses.replace(settings, network="paper"))
     assert paper_96.encoder.patch_size == 12 and paper_96 == HiEndMAEConfig.paper()
     with pytest.raises(MassError, match="-s patch_size"):
-        network_config(SimpleNamespace(name="3d_cpu", patch_size_zyx=[64, 48, 48]), 1, {**settings, "patch_size": 7})
+        network_config(SimpleNamespace(name="3d_cpu", patch_size_zyx=[64, 48, 48]), 1,
+                       dataclasses.replace(settings, patch_size=7))
     with pytest.raises(MassError, match="mask_ratio"):
-        network_config(SimpleNamespace(name="3d_cpu", patch_size_zyx=[64, 48, 48]), 1, {**settings, "mask_ratio": 1.0})
+        network_config(SimpleNamespace(name="3d_cpu", patch_size_zyx=[64, 48, 48]), 1,
+                       dataclasses.replace(settings, mask_ratio=1.0))
 
 
 # ----------------------------------------------------------------- the masked autoencoder

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from mass_nn.io.artifact_layout import CaseOutput
 from mass_nn.io.dataset_json import list_cases, load_dataset_json
 from mass_nn.io.image_io import read_image
 from mass_nn.planning.fingerprint import extract_fingerprint
@@ -10,7 +11,7 @@ from mass_nn.planning.planner_settings import PlannerSettings
 from mass_nn.preprocessing.blosc2_storage import (FLOAT_MANTISSA_BITS, chunk_and_block_shape, load_array, open_array,
                                                   save_array)
 from mass_nn.preprocessing.case_properties import load_properties
-from mass_nn.preprocessing.preprocessor import CaseOutput, preprocess_cases
+from mass_nn.preprocessing.preprocessor import preprocess_cases
 from mass_nn.preprocessing.restore import export_to_raw_geometry, raw_intensities, to_original_grid
 from tests.conftest import make_raw_dataset
 

@@ -186,7 +186,7 @@ def test_continue_checks_datasets_epochs_and_setting_types(pretraining_roots, ca
     run_training(options(epochs=1, iters_per_epoch=1), pretraining_roots)
     with pytest.raises(MassError, match="epochs: run has 1, command line asks 3"):
         run_training(options(epochs=3, iters_per_epoch=1, continue_training=True), pretraining_roots)
-    with pytest.raises(MassError, match="setting everything_task='False': expected true or false"):
+    with pytest.raises(MassError, match="MASSPretrainer setting everything_task='False': must be bool"):
         run_training(options(tag="typed", extra={"everything_task": "False"}), pretraining_roots)
     stored = json.loads((run_folder(pretraining_roots) / "run_config.json").read_text())
     from mass_nn.training.options import merge_for_continue

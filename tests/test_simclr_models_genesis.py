@@ -306,8 +306,9 @@ def _segmentation_transfer(paths: MassPaths, checkpoint: str, trainer: str, full
 @pytest.mark.parametrize("trainer,extra,message", [
     ("SimCLRPretrainer", {"crop_size": [30, 32, 32]}, "divisible by 16"),
     ("SimCLRPretrainer", {"crop_size": [32, 32, 32], "region_size": [64, 16, 48]}, "at least the crop size"),
-    ("SimCLRPretrainer", {"crop_size": 32}, "expected list"),
-    ("ModelsGenesisPretrainer", {"paint_probability": 1.5}, "expected a probability"),
+    ("SimCLRPretrainer", {"crop_size": 32}, "setting crop_size=32: must be a list"),
+    ("ModelsGenesisPretrainer", {"paint_probability": 1.5},
+     r"paint_probability=1.5: expected a value in \[0, 1\]"),
     ("ModelsGenesisPretrainer", {"shuffle_blocks": 5}, "unknown ModelsGenesisPretrainer setting")])
 def test_bad_settings_are_clear_errors(trainer, extra, message, transfer_paths):
     with pytest.raises(MassError, match=message):

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from mass_nn.cli.common import add_common_arguments, run_cli
+from mass_nn.io.artifact_layout import checkpoint_path
 from mass_nn.io.atomic import read_json
 from mass_nn.masks.generate import MaskGenerationOptions, bank_folder_of, generate_masks
 from mass_nn.masks.quality_report import quality_report
@@ -104,7 +105,7 @@ def _few_shot(paths: MassPaths, args, run_folder: Path) -> None:
     from mass_nn.model.checkpoint import save_untrained_copy
     steps = args.finetune_epochs * args.finetune_iters
     print(f"[5/5] 1-shot segmentation of the held-out test cases: in context, and finetuned for {steps} steps")
-    checkpoint = run_folder / "checkpoint_final.pt"
+    checkpoint = checkpoint_path(run_folder, "final")
     out = paths.results / f"Dataset{DEMO_DATASET_ID}_PhantomCT" / f"fewshot_demo__{checkpoint_identity(checkpoint)}"
     protocol = FewShotProtocol(dataset=str(DEMO_DATASET_ID), checkpoint=checkpoint, shots=[1], seeds=[0],
                                methods=["in_context", "in_context_calibrated", "finetune", "scratch"],
@@ -133,11 +134,16 @@ def _few_shot(paths: MassPaths, args, run_folder: Path) -> None:
                           ["in context, reference-calibrated thresholds", percent["in_context_calibrated"],
                            percent["in_context_calibrated_untrained"]],
                           [f"finetuned ({steps} steps)", percent["finetune"], percent["scratch"]]]))
-    best = sorted(per_class["in_context"], key=lambda name: -(per_class["in_context"][name] or 0.0))[:3]
     print("      in context at 0.5, the structures the pretrained model segments best (pretrained vs untrained): "
-          + ", ".join(f"{name} {_percent(per_class['in_context'][name])} vs "
-                      f"{_percent(per_class['in_context_untrained'].get(name))}" for name in best))
+          + _best_structures(per_class["in_context"], per_class["in_context_untrained"]))
     print(f"      per-class results in {out}/results.md; figure {results['figure']}")
+
+
+def _best_structures(pretrained: dict, untrained: dict, count: int = 3) -> str:
+    """Up to `count` structures with the highest non-zero pretrained Dice, each with the untrained network's."""
+    ranked = sorted((name for name, value in pretrained.items() if value), key=lambda name: -pretrained[name])
+    return ", ".join(f"{name} {_percent(pretrained[name])} vs {_percent(untrained.get(name))}"
+                     for name in ranked[:count]) or "none above 0"
 
 
 def _percent(value: float | None) -> str:

@@ -10,6 +10,7 @@ import numpy as np
 
 from mass_nn.datasets.preprocessed_sources import PreprocessedSource, resolve_source
 from mass_nn.errors import MassError
+from mass_nn.io.artifact_layout import CaseOutput
 from mass_nn.io.dataset_json import CaseFiles, list_cases, load_dataset_json
 from mass_nn.paths import MassPaths
 from mass_nn.preprocessing.blosc2_storage import open_array
@@ -34,11 +35,11 @@ class LabelledDataset:
 
     def labelled_cases(self, split: str) -> list[str]:
         """Cases of `split` whose label map was preprocessed."""
-        return [c for c in self.source.cases(split) if (self.source.data_folder / f"{c}_seg.b2nd").is_file()]
+        return [c for c in self.source.cases(split) if CaseOutput(self.source.data_folder, c).seg.is_file()]
 
     def patch_case(self, case_id: str) -> LabelledCase:
-        folder = self.source.data_folder
-        return LabelledCase(case_id, folder / f"{case_id}.b2nd", folder / f"{case_id}_seg.b2nd")
+        files = CaseOutput(self.source.data_folder, case_id)
+        return LabelledCase(case_id, files.data, files.seg)
 
     def preprocessed_pairs(self, case_ids: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
         """(image (c, z, y, x), label map (z, y, x)) of each case, read into memory (e.g. the shots as references)."""

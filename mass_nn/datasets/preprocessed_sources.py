@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mass_nn.errors import MassError
+from mass_nn.io import artifact_layout as layout
 from mass_nn.io.atomic import read_json
 from mass_nn.io.dataset_json import find_dataset_name
 from mass_nn.paths import MassPaths
@@ -34,7 +35,7 @@ def resolve_source(dataset: str, paths: MassPaths, plans_name: str, configuratio
     """Load plans and splits of one preprocessed dataset; clear errors when a stage is missing."""
     name = find_dataset_name(dataset, [paths.preprocessed, paths.raw])
     folder = paths.preprocessed / name
-    plans = load_plans(folder / f"{plans_name}.json")
+    plans = load_plans(layout.plans_file(folder, plans_name))
     config = plans.configuration(configuration)
     data_folder = folder / config.data_identifier
     if not data_folder.is_dir() or not any(data_folder.glob("*.b2nd")):
@@ -65,15 +66,15 @@ def mask_bank_folder(source: PreprocessedSource, generator: str | None) -> Path:
     """The folder of the mask banks to train on (the only one present when `generator` is None)."""
     hint = f"mass_generate_masks -d {source.dataset_name} -c {source.configuration.name}"
     if generator is not None:
-        folder = source.data_folder / f"masks_{generator}"
-        if not (folder / "masks.json").is_file():
+        folder = layout.bank_folder(source.data_folder, generator)
+        if not layout.bank_index(folder).is_file():
             raise MassError(f"{folder}: no masks from generator {generator!r}; run {hint} -g {generator}")
         return folder
-    folders = sorted(f for f in source.data_folder.glob("masks_*") if (f / "masks.json").is_file())
+    folders = layout.bank_folders(source.data_folder)
     if not folders:
         raise MassError(f"{source.data_folder}: no masks generated yet; run {hint} first")
     if len(folders) > 1:
-        names = ", ".join(f.name.removeprefix("masks_") for f in folders)
+        names = ", ".join(layout.generator_of(f) for f in folders)
         raise MassError(f"{source.data_folder}: masks from several generators ({names}); choose one with --masks")
     return folders[0]
 
@@ -82,7 +83,7 @@ def cases_with_banks(source: PreprocessedSource, bank_folder: Path, split: str) 
     """(case id, image path, bank path) for every case of `split`; a missing bank is an error naming the fix."""
     found, missing = [], []
     for case_id in source.cases(split):
-        image, bank = source.data_folder / f"{case_id}.b2nd", bank_folder / f"{case_id}.masks"
+        image, bank = layout.CaseOutput(source.data_folder, case_id).data, layout.bank_file(bank_folder, case_id)
         (found if bank.is_file() and image.is_file() else missing).append((case_id, image, bank))
     if missing:
         listed = ", ".join(c for c, _, _ in missing[:5]) + (" ..." if len(missing) > 5 else "")

@@ -13,6 +13,7 @@ from mass_nn.errors import MassError
 from mass_nn.evaluation.in_context_protocol import in_context_evaluation
 from mass_nn.evaluation.segmentation_figure import write_segmentation_figure
 from mass_nn.evaluation.tables import json_safe, markdown_table, mean_std
+from mass_nn.io.artifact_layout import checkpoint_path
 from mass_nn.io.atomic import atomic_path, read_json, write_json_atomic
 from mass_nn.io.dataset_json import find_dataset_name
 from mass_nn.model.checkpoint import load_checkpoint
@@ -65,7 +66,7 @@ def _finetune(protocol: FewShotProtocol, paths: MassPaths, method: str, shots: i
                         "SegmentationFinetuner", protocol.plans_name, protocol.configuration,
                         finetune_run_tag(pretrained, shots, seed, protocol.tag))
     summary_path = folder / "test" / "summary.json"
-    if not (summary_path.is_file() and (folder / "checkpoint_final.pt").is_file()):
+    if not (summary_path.is_file() and checkpoint_path(folder, "final").is_file()):
         result = run_training(options, paths)
         if result["stopped_early"]:
             raise KeyboardInterrupt

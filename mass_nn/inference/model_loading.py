@@ -13,9 +13,10 @@ from mass_nn.inference.predictor import InferenceSettings, SegmentationPredictor
 from mass_nn.inference.reference_calibration import calibrate_reference_thresholds
 from mass_nn.inference.reference_encoding import encode_reference_labels
 from mass_nn.inference.task_embedding_file import load_task_embedding, save_task_embedding
+from mass_nn.io.artifact_layout import checkpoint_path
 from mass_nn.io.dataset_json import CaseFiles
 from mass_nn.io.image_io import read_geometry
-from mass_nn.model.checkpoint import checkpoint_path, load_network
+from mass_nn.model.checkpoint import load_network
 from mass_nn.networks.fixed_class_segmenter import FixedClassSegmenter
 from mass_nn.networks.in_context_model import InContextSegmenter
 from mass_nn.planning.plans import Plans

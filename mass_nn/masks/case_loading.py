@@ -6,12 +6,12 @@ from pathlib import Path
 import numpy as np
 
 from mass_nn.errors import MassError
+from mass_nn.io.artifact_layout import CaseOutput
 from mass_nn.masks.proposal import CaseInput
 from mass_nn.masks.windowing import windowed_channels
 from mass_nn.planning.plans import Plans
 from mass_nn.preprocessing.blosc2_storage import load_array
 from mass_nn.preprocessing.case_properties import load_properties
-from mass_nn.preprocessing.preprocessor import CaseOutput
 from mass_nn.preprocessing.restore import raw_intensities
 
 

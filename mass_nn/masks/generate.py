@@ -17,19 +17,20 @@ from pathlib import Path
 
 from mass_nn import __version__
 from mass_nn.errors import MassError
+from mass_nn.io import artifact_layout as layout
+from mass_nn.io.artifact_layout import CaseOutput
 from mass_nn.io.atomic import write_json_atomic
 from mass_nn.io.dataset_json import find_dataset_name
 from mass_nn.masks.case_loading import load_case_input, preprocessed_case_ids
-from mass_nn.masks.mask_bank import BANK_SUFFIX, MaskBank, write_mask_bank
-from mass_nn.masks.postprocess import deduplicate, drop_small
+from mass_nn.masks.mask_bank import MaskBank, write_mask_bank
 from mass_nn.masks.native_grid import load_native_case_input, proposals_to_grid
+from mass_nn.masks.postprocess import deduplicate, drop_small
 from mass_nn.masks.previews import write_preview
 from mass_nn.masks.windowing import QUANTILE_RULE
 from mass_nn.parallel import run_per_item
 from mass_nn.paths import MassPaths
 from mass_nn.planning.plans import load_plans
 from mass_nn.preprocessing.case_properties import load_properties
-from mass_nn.preprocessing.preprocessor import CaseOutput
 from mass_nn.registry import MASK_GENERATORS
 
 logger = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ def _run_case(job: _CaseJob) -> dict:
         proposals = generator.generate(case)
     proposals = drop_small(proposals, job.min_voxels)
     proposals = deduplicate(proposals, job.options.iou_threshold, job.options.dedupe_seed)
-    bank_path = job.bank_folder / f"{job.case_id}{BANK_SUFFIX}"
+    bank_path = layout.bank_file(job.bank_folder, job.case_id)
     write_mask_bank(bank_path, job.case_id, case.shape, proposals, job.options.generator, job.parameters_hash)
     if job.options.previews:
         write_preview(MaskBank(bank_path), case.windowed, case.mask_axis, case.seed_slice_interval,
@@ -100,7 +101,7 @@ def _run_case(job: _CaseJob) -> dict:
 
 
 def _preview_path(bank_path: Path) -> Path:
-    return bank_path.parent / "previews" / f"{bank_path.name[: -len(BANK_SUFFIX)]}.png"
+    return bank_path.parent / "previews" / f"{layout.case_of_bank_file(bank_path)}.png"
 
 
 def _is_done(bank_path: Path, parameters_hash: str, preview: bool = False) -> bool:
@@ -143,7 +144,7 @@ def generate_masks(dataset: str | int, paths: MassPaths, options: MaskGeneration
     """Generate the mask banks of one dataset (this shard's cases); returns a summary dict."""
     start = time.time()
     name = find_dataset_name(dataset, [paths.preprocessed, paths.raw])
-    plans_path = paths.preprocessed / name / f"{options.plans_name}.json"
+    plans_path = layout.plans_file(paths.preprocessed / name, options.plans_name)
     plans = load_plans(plans_path)
     options = replace(options, channel=_mask_channel(plans, options.channel, plans_path))
     config = plans.configuration(options.configuration)
@@ -159,12 +160,12 @@ def generate_masks(dataset: str | int, paths: MassPaths, options: MaskGeneration
     if any(w.kind == "quantile" for w in plans.channels[options.channel].windows):
         record["quantile_windows"] = QUANTILE_RULE
     parameters_hash = hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    bank_folder = case_folder / f"masks_{options.generator}"
+    bank_folder = layout.bank_folder(case_folder, options.generator)
     if options.clean and bank_folder.exists():
         shutil.rmtree(bank_folder)
     bank_folder.mkdir(parents=True, exist_ok=True)
     todo = [c for c in case_ids
-            if not _is_done(bank_folder / f"{c}{BANK_SUFFIX}", parameters_hash, options.previews)]
+            if not _is_done(layout.bank_file(bank_folder, c), parameters_hash, options.previews)]
     jobs = [_CaseJob(c, case_folder, bank_folder, plans_path, options, parameters_hash,
                      record["postprocessing"]["min_voxels"]) for c in todo]
     results, failures = [], []
@@ -178,10 +179,10 @@ def generate_masks(dataset: str | int, paths: MassPaths, options: MaskGeneration
                 logger.info("%s: %d masks in %.1f s", result["case_id"], result["masks"], result["seconds"])
     finally:
         close_generators()
-    counts = {p.name[: -len(BANK_SUFFIX)]: len(MaskBank(p)) for p in sorted(bank_folder.glob(f"*{BANK_SUFFIX}"))
+    counts = {layout.case_of_bank_file(p): len(MaskBank(p)) for p in layout.bank_files(bank_folder)
               if _is_done(p, parameters_hash)}
     write_json_atomic({**record, "parameters_hash": parameters_hash, "mass_nn_version": __version__,
-                       "cases": counts}, bank_folder / "masks.json")
+                       "cases": counts}, layout.bank_index(bank_folder))
     if failures:
         raise MassError(f"{len(failures)} case(s) failed (the others are done; fix these and re-run):\n  "
                         + "\n  ".join(failures))
@@ -193,6 +194,6 @@ def generate_masks(dataset: str | int, paths: MassPaths, options: MaskGeneration
 def bank_folder_of(dataset: str | int, paths: MassPaths, options: MaskGenerationOptions) -> Path:
     """Where the banks of `options.generator` for this dataset and configuration live."""
     name = find_dataset_name(dataset, [paths.preprocessed, paths.raw])
-    plans = load_plans(paths.preprocessed / name / f"{options.plans_name}.json")
+    plans = load_plans(layout.plans_file(paths.preprocessed / name, options.plans_name))
     folder = paths.preprocessed / name / plans.configuration(options.configuration).data_identifier
-    return folder / f"masks_{options.generator}"
+    return layout.bank_folder(folder, options.generator)

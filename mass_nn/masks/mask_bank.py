@@ -25,7 +25,6 @@ from mass_nn.io.atomic import atomic_path
 from mass_nn.masks.proposal import MaskProposal
 
 MAGIC = b"MASSMB01"
-BANK_SUFFIX = ".masks"
 _CPARAMS = blosc2.CParams(codec=blosc2.Codec.ZSTD, clevel=5, typesize=1, nthreads=1)
 
 

@@ -6,9 +6,10 @@ from pathlib import Path
 import numpy as np
 
 from mass_nn.errors import MassError
+from mass_nn.io import artifact_layout as layout
 from mass_nn.io.atomic import write_json_atomic
 from mass_nn.masks.case_loading import load_label
-from mass_nn.masks.mask_bank import BANK_SUFFIX, MaskBank
+from mass_nn.masks.mask_bank import MaskBank
 from mass_nn.masks.quality import mask_quality
 
 METRICS = ("best", "avg", "percent_above_40")
@@ -19,7 +20,7 @@ def quality_report(bank_folder: Path) -> dict:
     bank_folder = Path(bank_folder)
     case_folder = bank_folder.parent
     per_case = {}
-    for bank_path in sorted(bank_folder.glob(f"*{BANK_SUFFIX}")):
+    for bank_path in layout.bank_files(bank_folder):
         bank = MaskBank(bank_path)
         label = load_label(case_folder, bank.case_id)
         if label is not None:

@@ -22,7 +22,6 @@ from mass_nn.networks.build import build_network
 
 CHECKPOINT_FORMAT = "mass_nn.checkpoint"
 CHECKPOINT_FORMAT_VERSION = 1
-CHECKPOINT_KINDS = ("latest", "best", "final")
 
 
 @dataclass
@@ -55,12 +54,6 @@ class Checkpoint:
     optimizer: dict | None = None
     scheduler: dict | None = None
     trainer_state: dict = field(default_factory=dict)  # e.g. RNG states, stopped mid-epoch
-
-
-def checkpoint_path(run_folder: Path, kind: str) -> Path:
-    if kind not in CHECKPOINT_KINDS:
-        raise ValueError(f"checkpoint kind {kind!r}; known: {CHECKPOINT_KINDS}")
-    return Path(run_folder) / f"checkpoint_{kind}.pt"
 
 
 def save_checkpoint(checkpoint: Checkpoint, path: Path) -> None:

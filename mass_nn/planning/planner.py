@@ -17,6 +17,7 @@ import numpy as np
 
 from mass_nn import __version__
 from mass_nn.errors import PlansValidationError
+from mass_nn.io.artifact_layout import data_identifier
 from mass_nn.planning.fingerprint_records import DatasetFingerprint
 from mass_nn.planning.mask_slicing import mask_generation_axis, seed_slice_interval
 from mass_nn.planning.modality import CT
@@ -57,7 +58,7 @@ def _interval_on_grid(axis: int, spacing_zyx_mm, settings: PlannerSettings) -> i
 def plan_paper_configuration(fingerprint, settings: PlannerSettings, axis: int, plans_name: str) -> ConfigurationPlan:
     spacing = [settings.paper_target_spacing_mm] * 3
     return ConfigurationPlan(
-        name="3d_paper", data_identifier=f"{plans_name}_3d_paper", target_spacing_zyx_mm=spacing,
+        name="3d_paper", data_identifier=data_identifier(plans_name, "3d_paper"), target_spacing_zyx_mm=spacing,
         patch_size_zyx=[settings.paper_patch_edge] * 3, batch_size=settings.paper_batch_size,
         network=NetworkPlan(architecture="ResUNet", channels=list(settings.paper_channels),
                             num_blocks=list(settings.paper_num_blocks)),
@@ -76,7 +77,7 @@ def plan_cpu_configuration(fingerprint, settings: PlannerSettings, axis: int, pl
     patch = [max(settings.cpu_min_patch_edge, min(full_edge, POOLING_DIVISOR * math.ceil(m / POOLING_DIVISOR)))
              for m in median_shape]
     return ConfigurationPlan(
-        name="3d_cpu", data_identifier=f"{plans_name}_3d_cpu", target_spacing_zyx_mm=spacing,
+        name="3d_cpu", data_identifier=data_identifier(plans_name, "3d_cpu"), target_spacing_zyx_mm=spacing,
         patch_size_zyx=patch, batch_size=settings.cpu_batch_size,
         network=NetworkPlan(architecture="ResUNet", channels=list(settings.cpu_channels),
                             num_blocks=list(settings.cpu_num_blocks)),

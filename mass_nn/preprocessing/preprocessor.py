@@ -16,6 +16,7 @@ import numpy as np
 from scipy import ndimage
 
 from mass_nn.errors import MassError
+from mass_nn.io.artifact_layout import CaseOutput
 from mass_nn.io.dataset_json import CaseFiles
 from mass_nn.io.image_io import ImageGeometry, read_geometry, read_image
 from mass_nn.parallel import run_per_item
@@ -29,26 +30,6 @@ from mass_nn.preprocessing.resampling import (nearest_resampling_axis, resample_
                                                shape_at_spacing)
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class CaseOutput:
-    """The three files of one preprocessed case."""
-
-    folder: Path
-    case_id: str
-
-    @property
-    def data(self) -> Path:
-        return self.folder / f"{self.case_id}.b2nd"
-
-    @property
-    def seg(self) -> Path:
-        return self.folder / f"{self.case_id}_seg.b2nd"
-
-    @property
-    def properties(self) -> Path:
-        return self.folder / f"{self.case_id}.json"
 
 
 def _label_summary(seg: np.ndarray) -> tuple[dict[str, int], dict[str, list[list[int]]]]:

@@ -101,21 +101,3 @@ def merge_for_continue(stored: TrainingOptions, requested: TrainingOptions) -> T
                         "instead):\n  " + "\n  ".join(conflicts))
     merged.continue_training = True
     return merged
-
-
-def check_settings(trainer_name: str, given: dict, defaults: dict) -> dict:
-    """`defaults` updated by `given` (the -s settings); unknown keys or values of another type than the default
-    raise MassError (an int is accepted where a float is expected)."""
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        raise MassError(f"unknown {trainer_name} setting(s) {unknown}; known: {sorted(defaults)}")
-    merged = {**defaults, **given}
-    for key, default in defaults.items():
-        value = merged[key]
-        expected = type(default)
-        if expected is float and type(value) is int:
-            merged[key] = value = float(value)
-        if type(value) is not expected:
-            kind = "true or false" if expected is bool else f"{expected.__name__} like the default {default!r}"
-            raise MassError(f"setting {key}={value!r}: expected {kind}")
-    return merged

@@ -19,14 +19,15 @@ from torch import nn
 from tqdm import tqdm
 
 from mass_nn.errors import MassError
+from mass_nn.io.artifact_layout import checkpoint_path
 from mass_nn.io.atomic import write_json_atomic
 from mass_nn.io.dataset_json import find_dataset_name
-from mass_nn.model.checkpoint import (Checkpoint, CheckpointMeta, checkpoint_path, load_checkpoint,
-                                         save_checkpoint)
+from mass_nn.model.checkpoint import Checkpoint, CheckpointMeta, load_checkpoint, save_checkpoint
 from mass_nn.paths import MassPaths
 from mass_nn.planning.configuration_choice import default_configuration
 from mass_nn.planning.plans import ConfigurationPlan, Plans
 from mass_nn.planning.plans_compatibility import plans_differences, pool_channel_layouts
+from mass_nn.schema import to_dict
 from mass_nn.threads import ThreadGovernor
 from mass_nn.training.distributed import (DistributedContext, any_rank, init_distributed, mean_over_ranks,
                                           parameter_checksums)
@@ -40,6 +41,7 @@ from mass_nn.training.options import TrainingOptions, load_run_config, merge_for
 from mass_nn.training.progress_plot import write_progress_plot
 from mass_nn.training.run_folder import run_folder
 from mass_nn.training.stop_signal import StopRequest
+from mass_nn.training.trainer_settings import NoSettings, parse_settings
 
 logger = logging.getLogger(__name__)
 
@@ -57,10 +59,12 @@ class Trainer:
     best_metric_key: ClassVar[str] = "val_loss"  # validate() may override per run through self.best_metric_key
     best_metric_mode: ClassVar[str] = "min"
     ema_warmup: ClassVar[bool] = False  # see ModelEMA; short downstream runs turn it on
+    settings_class: ClassVar[type] = NoSettings  # the -s settings (trainer_settings.py)
 
     def __init__(self, options: TrainingOptions, paths: MassPaths):
         self.options = options
         self.paths = paths
+        self.settings = self.settings_class()  # parsed from options.extra when the run starts
         self.context = DistributedContext()
         self.plans: Plans | None = None
         self.trained_plans: list[Plans] = []  # every dataset's plans when a run pools several; else self.plans
@@ -149,10 +153,12 @@ class Trainer:
         self.output_folder = self._resolve_output_folder()
         if self.options.continue_training and (self.output_folder / "run_config.json").is_file():
             self.options = merge_for_continue(load_run_config(self.output_folder), self.options)
+        self.settings = parse_settings(self.settings_class, self.options.extra, self.name)
         self.resolve_data()
         self.fill_defaults()
         torch.manual_seed(self.options.seed)
         self.setup()
+        self.options.extra = to_dict(self.settings)  # the run config records the settings as resolved
         self.resolve_learning_rate()
         self.thread_governor = ThreadGovernor(self.options.num_workers or 0, requested=self.options.threads)
         try:

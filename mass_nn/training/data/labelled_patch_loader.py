@@ -80,10 +80,12 @@ class LabelledPatchLoader(IndexedBatchLoader):
 
 def make_labelled_loader(cases: list[LabelledCase], label_values: list[int], patch_size_zyx, batch_size: int,
                          seed: int, num_workers: int, augmentation: ViewAugmentation | None = None,
-                         start_batch: int = 0, rank: int = 0, world_size: int = 1) -> AugmentedBatches:
+                         foreground_probability: float = 1 / 3, start_batch: int = 0, rank: int = 0,
+                         world_size: int = 1) -> AugmentedBatches:
     """Augmented labelled patches (default: the query view's strong augmentation), batch i = f(seed, i)."""
     workers = max(0, int(num_workers))
-    loader = LabelledPatchLoader(cases, label_values, patch_size_zyx, batch_size, seed, start_batch=start_batch,
+    loader = LabelledPatchLoader(cases, label_values, patch_size_zyx, batch_size, seed,
+                                 foreground_probability=foreground_probability, start_batch=start_batch,
                                  rank=rank, world_size=world_size, num_threads_in_multithreaded=max(1, workers))
     transform = build_single_view_transform(augmentation or ViewAugmentation.strong(), patch_size_zyx)
     return augmented_batches(loader, transform, workers)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -18,6 +19,7 @@ import torch
 from mass_nn.datasets.labelled_data import resolve_labelled_dataset, select_shots
 from mass_nn.errors import MassError
 from mass_nn.inference.reference_encoding import encode_reference_labels
+from mass_nn.io.artifact_layout import checkpoint_path
 from mass_nn.io.atomic import write_json_atomic
 from mass_nn.model.downstream_network import build_downstream_network, is_in_context_checkpoint
 from mass_nn.model.pretrained import load_pretrained_checkpoint
@@ -26,13 +28,28 @@ from mass_nn.parallel import default_num_processes
 from mass_nn.training.data.labelled_patch_loader import make_labelled_loader
 from mass_nn.training.finetune.segmentation_scores import dice_on_preprocessed, evaluate_on_raw_cases
 from mass_nn.training.losses import SegmentationLoss
-from mass_nn.training.options import check_settings
 from mass_nn.training.run_folder import checkpoint_identity
 from mass_nn.training.trainer import Trainer
+from mass_nn.training.trainer_settings import check_range
 
 logger = logging.getLogger(__name__)
 
-FINETUNE_SETTINGS = {"foreground_probability": 1 / 3, "weight_decay": 1e-3, "max_val_cases": 8}
+
+@dataclass
+class FinetuneSettings:
+    """-s settings of the segmentation finetuners. foreground_probability: share of training patches centred on a
+    labelled voxel (the rest anywhere); weight_decay: AdamW's; max_val_cases: labelled val cases scored per
+    validation."""
+
+    foreground_probability: float = 1 / 3
+    weight_decay: float = 1e-3
+    max_val_cases: int = 8
+
+    def validate(self) -> None:
+        check_range("foreground_probability", self.foreground_probability, 0.0, 1.0, high_inclusive=True)
+        check_range("weight_decay", self.weight_decay, 0.0, float("inf"))
+        if self.max_val_cases < 1:
+            raise MassError(f"setting max_val_cases={self.max_val_cases}: expected a positive integer")
 
 
 def finetune_run_tag(pretrained: str | os.PathLike | None, shots: int | None, seed: int, tag: str = "") -> str:
@@ -54,6 +71,7 @@ class SegmentationFinetuner(Trainer):
     best_metric_mode: ClassVar[str] = "max"
     ema_warmup: ClassVar[bool] = True
     freeze_backbone: ClassVar[bool] = False
+    settings_class: ClassVar[type] = FinetuneSettings
 
     def run_tag(self) -> str:
         o = self.options
@@ -68,7 +86,6 @@ class SegmentationFinetuner(Trainer):
 
     def setup(self) -> None:
         o = self.options
-        o.extra = check_settings(self.name, o.extra, FINETUNE_SETTINGS)
         o.batch_size = o.batch_size or self.configuration_plan.batch_size
         if o.num_workers is None:
             o.num_workers = max(1, min(4, default_num_processes() - 1))
@@ -113,7 +130,7 @@ class SegmentationFinetuner(Trainer):
                 parameter[:, index] = stage
 
     def _write_selection(self) -> None:
-        occupied = (self.output_folder / "checkpoint_latest.pt").is_file() and not self.options.continue_training
+        occupied = checkpoint_path(self.output_folder, "latest").is_file() and not self.options.continue_training
         if not self.context.is_main or occupied:  # an occupied folder is refused right after setup
             return
         selection = {"dataset": self.dataset_name, "seed": self.options.seed, "shots": self.options.shots,
@@ -126,12 +143,13 @@ class SegmentationFinetuner(Trainer):
 
     def build_optimizer(self) -> torch.optim.Optimizer:
         parameters = [p for p in self.network.parameters() if p.requires_grad]
-        return torch.optim.AdamW(parameters, lr=self.options.lr, weight_decay=float(self.options.extra["weight_decay"]))
+        return torch.optim.AdamW(parameters, lr=self.options.lr, weight_decay=self.settings.weight_decay)
 
     def make_train_loader(self, start_batch: int):
         return make_labelled_loader([self.data.patch_case(c) for c in self.shot_cases], list(self.classes.values()),
                                     self.configuration_plan.patch_size_zyx, self.options.batch_size,
                                     seed=self.options.seed, num_workers=self.options.num_workers,
+                                    foreground_probability=self.settings.foreground_probability,
                                     start_batch=start_batch, rank=self.context.rank,
                                     world_size=self.context.world_size)
 
@@ -141,7 +159,7 @@ class SegmentationFinetuner(Trainer):
         return self.loss(self.model(image), masks)
 
     def validate(self) -> dict[str, float]:
-        cases = self.data.labelled_cases("val")[: int(self.options.extra["max_val_cases"])]
+        cases = self.data.labelled_cases("val")[: self.settings.max_val_cases]
         if not cases:
             return {}
         return dice_on_preprocessed(self.ema.module, [self.data.patch_case(c) for c in cases], self.classes,
@@ -152,8 +170,8 @@ class SegmentationFinetuner(Trainer):
         if not cases:
             logger.warning("%s has no labelled test cases; no test evaluation", self.dataset_name)
             return {}
-        best = Path(self.output_folder) / "checkpoint_best.pt"
-        summary = evaluate_on_raw_cases(best if best.is_file() else Path(self.output_folder) / "checkpoint_final.pt",
+        best = checkpoint_path(self.output_folder, "best")
+        summary = evaluate_on_raw_cases(best if best.is_file() else checkpoint_path(self.output_folder, "final"),
                                         self.data.raw_cases(cases), self.classes, Path(self.output_folder) / "test",
                                         self.device)
         logger.info("test Dice (%d cases): %.4f -> %s", summary["num_cases"], summary["mean_dice"],

@@ -14,6 +14,7 @@ every side, 12 first as released) and 8 for the CPU network.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
@@ -24,6 +25,7 @@ from mass_nn.errors import MassError
 from mass_nn.networks.hi_end_mae import CPU_PATCH_SIZE, HiEndMAE, HiEndMAEConfig
 from mass_nn.networks.vit import patchify
 from mass_nn.training.pretrain.image_pretrainer import ImagePretrainer
+from mass_nn.training.trainer_settings import check_range
 
 logger = logging.getLogger(__name__)
 
@@ -75,21 +77,37 @@ def paper_patch_size(input_size: list[int]) -> int | None:
     return next((p for p in PAPER_PATCH_SIZES if all(s % p == 0 for s in input_size)), None)
 
 
-def network_config(configuration_plan, in_channels: int, settings: dict) -> HiEndMAEConfig:
+@dataclass
+class HiEndMAESettings:
+    """-s settings of HiEndMAEPretrainer. network: auto (paper at 3d_paper, else cpu), paper or cpu; patch_size:
+    the ViT patch edge (0: the released one that divides the plans' patch, or the CPU one); norm_pix: reconstruct
+    per-patch normalised voxels."""
+
+    network: str = "auto"
+    patch_size: int = 0
+    mask_ratio: float = 0.75
+    weight_decay: float = 0.05
+    norm_pix: bool = True
+
+    def validate(self) -> None:
+        if self.network not in NETWORK_SIZES:
+            raise MassError(f"setting network={self.network!r}: expected one of {list(NETWORK_SIZES)}")
+        check_range("weight_decay", self.weight_decay, 0.0, float("inf"))
+
+
+def network_config(configuration_plan, in_channels: int, settings: HiEndMAESettings) -> HiEndMAEConfig:
     """The Hi-End-MAE of a plans configuration under the -s settings (network, patch_size, mask_ratio)."""
-    size, input_size = settings["network"], list(configuration_plan.patch_size_zyx)
-    if size not in NETWORK_SIZES:
-        raise MassError(f"setting network={size!r}: expected one of {list(NETWORK_SIZES)}")
+    size, input_size = settings.network, list(configuration_plan.patch_size_zyx)
     if size == "auto":
         size = "paper" if configuration_plan.name == "3d_paper" else "cpu"
-    patch = settings["patch_size"] or (paper_patch_size(input_size) if size == "paper" else CPU_PATCH_SIZE)
+    patch = settings.patch_size or (paper_patch_size(input_size) if size == "paper" else CPU_PATCH_SIZE)
     if patch is None or patch < 1 or any(s % patch for s in input_size):
         raise MassError(f"the plans' patch size {input_size} ({configuration_plan.name}) does not split into "
                         f"{patch or list(PAPER_PATCH_SIZES)}³ ViT patches; pass -s patch_size=N with N dividing "
                         f"every side")
     maker = HiEndMAEConfig.paper if size == "paper" else HiEndMAEConfig.cpu
     config = maker(in_channels=in_channels, input_size_zyx=input_size, patch_size=patch)
-    config.mask_ratio = settings["mask_ratio"]
+    config.mask_ratio = settings.mask_ratio
     try:
         config.validate()
     except ValueError as error:
@@ -114,12 +132,9 @@ class HiEndMAEPretrainer(ImagePretrainer):
 
     default_lr: ClassVar[float] = 1e-4
     betas: ClassVar[tuple[float, float]] = (0.9, 0.95)
-    settings_defaults: ClassVar[dict] = {"network": "auto", "patch_size": 0, "mask_ratio": 0.75,
-                                         "weight_decay": 0.05, "norm_pix": True}
+    settings_class: ClassVar[type] = HiEndMAESettings
 
     def build_network(self) -> tuple[nn.Module, str, dict]:
-        if self.settings["weight_decay"] < 0:
-            raise MassError(f"setting weight_decay={self.settings['weight_decay']}: must be >= 0")
         config = network_config(self.configuration_plan, len(self.plans.channels), self.settings)
         logger.info("Hi-End-MAE: ViT dim %d, depth %d, %d heads, patch %d on %s (%d tokens, %d visible), "
                     "hierarchical layers %s, decoder %d", config.encoder.dim, config.encoder.depth,
@@ -129,7 +144,7 @@ class HiEndMAEPretrainer(ImagePretrainer):
         return HiEndMAE(config), "HiEndMAE", config.to_dict()
 
     def build_optimizer(self) -> torch.optim.Optimizer:
-        groups = decay_groups(self.network, float(self.settings["weight_decay"]))
+        groups = decay_groups(self.network, self.settings.weight_decay)
         return torch.optim.AdamW(groups, lr=self.options.lr, betas=self.betas)
 
     def loss_of(self, network: nn.Module, batch: dict) -> tuple[Tensor, dict[str, float]]:
@@ -138,4 +153,4 @@ class HiEndMAEPretrainer(ImagePretrainer):
         noise = mask_noise(self.options.seed, int(batch["batch_index"]), (image.shape[0], int(np.prod(grid))),
                            self.device)
         return hi_end_mae_loss(network, image, valid, noise, self.network.config.encoder.patch_size,
-                               bool(self.settings["norm_pix"]))
+                               self.settings.norm_pix)

@@ -13,10 +13,10 @@ from torch import nn
 
 from mass_nn.datasets.preprocessed_sources import resolve_sources
 from mass_nn.errors import MassError
+from mass_nn.io.artifact_layout import CaseOutput
 from mass_nn.parallel import default_num_processes
 from mass_nn.training.data.augmentation import ViewAugmentation
 from mass_nn.training.data.image_crop_loader import ImageCase, make_image_crop_loader
-from mass_nn.training.options import check_settings
 from mass_nn.training.trainer import Trainer
 
 logger = logging.getLogger(__name__)
@@ -25,11 +25,10 @@ VALIDATION_SEED_OFFSET = 1_000_003  # fixed held-out batches, drawn apart from t
 
 
 class ImagePretrainer(Trainer):
-    """Subclass: set `settings_defaults` (the -s settings), implement `build_network()` (returns the network,
+    """Subclass: set `settings_class` (the -s settings), implement `build_network()` (returns the network,
     its registered class name and its configuration dict) and `loss_of(network, batch)`."""
 
     mode: ClassVar[str] = "PRETRAIN"
-    settings_defaults: ClassVar[dict] = {}
 
     @staticmethod
     def augmentation() -> ViewAugmentation:
@@ -43,22 +42,18 @@ class ImagePretrainer(Trainer):
         """The loss of a loader batch (`image` (B, C, *patch), `valid` (B, 1, *patch)) under `network`."""
         raise NotImplementedError
 
-    @property
-    def settings(self) -> dict:
-        return self.options.extra
-
     def resolve_data(self) -> None:
         o = self.options
         self.sources = resolve_sources(o.datasets, self.paths, o.plans_name, o.configuration)
-        self.train_cases = [ImageCase(c, s.data_folder / f"{c}.b2nd") for s in self.sources for c in s.cases("train")]
-        self.val_cases = [ImageCase(c, s.data_folder / f"{c}.b2nd") for s in self.sources for c in s.cases("val")]
+        self.train_cases, self.val_cases = ([ImageCase(c, CaseOutput(s.data_folder, c).data)
+                                             for s in self.sources for c in s.cases(split)]
+                                            for split in ("train", "val"))
         if not self.train_cases:
             raise MassError(f"{self.sources[0].data_folder}: the train split has no cases; check splits.json")
         self.adopt_sources(self.sources)
 
     def setup(self) -> None:
         o = self.options
-        o.extra = check_settings(self.name, o.extra, self.settings_defaults)
         o.batch_size = o.batch_size or self.configuration_plan.batch_size
         if o.num_workers is None:
             o.num_workers = max(1, min(4, default_num_processes() - 1))

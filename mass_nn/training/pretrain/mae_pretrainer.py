@@ -8,6 +8,7 @@ nnssl. The encoder (`encoder.*`) transfers to the downstream ResUNet.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -21,10 +22,14 @@ from mass_nn.training.pretrain.image_pretrainer import ImagePretrainer
 
 PAPER_BLOCK_SIZE = 16  # nnssl: 16-voxel blocks at 1 mm (10^3 blocks of a 160^3 patch); 8^3 blocks of 128^3 here
 CPU_BLOCK_SIZE = 8  # 3d_cpu has twice the spacing: 8 voxels are the same 24 mm cubes as 16 at 3d_paper
-MAE_SETTINGS = {
-    "block_size": 0,  # voxels per block edge; 0: PAPER_BLOCK_SIZE at 3d_paper, CPU_BLOCK_SIZE otherwise
-    "mask_ratio": 0.75,  # share of the blocks hidden in each sample
-}
+
+
+@dataclass
+class MAESettings:
+    """-s settings of MAEPretrainer and S3DPretrainer."""
+
+    block_size: int = 0  # voxels per block edge; 0: PAPER_BLOCK_SIZE at 3d_paper, CPU_BLOCK_SIZE otherwise
+    mask_ratio: float = 0.75  # share of the blocks hidden in each sample
 
 
 def masked_input(image: Tensor, visible: Tensor) -> Tensor:
@@ -41,7 +46,7 @@ def masked_reconstruction_loss(prediction: Tensor, target: Tensor, visible: Tens
 
 
 class MAEPretrainer(ImagePretrainer):
-    """-s settings: block_size, mask_ratio (see MAE_SETTINGS)."""
+    """-s settings: block_size, mask_ratio (MAESettings)."""
 
     default_epochs: ClassVar[int] = 1000
     default_iters_per_epoch: ClassVar[int] = 250
@@ -49,7 +54,7 @@ class MAEPretrainer(ImagePretrainer):
     default_grad_clip: ClassVar[float] = 12.0  # nnssl's value
     momentum: ClassVar[float] = 0.99
     weight_decay: ClassVar[float] = 3e-5
-    settings_defaults: ClassVar[dict] = MAE_SETTINGS
+    settings_class: ClassVar[type] = MAESettings
 
     @staticmethod
     def augmentation() -> ViewAugmentation:
@@ -68,11 +73,11 @@ class MAEPretrainer(ImagePretrainer):
 
     def setup(self) -> None:
         super().setup()
-        block = int(self.settings["block_size"]) or (
+        block = self.settings.block_size or (
             PAPER_BLOCK_SIZE if self.options.configuration == "3d_paper" else CPU_BLOCK_SIZE)
-        self.settings["block_size"] = block
+        self.settings.block_size = block  # the run config records the block size really used
         self.mask_grid = mask_grid(self.patch_size_zyx, block)
-        hidden_block_count(self.mask_grid, float(self.settings["mask_ratio"]))  # a bad ratio fails before training
+        hidden_block_count(self.mask_grid, self.settings.mask_ratio)  # a bad ratio fails before training
 
     def build_optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.network.parameters(), lr=self.options.lr, momentum=self.momentum,
@@ -81,7 +86,7 @@ class MAEPretrainer(ImagePretrainer):
     def draw_mask(self, batch: dict) -> Tensor:
         """The block mask (B, 1, *grid) of a loader batch on the device, a function of (seed, batch index)."""
         generator = mask_generator(self.options.seed, batch["batch_index"])
-        mask = random_block_mask(len(batch["image"]), self.mask_grid, float(self.settings["mask_ratio"]), generator)
+        mask = random_block_mask(len(batch["image"]), self.mask_grid, self.settings.mask_ratio, generator)
         return mask.to(self.device)
 
     def reconstruct(self, network: nn.Module, image: Tensor, grid_mask: Tensor) -> Tensor:

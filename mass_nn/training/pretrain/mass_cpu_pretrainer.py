@@ -14,9 +14,17 @@ expensive as `3d_cpu`'s. What differs from MASSPretrainer, and why:
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
-from mass_nn.training.pretrain.mass_pretrainer import MASS_SETTINGS, MASSPretrainer
+from mass_nn.training.pretrain.mass_pretrainer import MASSPretrainer, MASSSettings
+
+
+@dataclass
+class MASSCPUSettings(MASSSettings):
+    """MASSSettings with the recipe's mask floor."""
+
+    min_mask_fraction: float = 0.01
 
 
 class MASSCPUPretrainer(MASSPretrainer):
@@ -25,4 +33,4 @@ class MASSCPUPretrainer(MASSPretrainer):
     default_epochs: ClassVar[int] = 12
     default_iters_per_epoch: ClassVar[int] = 100
     lr_reference_batch: ClassVar[int | None] = 2
-    default_settings: ClassVar[dict] = {**MASS_SETTINGS, "min_mask_fraction": 0.01}
+    settings_class: ClassVar[type] = MASSCPUSettings

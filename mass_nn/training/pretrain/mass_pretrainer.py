@@ -7,12 +7,14 @@ K tasks, and the network must segment the same K masks in the strongly augmented
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
 from mass_nn.datasets.preprocessed_sources import (cases_with_banks, mask_bank_folder, resolve_sources)
 from mass_nn.errors import MassError
+from mass_nn.io.artifact_layout import generator_of
 from mass_nn.networks.config import InContextNetworkConfig
 from mass_nn.networks.in_context_model import InContextSegmenter
 from mass_nn.networks.resenc_architecture import read_nnunet_plans
@@ -21,17 +23,37 @@ from mass_nn.training.data.augmentation import TwoViewSettings
 from mass_nn.training.data.pretraining_loader import (PretrainingCase, batch_to_device, make_pretraining_loader,
                                                       validate_cases)
 from mass_nn.training.losses import SegmentationLoss
-from mass_nn.training.options import check_settings
 from mass_nn.training.pretrain.validation import AutoMaskValidation, InContextValidation, PretrainingValidation
 from mass_nn.training.trainer import Trainer
 
 logger = logging.getLogger(__name__)
 
 # trainer-specific settings (-s KEY=VALUE) and their defaults
-MASS_SETTINGS = {"num_tasks": 13, "everything_task": True, "prefer_masks_in_view": True, "min_mask_fraction": 0.0,
-                 "val_reference_choices": 1,
-                 # an nnU-Net ResEnc plans file: build nnU-Net's own encoder from it (documentation/nnunet.md)
-                 "nnunet_plans": "", "nnunet_configuration": "3d_fullres"}
+@dataclass
+class MASSSettings:
+    """-s settings of MASSPretrainer. num_tasks: task channels per sample; everything_task: one of them is the
+    "segment everything in view" mask; prefer_masks_in_view: masks that meet a view's patch are drawn first (our
+    deviation from the release, two_view_sampler.py); min_mask_fraction: masks under this share of the patch volume
+    are never tasks; val_reference_choices: reference cases per label in --val-dataset validation; nnunet_plans /
+    nnunet_configuration: build nnU-Net's own ResEnc encoder from that plans file (documentation/nnunet.md)."""
+
+    num_tasks: int = 13
+    everything_task: bool = True
+    prefer_masks_in_view: bool = True
+    min_mask_fraction: float = 0.0
+    val_reference_choices: int = 1
+    nnunet_plans: str = ""
+    nnunet_configuration: str = "3d_fullres"
+
+    def validate(self) -> None:
+        if self.num_tasks < 1:
+            raise MassError(f"setting num_tasks={self.num_tasks}: expected a positive integer")
+        if self.val_reference_choices < 1:
+            raise MassError(f"setting val_reference_choices={self.val_reference_choices}: expected a positive "
+                            f"integer (reference cases per label for in-context validation)")
+        if not 0.0 <= self.min_mask_fraction < 1.0:
+            raise MassError(f"setting min_mask_fraction={self.min_mask_fraction}: expected a share of the "
+                            f"patch volume in [0, 1), e.g. 0.01")
 
 
 class MASSPretrainer(Trainer):
@@ -42,13 +64,13 @@ class MASSPretrainer(Trainer):
     default_iters_per_epoch: ClassVar[int] = 1000
     default_lr: ClassVar[float] = 2e-3
     lr_reference_batch: ClassVar[int | None] = 32  # the paper: 8 processes x batch 4 at 2e-3
-    default_settings: ClassVar[dict] = MASS_SETTINGS
+    settings_class: ClassVar[type] = MASSSettings
 
     def resolve_data(self) -> None:
         o = self.options
         self.sources = resolve_sources(o.datasets, self.paths, o.plans_name, o.configuration)
         bank_folders = [mask_bank_folder(self.sources[0], o.masks)]
-        o.masks = bank_folders[0].name.removeprefix("masks_")
+        o.masks = generator_of(bank_folders[0])
         bank_folders += [mask_bank_folder(s, o.masks) for s in self.sources[1:]]
         self.train_cases = [PretrainingCase(c, image, bank) for s, f in zip(self.sources, bank_folders)
                             for c, image, bank in cases_with_banks(s, f, "train")]
@@ -61,16 +83,7 @@ class MASSPretrainer(Trainer):
         self.adopt_sources(self.sources)
 
     def setup(self) -> None:
-        o = self.options
-        o.extra = check_settings(self.name, o.extra, self.default_settings)
-        if o.extra["num_tasks"] < 1:
-            raise MassError(f"setting num_tasks={o.extra['num_tasks']}: expected a positive integer")
-        if o.extra["val_reference_choices"] < 1:
-            raise MassError(f"setting val_reference_choices={o.extra['val_reference_choices']}: expected a positive "
-                            f"integer (reference cases per label for in-context validation)")
-        if not 0.0 <= o.extra["min_mask_fraction"] < 1.0:
-            raise MassError(f"setting min_mask_fraction={o.extra['min_mask_fraction']}: expected a share of the "
-                            f"patch volume in [0, 1), e.g. 0.01")
+        o, s = self.options, self.settings
         o.batch_size = o.batch_size or self.configuration_plan.batch_size
         if o.num_workers is None:
             o.num_workers = default_mass_loader_workers(self.device.type)
@@ -79,23 +92,22 @@ class MASSPretrainer(Trainer):
         self.network_class_name, self.network_config = "InContextSegmenter", config.to_dict()
         self.loss = SegmentationLoss(dice=o.dice)
         self.sampler_settings = TwoViewSettings(patch_size_zyx=list(self.configuration_plan.patch_size_zyx),
-                                                num_tasks=int(o.extra["num_tasks"]),
-                                                everything_task=bool(o.extra["everything_task"]),
-                                                prefer_masks_in_view=bool(o.extra["prefer_masks_in_view"]),
-                                                min_mask_fraction=float(o.extra["min_mask_fraction"]))
+                                                num_tasks=s.num_tasks, everything_task=s.everything_task,
+                                                prefer_masks_in_view=s.prefer_masks_in_view,
+                                                min_mask_fraction=s.min_mask_fraction)
         self.validation = self._build_validation()
         if self.validation is not None:
             self.best_metric_key, self.best_metric_mode = self.validation.metric_key, self.validation.metric_mode
 
     def _network_config(self) -> InContextNetworkConfig:
-        o, in_channels = self.options, len(self.plans.channels)
-        if not o.extra["nnunet_plans"]:
+        o, s, in_channels = self.options, self.settings, len(self.plans.channels)
+        if not s.nnunet_plans:
             return InContextNetworkConfig.from_configuration(self.configuration_plan, in_channels)
-        resenc, _ = read_nnunet_plans(o.extra["nnunet_plans"], o.extra["nnunet_configuration"])
+        resenc, _ = read_nnunet_plans(s.nnunet_plans, s.nnunet_configuration)
         try:
             return InContextNetworkConfig.from_configuration(self.configuration_plan, in_channels, resenc)
         except ValueError as err:
-            raise MassError(f"{o.extra['nnunet_plans']}: no in-context network on its ResEnc (total stride "
+            raise MassError(f"{s.nnunet_plans}: no in-context network on its ResEnc (total stride "
                             f"{resenc.cumulative_strides()[-1]}) with the {o.configuration} plans (patch "
                             f"{self.configuration_plan.patch_size_zyx}): {err}") from err
 
@@ -103,7 +115,7 @@ class MASSPretrainer(Trainer):
         o = self.options
         in_context = [InContextValidation.from_dataset(dataset, self.paths, self.plans, o.plans_name, o.configuration,
                                                        pool_layouts=self.trained_channel_layouts(),
-                                                       reference_choices=int(o.extra["val_reference_choices"]),
+                                                       reference_choices=self.settings.val_reference_choices,
                                                        seed=o.seed)
                       for dataset in o.val_dataset or []]
         auto_masks = None

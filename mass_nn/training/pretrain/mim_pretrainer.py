@@ -15,6 +15,7 @@ crop 192^3) and "cpu" (the plans configuration's patch as input, 3 stages 12/24/
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
@@ -80,12 +81,31 @@ def mim_loss(levels: list[MaskedLevel], outputs: list[LevelOutput], patch: int, 
     return total, parts
 
 
+@dataclass
+class MiMSettings:
+    """-s settings of MiMPretrainer. preset: auto (paper at 3d_paper, else cpu), paper or cpu; k2, k3: children
+    per parent at levels 2 and 3 (0: the preset's); region_grid: the level-1 crop in network inputs per axis."""
+
+    preset: str = "auto"
+    mask_ratio: float = 0.6
+    k2: int = 0
+    k3: int = 0
+    region_grid: int = 2
+    align_weight: float = 0.1
+    align_temperature: float = 1.0
+    weight_decay: float = 0.05
+
+    def validate(self) -> None:
+        if self.preset not in PRESETS:
+            raise MassError(f"MiM setting preset={self.preset!r}: expected one of {list(PRESETS)}")
+        if not self.align_temperature > 0:
+            raise MassError(f"MiM setting align_temperature={self.align_temperature}: expected a positive number")
+
 class MiMPretrainer(ImagePretrainer):
     """Mask in Mask pretraining of the hybrid ConvViT backbone (MiMNetwork)."""
 
     default_lr: ClassVar[float] = 1e-4
-    settings_defaults: ClassVar[dict] = {"preset": "auto", "mask_ratio": 0.6, "k2": 0, "k3": 0, "region_grid": 2,
-                                         "align_weight": 0.1, "align_temperature": 1.0, "weight_decay": 0.05}
+    settings_class: ClassVar[type] = MiMSettings
 
     @staticmethod
     def augmentation() -> ViewAugmentation:
@@ -94,25 +114,19 @@ class MiMPretrainer(ImagePretrainer):
 
     def build_network(self) -> tuple[nn.Module, str, dict]:
         s = self.settings
-        if s["preset"] not in PRESETS:
-            raise MassError(f"MiM setting preset={s['preset']!r}: expected one of {list(PRESETS)}")
-        if s["preset"] == "auto":
-            s["preset"] = "paper" if self.options.configuration == "3d_paper" else "cpu"
-        for key in ("k2", "k3"):
-            s[key] = s[key] or CHILDREN_PER_PRESET[s["preset"]]
+        if s.preset == "auto":
+            s.preset = "paper" if self.options.configuration == "3d_paper" else "cpu"
+        s.k2, s.k3 = s.k2 or CHILDREN_PER_PRESET[s.preset], s.k3 or CHILDREN_PER_PRESET[s.preset]
         in_channels = len(self.plans.channels)
         try:
-            config = MiMNetworkConfig.paper(in_channels) if s["preset"] == "paper" else \
+            config = MiMNetworkConfig.paper(in_channels) if s.preset == "paper" else \
                 MiMNetworkConfig.cpu(self.configuration_plan.patch_size_zyx, in_channels)
             config.validate()
         except ValueError as error:
             raise MassError(f"MiM cannot use the patch {list(self.configuration_plan.patch_size_zyx)} of "
                             f"{self.options.configuration}: {error}; re-plan with a patch divisible by 8, or use "
                             f"-s preset=paper") from error
-        if not s["align_temperature"] > 0:
-            raise MassError(f"MiM setting align_temperature={s['align_temperature']}: expected a positive number")
-        self.level_settings = MiMLevelSettings(int(s["region_grid"]), (int(s["k2"]), int(s["k3"])),
-                                               float(s["mask_ratio"]))
+        self.level_settings = MiMLevelSettings(s.region_grid, (s.k2, s.k3), s.mask_ratio)
         self.level_settings.check(config.backbone.token_grid())
         return MiMNetwork(config), "MiMNetwork", config.to_dict()
 
@@ -132,7 +146,7 @@ class MiMPretrainer(ImagePretrainer):
         decay, no_decay = [], []
         for name, parameter in self.network.named_parameters():
             (no_decay if parameter.ndim < 2 or name == "mask_token" else decay).append(parameter)
-        groups = [{"params": decay, "weight_decay": float(self.settings["weight_decay"])},
+        groups = [{"params": decay, "weight_decay": self.settings.weight_decay},
                   {"params": no_decay, "weight_decay": 0.0}]
         return torch.optim.AdamW(groups, lr=self.options.lr, betas=ADAMW_BETAS)
 
@@ -146,5 +160,5 @@ class MiMPretrainer(ImagePretrainer):
     def loss_of(self, network: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         levels = self.levels_of(batch)
         outputs = network([level.network_input() for level in levels])
-        return mim_loss(levels, outputs, self.network.patch_size, float(self.settings["align_weight"]),
-                        float(self.settings["align_temperature"]))
+        return mim_loss(levels, outputs, self.network.patch_size, self.settings.align_weight,
+                        self.settings.align_temperature)

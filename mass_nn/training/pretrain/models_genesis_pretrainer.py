@@ -10,6 +10,7 @@ as nnssl. The encoder (`encoder.*`) transfers to the downstream ResUNet.
 from __future__ import annotations
 
 import os
+from dataclasses import asdict, dataclass, fields
 from typing import ClassVar
 
 import torch
@@ -24,17 +25,27 @@ from mass_nn.training.data.indexed_loader import AugmentedBatches, augmented_bat
 from mass_nn.training.pretrain.image_pretrainer import VALIDATION_SEED_OFFSET, ImagePretrainer
 from mass_nn.training.pretrain.models_genesis_corruptions import (GenesisCorruptionSettings,
                                                                   GenesisCorruptionTransform, derived_shuffle_blocks)
+from mass_nn.training.trainer_settings import check_range
 
-GENESIS_SETTINGS = {
-    "num_shuffle_blocks": 0,  # per sample; 0: the reference's density (10,000 per 160^3 voxels) for the patch
-    "flip_probability": 0.4,
-    "shuffle_probability": 0.5,
-    "nonlinear_probability": 0.9,
-    "paint_probability": 0.9,
-    "inpaint_probability": 0.2,
-}
-PROBABILITY_SETTINGS = ("flip_probability", "shuffle_probability", "nonlinear_probability", "paint_probability",
-                        "inpaint_probability")
+
+
+@dataclass
+class GenesisSettings:
+    """-s settings of ModelsGenesisPretrainer (the corruptions' probabilities; sizes as the reference)."""
+
+    num_shuffle_blocks: int = 0  # per sample; 0: the reference's density (10,000 per 160^3 voxels) for the patch
+    flip_probability: float = 0.4
+    shuffle_probability: float = 0.5
+    nonlinear_probability: float = 0.9
+    paint_probability: float = 0.9
+    inpaint_probability: float = 0.2
+
+    def validate(self) -> None:
+        for f in fields(self):
+            if f.name.endswith("_probability"):
+                check_range(f.name, getattr(self, f.name), 0.0, 1.0, high_inclusive=True)
+        if self.num_shuffle_blocks < 0:
+            raise MassError(f"setting num_shuffle_blocks={self.num_shuffle_blocks}: expected >= 0 (0: derived)")
 
 
 def valid_mse(prediction: Tensor, target: Tensor, valid: Tensor) -> Tensor:
@@ -61,7 +72,7 @@ def make_genesis_loader(cases, patch_size_zyx, batch_size: int, seed: int, num_w
 
 
 class ModelsGenesisPretrainer(ImagePretrainer):
-    """-s settings: see GENESIS_SETTINGS."""
+    """-s settings: GenesisSettings."""
 
     default_epochs: ClassVar[int] = 1000
     default_iters_per_epoch: ClassVar[int] = 250
@@ -69,7 +80,7 @@ class ModelsGenesisPretrainer(ImagePretrainer):
     default_grad_clip: ClassVar[float] = 12.0  # nnssl's trainer default
     momentum: ClassVar[float] = 0.99
     weight_decay: ClassVar[float] = 3e-5
-    settings_defaults: ClassVar[dict] = GENESIS_SETTINGS
+    settings_class: ClassVar[type] = GenesisSettings
 
     @staticmethod
     def augmentation() -> ViewAugmentation:
@@ -86,13 +97,8 @@ class ModelsGenesisPretrainer(ImagePretrainer):
     def setup(self) -> None:
         super().setup()
         s = self.settings
-        for name in PROBABILITY_SETTINGS:
-            if not 0.0 <= s[name] <= 1.0:
-                raise MassError(f"setting {name}={s[name]!r}: expected a probability in [0, 1]")
-        if s["num_shuffle_blocks"] < 0:
-            raise MassError(f"setting num_shuffle_blocks={s['num_shuffle_blocks']}: expected >= 0 (0: derived)")
-        s["num_shuffle_blocks"] = s["num_shuffle_blocks"] or derived_shuffle_blocks(self.patch_size_zyx)
-        self.corruption = GenesisCorruptionSettings(**{key: s[key] for key in GENESIS_SETTINGS})
+        s.num_shuffle_blocks = s.num_shuffle_blocks or derived_shuffle_blocks(self.patch_size_zyx)
+        self.corruption = GenesisCorruptionSettings(**asdict(s))
 
     def build_optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.network.parameters(), lr=self.options.lr, momentum=self.momentum,

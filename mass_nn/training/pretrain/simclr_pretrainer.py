@@ -8,6 +8,7 @@ clipping at 0.1 as the reference. The encoder (`encoder.*`) transfers downstream
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -20,28 +21,33 @@ from mass_nn.training.data.contrastive_crops import (ContrastiveCropSettings, de
 from mass_nn.training.pretrain.image_pretrainer import VALIDATION_SEED_OFFSET, ImagePretrainer
 from mass_nn.training.pretrain.nt_xent import nt_xent_loss
 
-SIMCLR_SETTINGS = {
-    "crop_size": [],  # [z, y, x]; empty: half the plans' patch, rounded down to a multiple of 16, at least 32
-    "region_size": [],  # [z, y, x] the pairs are cut from; empty: crop deep, 3 crops wide in-plane (reference)
-    "crops_per_sample": 2,  # reference crops (each with a partner) per region
-    "min_overlap": 0.5,  # least overlap of a pair per axis, as a share of the crop
-    "temperature": 0.5,
-    "projector_width": 0,  # 0: 2048 scaled by the encoder's deepest width / 512 (2048 paper, 512 phantom CPU)
-    "projector_layers": 3,
-}
 
+@dataclass
+class SimCLRSettings:
+    """-s settings of SimCLRPretrainer."""
 
-def _size_setting(value: list, name: str, fallback) -> tuple[int, int, int]:
-    """A [z, y, x] size setting, or `fallback` when it is empty."""
-    if not value:
-        return tuple(int(s) for s in fallback)
-    if len(value) != 3 or any(isinstance(s, bool) or not isinstance(s, int) for s in value):
-        raise MassError(f"setting {name}={value!r}: expected three integers [z,y,x], e.g. -s {name}=[32,32,32]")
-    return tuple(value)
+    crop_size: list[int] = field(default_factory=list)  # [z, y, x]; empty: half the plans' patch, rounded down to
+    # a multiple of 16, at least 32
+    region_size: list[int] = field(default_factory=list)  # [z, y, x] the pairs are cut from; empty: crop deep,
+    # 3 crops wide in-plane (reference)
+    crops_per_sample: int = 2  # reference crops (each with a partner) per region
+    min_overlap: float = 0.5  # least overlap of a pair per axis, as a share of the crop
+    temperature: float = 0.5
+    projector_width: int = 0  # 0: 2048 scaled by the encoder's deepest width / 512 (2048 paper, 512 phantom CPU)
+    projector_layers: int = 3
+
+    def validate(self) -> None:
+        for name in ("crop_size", "region_size"):
+            value = getattr(self, name)
+            if value and len(value) != 3:
+                raise MassError(f"setting {name}={value!r}: expected three integers [z,y,x], e.g. "
+                                f"-s {name}=[32,32,32]")
+        if not self.temperature > 0:
+            raise MassError(f"setting temperature={self.temperature!r}: expected a number > 0")
 
 
 class SimCLRPretrainer(ImagePretrainer):
-    """-s settings: see SIMCLR_SETTINGS."""
+    """-s settings: SimCLRSettings."""
 
     default_epochs: ClassVar[int] = 1000
     default_iters_per_epoch: ClassVar[int] = 250
@@ -49,27 +55,25 @@ class SimCLRPretrainer(ImagePretrainer):
     default_grad_clip: ClassVar[float] = 0.1  # the reference clips SimCLR's gradients harder than nnssl's 12
     momentum: ClassVar[float] = 0.99
     weight_decay: ClassVar[float] = 3e-5
-    settings_defaults: ClassVar[dict] = SIMCLR_SETTINGS
+    settings_class: ClassVar[type] = SimCLRSettings
 
     def build_network(self) -> tuple[nn.Module, str, dict]:
         config = ContrastiveEncoderConfig.from_configuration(
-            self.configuration_plan, len(self.plans.channels), projector_width=int(self.settings["projector_width"]),
-            projector_layers=int(self.settings["projector_layers"]))
+            self.configuration_plan, len(self.plans.channels), projector_width=self.settings.projector_width,
+            projector_layers=self.settings.projector_layers)
         return ContrastiveEncoder(config), "ContrastiveEncoder", config.to_dict()
 
     def setup(self) -> None:
         super().setup()
         s = self.settings
-        crop = _size_setting(s["crop_size"], "crop_size", derived_crop_size(self.patch_size_zyx))
-        region = _size_setting(s["region_size"], "region_size", derived_region_size(crop))
+        crop = tuple(int(v) for v in s.crop_size or derived_crop_size(self.patch_size_zyx))
+        region = tuple(int(v) for v in s.region_size or derived_region_size(crop))
         self.crop_settings = ContrastiveCropSettings(crop_size_zyx=crop, region_size_zyx=region,
-                                                     crops_per_sample=int(s["crops_per_sample"]),
-                                                     min_overlap=float(s["min_overlap"]))
+                                                     crops_per_sample=s.crops_per_sample, min_overlap=s.min_overlap)
         self.crop_settings.check(f"{self.name} settings")
         # run_config.json records the sizes really used, not "derived"
-        s.update(crop_size=list(crop), region_size=list(region), projector_width=self.network.config.projector_width)
-        if not s["temperature"] > 0:
-            raise MassError(f"setting temperature={s['temperature']!r}: expected a number > 0")
+        s.crop_size, s.region_size = list(crop), list(region)
+        s.projector_width = self.network.config.projector_width
 
     def build_optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.network.parameters(), lr=self.options.lr, momentum=self.momentum,
@@ -87,7 +91,7 @@ class SimCLRPretrainer(ImagePretrainer):
 
     def loss_of(self, network: nn.Module, batch: dict) -> tuple[Tensor, dict[str, float]]:
         crops = torch.as_tensor(batch["image"]).to(self.device, dtype=torch.float32)
-        return nt_xent_loss(network(crops), float(self.settings["temperature"])), {}
+        return nt_xent_loss(network(crops), self.settings.temperature), {}
 
     def validate(self) -> dict[str, float]:
         """The base class's held-out loss, on fixed (augmented) crop pairs of the val split."""

@@ -17,6 +17,7 @@ import torch
 from mass_nn.datasets.preprocessed_sources import resolve_source
 from mass_nn.errors import MassError
 from mass_nn.inference.reference_calibration import calibrate_thresholds
+from mass_nn.io.artifact_layout import CaseOutput
 from mass_nn.io.dataset_json import load_dataset_json
 from mass_nn.networks.task_ops import concat_task_embeddings
 from mass_nn.paths import MassPaths
@@ -76,15 +77,16 @@ class AutoMaskValidation:
 
 def _label_crop(data_folder, case_id: str, label: int | None, patch) -> tuple[np.ndarray, np.ndarray]:
     """(image crop, label-map crop) of `patch` centred on label `label`'s box (all labels when None)."""
-    props = load_properties(data_folder / f"{case_id}.json")
+    props = load_properties(CaseOutput(data_folder, case_id).properties)
     boxes = [b for key, b in props.label_bboxes_zyx.items() if label is None or key == str(label)]
     if not boxes:
         raise ValueError(f"{case_id} has no label {label}")
     lo = np.min([[axis[0] for axis in b] for b in boxes], axis=0)
     hi = np.max([[axis[1] for axis in b] for b in boxes], axis=0)
     start = centered_start((lo + hi) / 2.0, patch)
-    image = crop_or_pad(open_array(data_folder / f"{case_id}.b2nd"), start, patch)
-    seg = crop_or_pad(open_array(data_folder / f"{case_id}_seg.b2nd"), start, patch)[0]
+    files = CaseOutput(data_folder, case_id)
+    image = crop_or_pad(open_array(files.data), start, patch)
+    seg = crop_or_pad(open_array(files.seg), start, patch)[0]
     return image.astype(np.float32), seg
 
 
@@ -118,16 +120,18 @@ class InContextValidation:
         patch = source.configuration.patch_size_zyx
         rng = np.random.default_rng(seed)
         references = {}
+
+        def properties(case_id: str):
+            return load_properties(CaseOutput(source.data_folder, case_id).properties)
+
         for name, value in labels.items():
-            holders = [c for c in source.cases("train")
-                       if load_properties(source.data_folder / f"{c}.json").label_voxel_counts.get(str(value), 0) > 0]
+            holders = [c for c in source.cases("train") if properties(c).label_voxel_counts.get(str(value), 0) > 0]
             if reference_choices > 1:
                 holders = sorted(rng.choice(holders, size=min(reference_choices, len(holders)), replace=False))
             chosen = [_label_crop(source.data_folder, c, value, patch) for c in holders[:reference_choices]]
             if chosen:
                 references[name] = [(image, (seg == value).astype(np.float32)) for image, seg in chosen]
-        query_ids = [c for c in source.cases("val")
-                     if load_properties(source.data_folder / f"{c}.json").label_bboxes_zyx][:MAX_QUERY_CASES]
+        query_ids = [c for c in source.cases("val") if properties(c).label_bboxes_zyx][:MAX_QUERY_CASES]
         if not references or not query_ids:
             raise MassError(f"--val-dataset {dataset}: needs labels in its train split (references) and in its "
                             f"val split (queries; the test split is never used for validation); found "

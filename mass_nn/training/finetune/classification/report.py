@@ -10,7 +10,7 @@ from mass_nn.evaluation.auc import classification_auc
 from mass_nn.evaluation.classification_evaluation import write_classification_predictions
 from mass_nn.io.atomic import write_json_atomic
 from mass_nn.io.case_labels import CaseLabels
-from mass_nn.training.finetune.classification_loss import accuracy
+from mass_nn.training.finetune.classification.loss import accuracy
 
 TEST_PREDICTIONS_FILE = "test_predictions.csv"
 TEST_SUMMARY_FILE = "test_summary.json"

@@ -16,6 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from mass_nn.io.artifact_layout import CaseOutput
 from mass_nn.preprocessing.blosc2_storage import open_array
 from mass_nn.preprocessing.crop_pad import centered_start, crop_or_pad
 
@@ -25,7 +26,7 @@ COVERAGE_WARNING = 0.95  # warn when a window keeps less than this share of some
 
 
 def case_path(data_folder: Path, case_id: str) -> Path:
-    return Path(data_folder) / f"{case_id}.b2nd"
+    return CaseOutput(Path(data_folder), case_id).data
 
 
 def window_start(shape_zyx, input_size) -> tuple[int, ...]:

@@ -23,20 +23,21 @@ import torch
 
 from mass_nn.datasets.preprocessed_sources import resolve_source
 from mass_nn.errors import MassError
+from mass_nn.io.artifact_layout import checkpoint_path
 from mass_nn.io.atomic import write_json_atomic
 from mass_nn.io.case_labels import CASE_LABELS_FILE, read_case_labels
-from mass_nn.model.checkpoint import checkpoint_path, load_network
+from mass_nn.model.checkpoint import load_network
 from mass_nn.model.classifier_initialisation import encoder_config, load_pretrained_encoder
 from mass_nn.model.pretrained import load_pretrained_checkpoint
 from mass_nn.model.pretrained_networks import CLASSIFIERS_FROM_PRETRAINED
 from mass_nn.networks.encoder_classifier import EncoderClassifier, EncoderClassifierConfig
 from mass_nn.registry import NETWORKS
-from mass_nn.training.finetune.case_selection import select_training_cases, stratum_of
-from mass_nn.training.finetune.classification_batches import ClassificationBatches
-from mass_nn.training.finetune.classification_inputs import load_case_input, map_cases, warn_about_coverage
-from mass_nn.training.finetune.classification_loss import ClassificationLoss, probabilities
-from mass_nn.training.finetune.classification_report import auc_defined, score_probabilities, write_test_results
-from mass_nn.training.finetune.classification_settings import DEFAULT_BATCH_SIZE, ClassificationSettings
+from mass_nn.training.finetune.classification.batches import ClassificationBatches
+from mass_nn.training.finetune.classification.case_selection import select_training_cases, stratum_of
+from mass_nn.training.finetune.classification.inputs import load_case_input, map_cases, warn_about_coverage
+from mass_nn.training.finetune.classification.loss import ClassificationLoss, probabilities
+from mass_nn.training.finetune.classification.report import auc_defined, score_probabilities, write_test_results
+from mass_nn.training.finetune.classification.settings import DEFAULT_BATCH_SIZE, ClassificationSettings
 from mass_nn.training.run_folder import checkpoint_identity
 from mass_nn.training.trainer import Trainer
 
@@ -56,10 +57,10 @@ class ClassificationProbe(Trainer):
     default_lr: ClassVar[float] = 5e-4
     best_metric_key: ClassVar[str] = "val_auc"
     best_metric_mode: ClassVar[str] = "max"
+    settings_class: ClassVar[type] = ClassificationSettings
 
     def __init__(self, options, paths):
         super().__init__(options, paths)
-        self.settings = ClassificationSettings()
         self.labels = None
         self.data_folder = None
         self.labels_path = None
@@ -89,7 +90,6 @@ class ClassificationProbe(Trainer):
     # ----------------------------------------------------------------- data
     def resolve_data(self) -> None:
         o = self.options
-        self.settings = ClassificationSettings.from_extra(o.extra, self.name)
         source = resolve_source(o.datasets[0], self.paths, o.plans_name, o.configuration)
         self.plans, self.configuration_plan, self.dataset_name = source.plans, source.configuration, source.dataset_name
         self.data_folder = source.data_folder
@@ -107,7 +107,6 @@ class ClassificationProbe(Trainer):
         self.unknown_label_cases = sorted(set(self.labels.targets) - {c for s in source.splits.values()
                                                                       if isinstance(s, list) for c in s})
         self.settings.input_size = self.settings.input_size or list(self.configuration_plan.patch_size_zyx)
-        o.extra = self.settings.to_dict()  # run_config.json then records the input size really used
         o.batch_size = o.batch_size or min(DEFAULT_BATCH_SIZE, len(self.train_cases))
         one_pass = math.ceil(len(self.train_cases) / (o.batch_size * self.context.world_size))
         o.iters_per_epoch = o.iters_per_epoch or one_pass
