@@ -252,6 +252,23 @@ def test_masks_below_the_size_floor_are_never_drawn(tmp_path):
     assert codes.tolist() == [6, PADDING, PADDING]
 
 
+
+def test_absent_tasks_take_masks_of_the_reference_view_only(tmp_path):
+    bank = _sized_bank(tmp_path)  # masks 0-3 lie at z < 16, masks 4-6 at z >= 16
+    reference, query = ((0, 16), (0, 36), (0, 32)), ((16, 40), (0, 36), (0, 32))
+    for seed in range(10):
+        codes = choose_tasks(bank, [reference, query], 5, True, True, np.random.default_rng(seed), absent_tasks=4)
+        assert sorted(codes[codes >= 0].tolist()) == [0, 1, 2, 3]  # every real slot is a "not here" task
+        codes = choose_tasks(bank, [reference, query], 5, True, True, np.random.default_rng(seed), absent_tasks=2)
+        assert np.isin(codes, [0, 1, 2, 3]).sum() >= 2
+        plain = choose_tasks(bank, [reference, query], 5, True, True, np.random.default_rng(seed))
+        assert np.array_equal(plain, choose_tasks(bank, [reference, query], 5, True, True,
+                                                  np.random.default_rng(seed), absent_tasks=0))
+    codes = choose_tasks(bank, [query, query], 5, True, True, np.random.default_rng(0), absent_tasks=3)
+    assert (codes == EVERYTHING).sum() == 1 and len(set(codes[codes >= 0].tolist())) == 4  # none to give: normal
+    with pytest.raises(ValueError, match="absent_tasks"):
+        TwoViewSettings(patch_size_zyx=(16, 16, 16), num_tasks=3, absent_tasks=4)
+
 def test_size_floor_is_a_share_of_the_patch():
     assert TwoViewSettings(patch_size_zyx=(64, 48, 48), min_mask_fraction=0.01).min_mask_voxels == 1475
     assert TwoViewSettings(patch_size_zyx=(64, 48, 48)).min_mask_voxels == 0

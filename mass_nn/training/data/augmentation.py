@@ -76,6 +76,7 @@ class TwoViewSettings:
     margin_voxels: tuple[int, int, int] | None = None  # context per side cut before the affine; None: 20/128 patch
     prefer_masks_in_view: bool = True  # deviation: the release samples masks from the whole volume
     min_mask_fraction: float = 0.0  # masks smaller than this share of the patch volume are never drawn
+    absent_tasks: int = 0  # channels first given masks in the reference view only ("not here" tasks)
     reference: ViewAugmentation = field(default_factory=ViewAugmentation.weak)
     query: ViewAugmentation = field(default_factory=ViewAugmentation.strong)
 
@@ -88,6 +89,8 @@ class TwoViewSettings:
                              f"{self.overlap_ratio}")
         if not 0.0 <= self.min_mask_fraction < 1.0:
             raise ValueError(f"min_mask_fraction must lie in [0, 1), got {self.min_mask_fraction}")
+        if not 0 <= self.absent_tasks <= self.num_tasks:
+            raise ValueError(f"absent_tasks must lie in [0, num_tasks], got {self.absent_tasks}")
 
     @property
     def min_mask_voxels(self) -> int:

@@ -68,13 +68,24 @@ def inside_box(start, size, volume_shape) -> Box:
 
 
 def choose_tasks(bank: MaskBank, view_boxes: list[Box], num_tasks: int, everything_task: bool,
-                 prefer_in_view: bool, rng: np.random.Generator, min_mask_voxels: int = 0) -> np.ndarray:
-    """Channel codes (num_tasks,) int64: a bank index, EVERYTHING or PADDING (padding channels come last)."""
+                 prefer_in_view: bool, rng: np.random.Generator, min_mask_voxels: int = 0,
+                 absent_tasks: int = 0) -> np.ndarray:
+    """Channel codes (num_tasks,) int64: a bank index, EVERYTHING or PADDING (padding channels come last).
+
+    With `absent_tasks` > 0, up to that many channels are first filled with masks that meet the reference view's
+    patch (view_boxes[0]) but not the query view's (view_boxes[1]): tasks whose answer is "not here".
+    """
     if len(bank) == 0:
         raise MassError(f"{bank.path}: the mask bank holds no masks, so this case cannot be pretrained on; "
                         "run mass_generate_masks for it (or leave the case out)")
     slots = num_tasks - 1 if everything_task else num_tasks
     eligible = bank.indices_at_least(min_mask_voxels) if min_mask_voxels > 0 else np.arange(len(bank))
+    absent = np.empty(0, dtype=np.int64)
+    if absent_tasks > 0:
+        in_reference = np.intersect1d(bank.indices_intersecting(view_boxes[0]), eligible)
+        candidates = np.setdiff1d(in_reference, bank.indices_intersecting(view_boxes[1]))
+        absent = rng.permutation(candidates)[:min(absent_tasks, slots)]
+        eligible = np.setdiff1d(eligible, absent)
     if prefer_in_view:
         in_view = np.unique(np.concatenate([bank.indices_intersecting(box) for box in view_boxes]))
         preferred = np.intersect1d(in_view, eligible)
@@ -82,7 +93,7 @@ def choose_tasks(bank: MaskBank, view_boxes: list[Box], num_tasks: int, everythi
         order = np.concatenate([rng.permutation(preferred), rng.permutation(rest)])
     else:
         order = eligible[rng.permutation(eligible.size)]
-    channels = order[:slots].astype(np.int64)
+    channels = np.concatenate([absent, order])[:slots].astype(np.int64)
     if everything_task:
         channels = np.append(channels, EVERYTHING)
     channels = rng.permutation(channels)
@@ -115,7 +126,7 @@ def view_masks(channels: np.ndarray, crops: dict[int, tuple[Box, np.ndarray]], s
 
 def sample_two_views(image, bank: MaskBank, crop_size, patch_size, num_tasks: int, overlap_ratio: float,
                      everything_task: bool, prefer_in_view: bool, rng: np.random.Generator,
-                     min_mask_voxels: int = 0) -> TwoViewSample:
+                     min_mask_voxels: int = 0, absent_tasks: int = 0) -> TwoViewSample:
     """Cut both views of one case: image (c, z, y, x) numpy or blosc2, masks from `bank` on the same grid.
 
     The crops are `crop_size`; `patch_size` (centred in them) is the part the views show without a spatial
@@ -129,7 +140,8 @@ def sample_two_views(image, bank: MaskBank, crop_size, patch_size, num_tasks: in
     starts = plan_view_starts(volume_shape, crop_size, overlap_ratio, rng)
     margin = (np.asarray(crop_size) - np.asarray(patch_size)) // 2
     visible = [inside_box(start + margin, patch_size, volume_shape) for start in starts]
-    channels = choose_tasks(bank, visible, num_tasks, everything_task, prefer_in_view, rng, min_mask_voxels)
+    channels = choose_tasks(bank, visible, num_tasks, everything_task, prefer_in_view, rng, min_mask_voxels,
+                            absent_tasks)
     # each chosen mask is decoded once and pasted into both views
     crops = {int(code): bank.read_crop(int(code)) for code in channels if code >= 0}
     images = [crop_or_pad(image, start, crop_size).astype(np.float32, copy=False) for start in starts]

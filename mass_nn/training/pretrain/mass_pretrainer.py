@@ -34,13 +34,16 @@ class MASSSettings:
     """-s settings of MASSPretrainer. num_tasks: task channels per sample; everything_task: one of them is the
     "segment everything in view" mask; prefer_masks_in_view: masks that meet a view's patch are drawn first (our
     deviation from the release, two_view_sampler.py); min_mask_fraction: masks under this share of the patch volume
-    are never tasks; val_reference_choices: reference cases per label in --val-dataset validation; nnunet_plans /
-    nnunet_configuration: build nnU-Net's own ResEnc encoder from that plans file (documentation/nnunet.md)."""
+    are never tasks; absent_tasks: up to that many channels per sample take masks seen in the reference view but
+    not in the query view (their answer is "not here"); val_reference_choices: reference cases per label in
+    --val-dataset validation; nnunet_plans / nnunet_configuration: build nnU-Net's own ResEnc encoder from that
+    plans file (documentation/nnunet.md)."""
 
     num_tasks: int = 13
     everything_task: bool = True
     prefer_masks_in_view: bool = True
     min_mask_fraction: float = 0.0
+    absent_tasks: int = 0
     val_reference_choices: int = 1
     nnunet_plans: str = ""
     nnunet_configuration: str = "3d_fullres"
@@ -51,6 +54,8 @@ class MASSSettings:
         if self.val_reference_choices < 1:
             raise MassError(f"setting val_reference_choices={self.val_reference_choices}: expected a positive "
                             f"integer (reference cases per label for in-context validation)")
+        if not 0 <= self.absent_tasks <= self.num_tasks:
+            raise MassError(f"setting absent_tasks={self.absent_tasks}: expected 0 to num_tasks ({self.num_tasks})")
         if not 0.0 <= self.min_mask_fraction < 1.0:
             raise MassError(f"setting min_mask_fraction={self.min_mask_fraction}: expected a share of the "
                             f"patch volume in [0, 1), e.g. 0.01")
@@ -94,7 +99,8 @@ class MASSPretrainer(Trainer):
         self.sampler_settings = TwoViewSettings(patch_size_zyx=list(self.configuration_plan.patch_size_zyx),
                                                 num_tasks=s.num_tasks, everything_task=s.everything_task,
                                                 prefer_masks_in_view=s.prefer_masks_in_view,
-                                                min_mask_fraction=s.min_mask_fraction)
+                                                min_mask_fraction=s.min_mask_fraction,
+                                                absent_tasks=s.absent_tasks)
         self.validation = self._build_validation()
         if self.validation is not None:
             self.best_metric_key, self.best_metric_mode = self.validation.metric_key, self.validation.metric_mode
