@@ -47,16 +47,16 @@ TRAINERS = Registry("trainer", {
 })
 
 NETWORKS = Registry("network", {
-    "InContextSegmenter": "mass_nn.networks.in_context_model:InContextSegmenter",
-    "EncoderClassifier": "mass_nn.networks.encoder_classifier:EncoderClassifier",
-    "FixedClassSegmenter": "mass_nn.networks.fixed_class_segmenter:FixedClassSegmenter",
-    "ReconstructionUNet": "mass_nn.networks.reconstruction_unet:ReconstructionUNet",
-    "MiMNetwork": "mass_nn.networks.mim_network:MiMNetwork",
-    "MiMSegmenter": "mass_nn.networks.mim_segmenter:MiMSegmenter",
-    "MiMClassifier": "mass_nn.networks.mim_classifier:MiMClassifier",
-    "ContrastiveEncoder": "mass_nn.networks.contrastive_encoder:ContrastiveEncoder",
-    "HiEndMAE": "mass_nn.networks.hi_end_mae:HiEndMAE",
-    "UNETRSegmenter": "mass_nn.networks.unetr:UNETRSegmenter",
-    "ViTClassifier": "mass_nn.networks.vit_classifier:ViTClassifier",
-    "S3DNetwork": "mass_nn.networks.s3d_network:S3DNetwork",
+    "InContextSegmenter": "mass_nn.networks.in_context.in_context_model:InContextSegmenter",
+    "EncoderClassifier": "mass_nn.networks.heads.encoder_classifier:EncoderClassifier",
+    "FixedClassSegmenter": "mass_nn.networks.in_context.fixed_class_segmenter:FixedClassSegmenter",
+    "ReconstructionUNet": "mass_nn.networks.baselines.reconstruction_unet:ReconstructionUNet",
+    "MiMNetwork": "mass_nn.networks.baselines.mim_network:MiMNetwork",
+    "MiMSegmenter": "mass_nn.networks.baselines.mim_segmenter:MiMSegmenter",
+    "MiMClassifier": "mass_nn.networks.baselines.mim_classifier:MiMClassifier",
+    "ContrastiveEncoder": "mass_nn.networks.baselines.contrastive_encoder:ContrastiveEncoder",
+    "HiEndMAE": "mass_nn.networks.baselines.hi_end_mae:HiEndMAE",
+    "UNETRSegmenter": "mass_nn.networks.baselines.unetr:UNETRSegmenter",
+    "ViTClassifier": "mass_nn.networks.baselines.vit_classifier:ViTClassifier",
+    "S3DNetwork": "mass_nn.networks.baselines.s3d_network:S3DNetwork",
 })

@@ -22,8 +22,8 @@ def step_record() -> dict:
     """Loss, sampled logits, per-tensor gradient norms and per-tensor weight change after clip + LAMB + EMA of
     the tiny in-context network (seed 0) on seeded inputs (batch 2, K = 3, 32³)."""
     import torch
-    from mass_nn.networks.config import InContextNetworkConfig
-    from mass_nn.networks.in_context_model import InContextSegmenter
+    from mass_nn.networks.in_context.config import InContextNetworkConfig
+    from mass_nn.networks.in_context.in_context_model import InContextSegmenter
     from mass_nn.training.losses import SegmentationLoss
     from mass_nn.training.optim.ema import ModelEMA
     from mass_nn.training.optim.lamb import Lamb

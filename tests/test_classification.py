@@ -17,11 +17,11 @@ from mass_nn.errors import MassError
 from mass_nn.io.atomic import write_json_atomic
 from mass_nn.io.case_labels import CaseLabels, read_case_labels, write_case_labels
 from mass_nn.model.checkpoint import encoder_state_dict, load_checkpoint, save_checkpoint
-from mass_nn.networks.attention_pool_head import AttentionPoolHead
 from mass_nn.networks.build import build_network
-from mass_nn.networks.config import InContextNetworkConfig
-from mass_nn.networks.encoder_classifier import EncoderClassifier, EncoderClassifierConfig
-from mass_nn.networks.in_context_model import InContextSegmenter
+from mass_nn.networks.heads.attention_pool_head import AttentionPoolHead
+from mass_nn.networks.heads.encoder_classifier import EncoderClassifier, EncoderClassifierConfig
+from mass_nn.networks.in_context.config import InContextNetworkConfig
+from mass_nn.networks.in_context.in_context_model import InContextSegmenter
 from mass_nn.paths import MassPaths
 from mass_nn.preprocessing.blosc2_storage import save_array
 from mass_nn.training.finetune.classification.batches import ClassificationBatches, batch_case_indices

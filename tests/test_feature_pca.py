@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from mass_nn.evaluation.feature_pca import dense_feature_rgb, pca_rgb, write_feature_figure
-from mass_nn.networks.config import InContextNetworkConfig
-from mass_nn.networks.in_context_model import InContextSegmenter
+from mass_nn.networks.in_context.config import InContextNetworkConfig
+from mass_nn.networks.in_context.in_context_model import InContextSegmenter
 
 
 def test_regions_with_different_features_get_different_colours():

@@ -19,10 +19,10 @@ from mass_nn.cli.train import main as train_main
 from mass_nn.errors import MassError
 from mass_nn.model.checkpoint import Checkpoint, CheckpointMeta, encoder_state_dict, load_checkpoint
 from mass_nn.model.pretrained_networks import unetr_from_pretrained, vit_classifier_from_pretrained
+from mass_nn.networks.baselines.hi_end_mae import HiEndMAE, HiEndMAEConfig
+from mass_nn.networks.baselines.vit import (ViTConfig, ViTEncoder, default_hierarchy, patchify,
+                                            sincos_position_embedding, unpatchify)
 from mass_nn.networks.build import build_network
-from mass_nn.networks.hi_end_mae import HiEndMAE, HiEndMAEConfig
-from mass_nn.networks.vit import (ViTConfig, ViTEncoder, default_hierarchy, patchify, sincos_position_embedding,
-                                  unpatchify)
 from mass_nn.paths import MassPaths
 from mass_nn.training.options import TrainingOptions
 from mass_nn.training.pretrain.hi_end_mae_pretrainer import (HiEndMAEPretrainer, HiEndMAESettings, hi_end_mae_loss,

@@ -12,8 +12,8 @@ from mass_nn.inference.label_maps import probabilities_to_label_map
 from mass_nn.inference.reference_encoding import encode_reference_labels, label_box, reference_crop
 from mass_nn.inference.sliding_window import sliding_window_probabilities, window_starts
 from mass_nn.io.image_io import ImageGeometry, read_image
-from mass_nn.networks.config import InContextNetworkConfig
-from mass_nn.networks.in_context_model import InContextSegmenter
+from mass_nn.networks.in_context.config import InContextNetworkConfig
+from mass_nn.networks.in_context.in_context_model import InContextSegmenter
 
 
 def test_reference_crop_near_the_border_keeps_the_label_and_pads_with_zeros():

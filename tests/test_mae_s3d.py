@@ -18,12 +18,12 @@ from mass_nn.cli.train import main as train_main
 from mass_nn.errors import MassError
 from mass_nn.model.checkpoint import encoder_state_dict, load_checkpoint
 from mass_nn.model.downstream_network import build_downstream_network
-from mass_nn.networks.block_masking import mask_at, mask_generator, mask_grid, random_block_mask
-from mass_nn.networks.config import InContextNetworkConfig
-from mass_nn.networks.encoder import ResUNetEncoder
-from mass_nn.networks.reconstruction_unet import ReconstructionUNet, ReconstructionUNetConfig
-from mass_nn.networks.s3d_network import S3DNetwork
-from mass_nn.networks.sparse_encoder import sparse_encode, sparse_instance_norm
+from mass_nn.networks.baselines.block_masking import mask_at, mask_generator, mask_grid, random_block_mask
+from mass_nn.networks.baselines.reconstruction_unet import ReconstructionUNet, ReconstructionUNetConfig
+from mass_nn.networks.baselines.s3d_network import S3DNetwork
+from mass_nn.networks.baselines.sparse_encoder import sparse_encode, sparse_instance_norm
+from mass_nn.networks.in_context.config import InContextNetworkConfig
+from mass_nn.networks.in_context.encoder import ResUNetEncoder
 from mass_nn.paths import MassPaths
 from mass_nn.planning.plans import Plans
 from mass_nn.training.options import TrainingOptions

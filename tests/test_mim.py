@@ -15,8 +15,8 @@ from mass_nn.cli.train import main as train_main
 from mass_nn.errors import MassError
 from mass_nn.model.checkpoint import encoder_state_dict, load_checkpoint
 from mass_nn.model.pretrained_networks import mim_classifier_from_pretrained, mim_segmenter_from_pretrained
-from mass_nn.networks.mim_backbone import MiMBackboneConfig, sincos_position_embedding
-from mass_nn.networks.mim_network import MiMNetwork, MiMNetworkConfig, patchify
+from mass_nn.networks.baselines.mim_backbone import MiMBackboneConfig, sincos_position_embedding
+from mass_nn.networks.baselines.mim_network import MiMNetwork, MiMNetworkConfig, patchify
 from mass_nn.paths import MassPaths
 from mass_nn.training.options import TrainingOptions
 from mass_nn.training.pretrain.mim_levels import MiMLevelSettings, build_levels, region_of_token, resize_volume

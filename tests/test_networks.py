@@ -9,14 +9,14 @@ import torch
 import torch.nn.functional as F
 
 from mass_nn.errors import PlansValidationError
-from mass_nn.networks.config import InContextNetworkConfig
 from mass_nn.networks.conv_blocks import PreActConv3d, ResBlock3d
-from mass_nn.networks.decoder import UpBlock
-from mass_nn.networks.fusion import FusionStage
-from mass_nn.networks.in_context_model import InContextSegmenter
-from mass_nn.networks.pixel_shuffle import PixelShuffle3d, PixelUnshuffle3d
-from mass_nn.networks.task_encoder import MaskMerge, foreground_pool, trilinear_upsample_adjoint
-from mass_nn.networks.task_ops import (average_task_embeddings, chunk_task_embedding, concat_task_embeddings,
+from mass_nn.networks.in_context.config import InContextNetworkConfig
+from mass_nn.networks.in_context.decoder import UpBlock
+from mass_nn.networks.in_context.fusion import FusionStage
+from mass_nn.networks.in_context.in_context_model import InContextSegmenter
+from mass_nn.networks.in_context.pixel_shuffle import PixelShuffle3d, PixelUnshuffle3d
+from mass_nn.networks.in_context.task_encoder import MaskMerge, foreground_pool, trilinear_upsample_adjoint
+from mass_nn.networks.in_context.task_ops import (average_task_embeddings, chunk_task_embedding, concat_task_embeddings,
                                        select_tasks)
 from mass_nn.planning.plans import ConfigurationPlan, NetworkPlan
 

@@ -21,9 +21,9 @@ from mass_nn.errors import MassError
 from mass_nn.export.nnunet_export import export_to_nnunet
 from mass_nn.model.checkpoint import load_checkpoint, model_state_dict
 from mass_nn.model.downstream_network import in_context_weights
-from mass_nn.networks.config import InContextNetworkConfig
-from mass_nn.networks.in_context_model import InContextSegmenter
-from mass_nn.networks.resenc_architecture import read_nnunet_plans
+from mass_nn.networks.in_context.config import InContextNetworkConfig
+from mass_nn.networks.in_context.in_context_model import InContextSegmenter
+from mass_nn.networks.in_context.resenc_architecture import read_nnunet_plans
 
 nnunet_plans_handler = pytest.importorskip("nnunetv2.utilities.plans_handling.plans_handler",
                                            reason="nnunetv2 (the `nnunet` extra) is not installed")

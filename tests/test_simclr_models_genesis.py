@@ -17,10 +17,10 @@ from mass_nn.cli.train import main as train_main
 from mass_nn.errors import MassError
 from mass_nn.model.checkpoint import encoder_state_dict, load_checkpoint
 from mass_nn.model.downstream_network import build_downstream_network
+from mass_nn.networks.baselines.contrastive_encoder import ContrastiveEncoder, ContrastiveEncoderConfig
+from mass_nn.networks.baselines.reconstruction_unet import ReconstructionUNet, ReconstructionUNetConfig
 from mass_nn.networks.build import build_network
-from mass_nn.networks.config import InContextNetworkConfig
-from mass_nn.networks.contrastive_encoder import ContrastiveEncoder, ContrastiveEncoderConfig
-from mass_nn.networks.reconstruction_unet import ReconstructionUNet, ReconstructionUNetConfig
+from mass_nn.networks.in_context.config import InContextNetworkConfig
 from mass_nn.paths import MassPaths
 from mass_nn.planning.plans import Plans
 from mass_nn.preprocessing.blosc2_storage import open_array

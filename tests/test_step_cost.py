@@ -10,8 +10,8 @@ import torch
 from benchmarks.pretraining_workspace import build_trainer, loader_of
 from benchmarks.step_comparison import SideBySide, run_side
 from benchmarks.step_cost import PARTS, count_flops, measure_parts, part_functions, peak_fp32_flops
-from mass_nn.networks.config import InContextNetworkConfig
-from mass_nn.networks.in_context_model import InContextSegmenter
+from mass_nn.networks.in_context.config import InContextNetworkConfig
+from mass_nn.networks.in_context.in_context_model import InContextSegmenter
 from mass_nn.training.losses import SegmentationLoss
 from mass_nn.training.optim.ema import ModelEMA
 from mass_nn.training.optim.lamb import Lamb

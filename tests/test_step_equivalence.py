@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mass_nn.networks.config import InContextNetworkConfig
 from mass_nn.networks.conv_blocks import ResBlock3d
-from mass_nn.networks.in_context_model import InContextSegmenter
-from mass_nn.networks.shared_kernel_conv import shared_kernel_conv3d, shared_kernel_weight_gradient
-from mass_nn.networks.task_encoder import MaskMerge
+from mass_nn.networks.in_context.config import InContextNetworkConfig
+from mass_nn.networks.in_context.in_context_model import InContextSegmenter
+from mass_nn.networks.in_context.shared_kernel_conv import shared_kernel_conv3d, shared_kernel_weight_gradient
+from mass_nn.networks.in_context.task_encoder import MaskMerge
 from mass_nn.training.optim.lamb import Lamb
 from tests.step_reference import step_record
 

@@ -19,8 +19,8 @@ from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
 from mass_nn.errors import MassError
 from mass_nn.io.atomic import atomic_path, read_json
 from mass_nn.model.checkpoint import load_checkpoint, model_state_dict
-from mass_nn.networks.resenc_architecture import ResEncArchitecture, read_nnunet_plans
-from mass_nn.networks.resenc_encoder import resenc_kwargs
+from mass_nn.networks.in_context.resenc_architecture import ResEncArchitecture, read_nnunet_plans
+from mass_nn.networks.in_context.resenc_encoder import resenc_kwargs
 
 SEGMENTATION_LAYER_KEY = ".seg_layers."  # what nnU-Net's load_pretrained_weights never transfers
 

@@ -17,8 +17,8 @@ from mass_nn.io.artifact_layout import checkpoint_path
 from mass_nn.io.dataset_json import CaseFiles
 from mass_nn.io.image_io import read_geometry
 from mass_nn.model.checkpoint import load_network
-from mass_nn.networks.fixed_class_segmenter import FixedClassSegmenter
-from mass_nn.networks.in_context_model import InContextSegmenter
+from mass_nn.networks.in_context.fixed_class_segmenter import FixedClassSegmenter
+from mass_nn.networks.in_context.in_context_model import InContextSegmenter
 from mass_nn.planning.plans import Plans
 from mass_nn.preprocessing.preprocessor import preprocess_in_memory
 

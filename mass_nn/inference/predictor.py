@@ -12,14 +12,14 @@ import torch
 from torch import Tensor
 
 from mass_nn.errors import MassError
+from mass_nn.inference.label_maps import probabilities_to_label_map
+from mass_nn.inference.sliding_window import sliding_window_probabilities
 from mass_nn.io.dataset_json import CaseFiles
 from mass_nn.io.image_io import write_image
-from mass_nn.networks.task_ops import TaskEmbedding, chunk_task_embedding
+from mass_nn.networks.in_context.task_ops import TaskEmbedding, chunk_task_embedding
 from mass_nn.planning.plans import Plans
 from mass_nn.preprocessing.preprocessor import PreprocessedCase, preprocess_in_memory
 from mass_nn.preprocessing.restore import to_original_grid
-from mass_nn.inference.label_maps import probabilities_to_label_map
-from mass_nn.inference.sliding_window import sliding_window_probabilities
 
 logger = logging.getLogger(__name__)
 

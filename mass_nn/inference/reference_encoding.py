@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from mass_nn.errors import MassError
-from mass_nn.networks.task_ops import TaskEmbedding, average_task_embeddings
+from mass_nn.networks.in_context.task_ops import TaskEmbedding, average_task_embeddings
 from mass_nn.preprocessing.crop_pad import centered_start, crop_or_pad
 
 

@@ -11,7 +11,7 @@ import torch
 
 from mass_nn.errors import MassError
 from mass_nn.io.atomic import atomic_path
-from mass_nn.networks.task_ops import TaskEmbedding
+from mass_nn.networks.in_context.task_ops import TaskEmbedding
 
 EMBEDDING_FORMAT = "mass_nn.task_embedding"
 

@@ -13,8 +13,8 @@ from pathlib import Path
 from mass_nn.errors import MassError
 from mass_nn.model.checkpoint import Checkpoint, encoder_state_dict
 from mass_nn.model.pretrained import WeightTransfer, transfer_weights
-from mass_nn.networks.config import InContextNetworkConfig
-from mass_nn.networks.encoder_classifier import EncoderClassifier
+from mass_nn.networks.heads.encoder_classifier import EncoderClassifier
+from mass_nn.networks.in_context.config import InContextNetworkConfig
 from mass_nn.planning.plans import ConfigurationPlan
 from mass_nn.registry import NETWORKS
 

@@ -16,8 +16,8 @@ from mass_nn.errors import MassError
 from mass_nn.model.checkpoint import Checkpoint, model_state_dict
 from mass_nn.model.pretrained import WeightTransfer, transfer_weights
 from mass_nn.model.pretrained_networks import SEGMENTERS_FROM_PRETRAINED
-from mass_nn.networks.config import InContextNetworkConfig
-from mass_nn.networks.fixed_class_segmenter import FixedClassConfig, FixedClassSegmenter
+from mass_nn.networks.in_context.config import InContextNetworkConfig
+from mass_nn.networks.in_context.fixed_class_segmenter import FixedClassConfig, FixedClassSegmenter
 from mass_nn.registry import NETWORKS
 
 IN_CONTEXT_CLASSES = ("InContextSegmenter", "FixedClassSegmenter")

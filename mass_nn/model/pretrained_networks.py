@@ -15,12 +15,12 @@ from mass_nn.errors import MassError
 from mass_nn.model.checkpoint import Checkpoint, encoder_state_dict
 from mass_nn.model.classifier_initialisation import load_pretrained_encoder
 from mass_nn.model.pretrained import WeightTransfer, transfer_weights
-from mass_nn.networks.mim_backbone import MiMBackboneConfig
-from mass_nn.networks.mim_classifier import MiMClassifier, MiMClassifierConfig
-from mass_nn.networks.mim_segmenter import MiMSegmenter, MiMSegmenterConfig
-from mass_nn.networks.unetr import UNETRConfig, UNETRSegmenter
-from mass_nn.networks.vit import ViTConfig, patch_grid
-from mass_nn.networks.vit_classifier import ViTClassifier, ViTClassifierConfig
+from mass_nn.networks.baselines.mim_backbone import MiMBackboneConfig
+from mass_nn.networks.baselines.mim_classifier import MiMClassifier, MiMClassifierConfig
+from mass_nn.networks.baselines.mim_segmenter import MiMSegmenter, MiMSegmenterConfig
+from mass_nn.networks.baselines.unetr import UNETRConfig, UNETRSegmenter
+from mass_nn.networks.baselines.vit import ViTConfig, patch_grid
+from mass_nn.networks.baselines.vit_classifier import ViTClassifier, ViTClassifierConfig
 from mass_nn.registry import NETWORKS
 
 

@@ -28,7 +28,7 @@ from batchgenerators.transforms.spatial_transforms import MirrorTransform, Rot90
 
 from mass_nn import schema
 from mass_nn.errors import MassError
-from mass_nn.networks.config import MIN_SIZE, SIZE_DIVISOR
+from mass_nn.networks.in_context.config import MIN_SIZE, SIZE_DIVISOR
 from mass_nn.preprocessing.blosc2_storage import open_array
 from mass_nn.preprocessing.crop_pad import crop_or_pad
 from mass_nn.training.data.image_crop_loader import ImageCase

@@ -23,7 +23,7 @@ from mass_nn.io.artifact_layout import checkpoint_path
 from mass_nn.io.atomic import write_json_atomic
 from mass_nn.model.downstream_network import build_downstream_network, is_in_context_checkpoint
 from mass_nn.model.pretrained import load_pretrained_checkpoint
-from mass_nn.networks.fixed_class_segmenter import FixedClassSegmenter
+from mass_nn.networks.in_context.fixed_class_segmenter import FixedClassSegmenter
 from mass_nn.parallel import default_num_processes
 from mass_nn.training.data.labelled_patch_loader import make_labelled_loader
 from mass_nn.training.finetune.segmentation_scores import dice_on_preprocessed, evaluate_on_raw_cases

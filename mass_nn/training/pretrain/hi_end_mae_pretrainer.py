@@ -1,4 +1,5 @@
-"""HiEndMAEPretrainer: Hi-End-MAE masked-autoencoder pretraining of a 3D ViT (see `mass_nn.networks.hi_end_mae`).
+"""HiEndMAEPretrainer: Hi-End-MAE masked-autoencoder pretraining of a 3D ViT (see
+`mass_nn.networks.baselines.hi_end_mae`).
 
 Per step and sample, a uniformly random 75 % of the p³ patches is masked (noise from a torch.Generator seeded by
 the run seed and the batch index, so --continue replays the same masks); the network reconstructs every patch and
@@ -22,8 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from mass_nn.errors import MassError
-from mass_nn.networks.hi_end_mae import CPU_PATCH_SIZE, HiEndMAE, HiEndMAEConfig
-from mass_nn.networks.vit import patchify
+from mass_nn.networks.baselines.hi_end_mae import CPU_PATCH_SIZE, HiEndMAE, HiEndMAEConfig
+from mass_nn.networks.baselines.vit import patchify
 from mass_nn.training.pretrain.image_pretrainer import ImagePretrainer
 from mass_nn.training.trainer_settings import check_range
 

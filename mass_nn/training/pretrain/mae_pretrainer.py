@@ -14,9 +14,9 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from mass_nn.networks.block_masking import hidden_block_count, mask_at, mask_generator, mask_grid, \
+from mass_nn.networks.baselines.block_masking import hidden_block_count, mask_at, mask_generator, mask_grid, \
     random_block_mask
-from mass_nn.networks.reconstruction_unet import ReconstructionUNet, ReconstructionUNetConfig
+from mass_nn.networks.baselines.reconstruction_unet import ReconstructionUNet, ReconstructionUNetConfig
 from mass_nn.training.data.augmentation import ViewAugmentation
 from mass_nn.training.pretrain.image_pretrainer import ImagePretrainer
 

@@ -15,9 +15,9 @@ import torch
 from mass_nn.datasets.preprocessed_sources import (cases_with_banks, mask_bank_folder, resolve_sources)
 from mass_nn.errors import MassError
 from mass_nn.io.artifact_layout import generator_of
-from mass_nn.networks.config import InContextNetworkConfig
-from mass_nn.networks.in_context_model import InContextSegmenter
-from mass_nn.networks.resenc_architecture import read_nnunet_plans
+from mass_nn.networks.in_context.config import InContextNetworkConfig
+from mass_nn.networks.in_context.in_context_model import InContextSegmenter
+from mass_nn.networks.in_context.resenc_architecture import read_nnunet_plans
 from mass_nn.threads import default_mass_loader_workers
 from mass_nn.training.data.augmentation import TwoViewSettings
 from mass_nn.training.data.pretraining_loader import (PretrainingCase, batch_to_device, make_pretraining_loader,

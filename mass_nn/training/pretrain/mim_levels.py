@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mass_nn.errors import MassError
-from mass_nn.networks.mim_network import LevelInput
+from mass_nn.networks.baselines.mim_network import LevelInput
 
 
 @dataclass

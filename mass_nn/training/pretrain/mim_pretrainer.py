@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mass_nn.errors import MassError
-from mass_nn.networks.mim_network import LevelOutput, MiMNetwork, MiMNetworkConfig, patchify
+from mass_nn.networks.baselines.mim_network import LevelOutput, MiMNetwork, MiMNetworkConfig, patchify
 from mass_nn.training.data.augmentation import ViewAugmentation
 from mass_nn.training.pretrain.image_pretrainer import ImagePretrainer
 from mass_nn.training.pretrain.mim_levels import MaskedLevel, MiMLevelSettings, build_levels

@@ -18,7 +18,7 @@ from batchgenerators.transforms.abstract_transforms import Compose
 from torch import Tensor, nn
 
 from mass_nn.errors import MassError
-from mass_nn.networks.reconstruction_unet import ReconstructionUNet, ReconstructionUNetConfig
+from mass_nn.networks.baselines.reconstruction_unet import ReconstructionUNet, ReconstructionUNetConfig
 from mass_nn.training.data.augmentation import ViewAugmentation, build_single_view_transform
 from mass_nn.training.data.image_crop_loader import ImageCropLoader
 from mass_nn.training.data.indexed_loader import AugmentedBatches, augmented_batches

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from mass_nn.networks.s3d_network import S3DNetwork
+from mass_nn.networks.baselines.s3d_network import S3DNetwork
 from mass_nn.training.pretrain.mae_pretrainer import MAEPretrainer
 
 

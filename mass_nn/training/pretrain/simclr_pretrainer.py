@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from mass_nn.errors import MassError
-from mass_nn.networks.contrastive_encoder import ContrastiveEncoder, ContrastiveEncoderConfig
+from mass_nn.networks.baselines.contrastive_encoder import ContrastiveEncoder, ContrastiveEncoderConfig
 from mass_nn.training.data.contrastive_crops import (ContrastiveCropSettings, derived_crop_size,
                                                      derived_region_size, make_contrastive_loader)
 from mass_nn.training.pretrain.image_pretrainer import VALIDATION_SEED_OFFSET, ImagePretrainer

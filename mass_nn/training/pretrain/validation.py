@@ -19,7 +19,7 @@ from mass_nn.errors import MassError
 from mass_nn.inference.reference_calibration import calibrate_thresholds
 from mass_nn.io.artifact_layout import CaseOutput
 from mass_nn.io.dataset_json import load_dataset_json
-from mass_nn.networks.task_ops import concat_task_embeddings
+from mass_nn.networks.in_context.task_ops import concat_task_embeddings
 from mass_nn.paths import MassPaths
 from mass_nn.planning.plans import Plans
 from mass_nn.planning.plans_compatibility import pooled_model_differences

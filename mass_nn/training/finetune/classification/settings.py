@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mass_nn.errors import MassError
-from mass_nn.networks.config import MIN_SIZE, SIZE_DIVISOR
+from mass_nn.networks.in_context.config import MIN_SIZE, SIZE_DIVISOR
 from mass_nn.schema import to_dict
 from mass_nn.training.trainer_settings import check_range
 

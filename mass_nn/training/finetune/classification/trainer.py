@@ -30,7 +30,7 @@ from mass_nn.model.checkpoint import load_network
 from mass_nn.model.classifier_initialisation import encoder_config, load_pretrained_encoder
 from mass_nn.model.pretrained import load_pretrained_checkpoint
 from mass_nn.model.pretrained_networks import CLASSIFIERS_FROM_PRETRAINED
-from mass_nn.networks.encoder_classifier import EncoderClassifier, EncoderClassifierConfig
+from mass_nn.networks.heads.encoder_classifier import EncoderClassifier, EncoderClassifierConfig
 from mass_nn.registry import NETWORKS
 from mass_nn.training.finetune.classification.batches import ClassificationBatches
 from mass_nn.training.finetune.classification.case_selection import select_training_cases, stratum_of

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from mass_nn.networks.resenc_architecture import ResEncArchitecture
+from mass_nn.networks.in_context.resenc_architecture import ResEncArchitecture
 from mass_nn.schema import from_dict, to_dict
 
 FOREGROUND_POOLS = ("upsample", "adjoint")

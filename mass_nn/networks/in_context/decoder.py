@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from mass_nn.networks.config import InContextNetworkConfig
 from mass_nn.networks.conv_blocks import res_blocks, resize_trilinear
-from mass_nn.networks.fusion import FusionStage
+from mass_nn.networks.in_context.config import InContextNetworkConfig
+from mass_nn.networks.in_context.fusion import FusionStage
 
 
 class UpBlock(nn.Module):

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor
 
-from mass_nn.networks.attention_pool_head import AttentionPoolHead
-from mass_nn.networks.mim_backbone import MiMBackbone, MiMBackboneConfig
-from mass_nn.networks.pooled_classifier import PooledClassifier, check_head_settings
+from mass_nn.networks.baselines.mim_backbone import MiMBackbone, MiMBackboneConfig
+from mass_nn.networks.heads.attention_pool_head import AttentionPoolHead
+from mass_nn.networks.heads.pooled_classifier import PooledClassifier, check_head_settings
 from mass_nn.schema import from_dict, to_dict
 
 

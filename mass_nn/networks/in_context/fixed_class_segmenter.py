@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from mass_nn.networks.config import InContextNetworkConfig
-from mass_nn.networks.in_context_model import InContextSegmenter
-from mass_nn.networks.task_ops import TaskEmbedding
+from mass_nn.networks.in_context.config import InContextNetworkConfig
+from mass_nn.networks.in_context.in_context_model import InContextSegmenter
+from mass_nn.networks.in_context.task_ops import TaskEmbedding
 from mass_nn.schema import from_dict, to_dict
 
 

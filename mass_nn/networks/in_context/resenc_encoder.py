@@ -7,7 +7,7 @@ from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
 from dynamic_network_architectures.building_blocks.residual_encoders import ResidualEncoder
 from torch import Tensor, nn
 
-from mass_nn.networks.resenc_architecture import ResEncArchitecture
+from mass_nn.networks.in_context.resenc_architecture import ResEncArchitecture
 
 
 def resenc_kwargs(architecture: ResEncArchitecture, in_channels: int) -> dict:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mass_nn.networks.mim_backbone import (MiMBackbone, MiMBackboneConfig, TransformerBlock, gather_tokens,
+from mass_nn.networks.baselines.mim_backbone import (MiMBackbone, MiMBackboneConfig, TransformerBlock, gather_tokens,
                                            sincos_position_embedding)
 from mass_nn.schema import from_dict, to_dict
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from mass_nn.networks.baselines.mim_backbone import ChannelLayerNorm, MiMBackbone, MiMBackboneConfig
 from mass_nn.networks.conv_blocks import ResBlock3d
-from mass_nn.networks.decoder import UpBlock
-from mass_nn.networks.mim_backbone import ChannelLayerNorm, MiMBackbone, MiMBackboneConfig
+from mass_nn.networks.in_context.decoder import UpBlock
 from mass_nn.schema import from_dict, to_dict
 
 DECODER_NORM_EPS = 1e-4

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from mass_nn.networks.attention_pool_head import AttentionPoolHead
-from mass_nn.networks.pooled_classifier import PooledClassifier, check_head_settings
-from mass_nn.networks.config import InContextNetworkConfig
-from mass_nn.networks.encoder import ResUNetEncoder
+from mass_nn.networks.heads.attention_pool_head import AttentionPoolHead
+from mass_nn.networks.heads.pooled_classifier import PooledClassifier, check_head_settings
+from mass_nn.networks.in_context.config import InContextNetworkConfig
+from mass_nn.networks.in_context.encoder import ResUNetEncoder
 from mass_nn.schema import from_dict, to_dict
 
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from mass_nn.networks.task_encoder import TaskEmbedding
+from mass_nn.networks.in_context.task_encoder import TaskEmbedding
 
 __all__ = ["TaskEmbedding", "average_task_embeddings", "concat_task_embeddings", "chunk_task_embedding",
            "select_tasks"]

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mass_nn.networks.vit import ViTConfig, ViTEncoder, tokens_to_grid
+from mass_nn.networks.baselines.vit import ViTConfig, ViTEncoder, tokens_to_grid
 from mass_nn.schema import from_dict, to_dict
 
 LEAKY_SLOPE = 0.01

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from mass_nn.networks.config import MIN_SIZE, SIZE_DIVISOR, InContextNetworkConfig
 from mass_nn.networks.conv_blocks import ResBlock3d, res_blocks
+from mass_nn.networks.in_context.config import MIN_SIZE, SIZE_DIVISOR, InContextNetworkConfig
 
 
 def check_spatial_size(x: Tensor, name: str = "input", divisors=(SIZE_DIVISOR,) * 3,

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from mass_nn.networks.config import InContextNetworkConfig
-from mass_nn.networks.decoder import UpBlock
-from mass_nn.networks.encoder import ResUNetEncoder
+from mass_nn.networks.in_context.config import InContextNetworkConfig
+from mass_nn.networks.in_context.decoder import UpBlock
+from mass_nn.networks.in_context.encoder import ResUNetEncoder
 from mass_nn.schema import from_dict, to_dict
 
 

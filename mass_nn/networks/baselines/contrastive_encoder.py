@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from mass_nn.networks.config import InContextNetworkConfig
-from mass_nn.networks.encoder import ResUNetEncoder
+from mass_nn.networks.in_context.config import InContextNetworkConfig
+from mass_nn.networks.in_context.encoder import ResUNetEncoder
 from mass_nn.schema import from_dict, to_dict
 
 PAPER_PROJECTOR_WIDTH = 2048  # nnssl SimCLR, for the ResEnc-L encoder

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from mass_nn.networks.reconstruction_unet import ReconstructionUNet, ReconstructionUNetConfig
-from mass_nn.networks.sparse_encoder import ActiveMask, sparse_encode, sparse_instance_norm
+from mass_nn.networks.baselines.reconstruction_unet import ReconstructionUNet, ReconstructionUNetConfig
+from mass_nn.networks.baselines.sparse_encoder import ActiveMask, sparse_encode, sparse_instance_norm
 
 MASK_TOKEN_STD = 0.02  # SparK's truncated-normal initialisation of the mask tokens
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from mass_nn.networks.vit import (TOKEN_INIT_STD, Mlp, SelfAttention, TransformerBlock, ViTConfig, ViTEncoder,
+from mass_nn.networks.baselines.vit import (TOKEN_INIT_STD, Mlp, SelfAttention, TransformerBlock, ViTConfig, ViTEncoder,
                                   default_hierarchy, init_transformer_weights, merge_heads,
                                   sincos_position_embedding, split_heads)
 from mass_nn.schema import from_dict, to_dict

@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mass_nn.networks.attention import TaskQueryBlock
-from mass_nn.networks.config import InContextNetworkConfig
 from mass_nn.networks.conv_blocks import autocast_disabled, resize_trilinear
-from mass_nn.networks.pixel_shuffle import pixel_shuffle_3d, pixel_unshuffle_3d, scale_triple
-from mass_nn.networks.shared_kernel_conv import shared_kernel_conv3d
+from mass_nn.networks.in_context.config import InContextNetworkConfig
+from mass_nn.networks.in_context.pixel_shuffle import pixel_shuffle_3d, pixel_unshuffle_3d, scale_triple
+from mass_nn.networks.in_context.shared_kernel_conv import shared_kernel_conv3d
 
 TaskEmbedding = list[Tensor]
 

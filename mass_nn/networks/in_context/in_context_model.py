@@ -6,12 +6,12 @@ import copy
 
 from torch import Tensor, nn
 
-from mass_nn.networks.config import InContextNetworkConfig
-from mass_nn.networks.decoder import MaskDecoder
-from mass_nn.networks.encoder import ResUNetEncoder, check_spatial_size
-from mass_nn.networks.mask_head import DynamicMaskHead
-from mass_nn.networks.resenc_encoder import ResEncEncoder
-from mass_nn.networks.task_encoder import TaskEmbedding, TaskEncoder
+from mass_nn.networks.in_context.config import InContextNetworkConfig
+from mass_nn.networks.in_context.decoder import MaskDecoder
+from mass_nn.networks.in_context.encoder import ResUNetEncoder, check_spatial_size
+from mass_nn.networks.in_context.mask_head import DynamicMaskHead
+from mass_nn.networks.in_context.resenc_encoder import ResEncEncoder
+from mass_nn.networks.in_context.task_encoder import TaskEmbedding, TaskEncoder
 
 
 class InContextSegmenter(nn.Module):

@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mass_nn.networks.block_masking import mask_at
+from mass_nn.networks.baselines.block_masking import mask_at
 from mass_nn.networks.conv_blocks import ResBlock3d
-from mass_nn.networks.encoder import ResUNetEncoder, check_spatial_size
+from mass_nn.networks.in_context.encoder import ResUNetEncoder, check_spatial_size
 
 
 class ActiveMask:
