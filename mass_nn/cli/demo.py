@@ -77,27 +77,24 @@ def _run(args) -> int:
         print(f"      {config['configuration']}: {config['preprocessed']} preprocessed, {config['skipped']} "
               f"already done")
     print("[3/5] weight-free mask generation (supervoxel) on 3d_cpu")
-    options = MaskGenerationOptions(generator="supervoxel", configuration="3d_cpu",
-                                    plans_name=_plans_name(args.preset), num_processes=args.num_processes)
+    plans_name = load_preset(args.preset)[1]
+    options = MaskGenerationOptions(generator="supervoxel", configuration="3d_cpu", plans_name=plans_name,
+                                    num_processes=args.num_processes)
     masks = generate_masks(DEMO_DATASET_ID, paths, options)
     quality = quality_report(bank_folder_of(DEMO_DATASET_ID, paths, options))["mean"]
     print(f"      {masks['masks']} masks for {masks['cases']} cases in {masks['seconds']:.1f} s; against the phantom "
           f"labels: Best {quality['best']:.1f}, Avg {quality['avg']:.1f}, %>40 {quality['percent_above_40']:.1f}; "
           f"previews in {masks['folder']}/previews")
-    run_folder = _pretrain(paths, args)
+    run_folder = _pretrain(paths, args, plans_name)
     if run_folder is None:
         print("demo stopped during pretraining; run mass_demo again to resume where it stopped")
         return 130
-    _few_shot(paths, args, run_folder)
+    _few_shot(paths, args, plans_name, run_folder)
     print(f"demo finished in {time.time() - start:.0f} s")
     return 0
 
 
-def _plans_name(preset: str) -> str:
-    return load_preset(preset)[1]
-
-
-def _few_shot(paths: MassPaths, args, run_folder: Path) -> None:
+def _few_shot(paths: MassPaths, args, plans_name: str, run_folder: Path) -> None:
     """1-shot in-context and finetuned Dice on the held-out test cases: pretrained vs untrained."""
     from mass_nn.experiments.few_shot_protocol import FewShotProtocol, run_few_shot_protocol
     from mass_nn.evaluation.in_context_protocol import in_context_evaluation
@@ -109,7 +106,7 @@ def _few_shot(paths: MassPaths, args, run_folder: Path) -> None:
     out = paths.results / f"Dataset{DEMO_DATASET_ID}_PhantomCT" / f"fewshot_demo__{checkpoint_identity(checkpoint)}"
     protocol = FewShotProtocol(dataset=str(DEMO_DATASET_ID), checkpoint=checkpoint, shots=[1], seeds=[0],
                                methods=["in_context", "in_context_calibrated", "finetune", "scratch"],
-                               plans_name=_plans_name(args.preset), epochs=args.finetune_epochs,
+                               plans_name=plans_name, epochs=args.finetune_epochs,
                                iters_per_epoch=args.finetune_iters, tag="demo")
     results = run_few_shot_protocol(protocol, paths, out)
     dice = {r["method"]: r["mean_dice"] for r in results["runs"]}
@@ -123,7 +120,7 @@ def _few_shot(paths: MassPaths, args, run_folder: Path) -> None:
             if not untrained_checkpoint.is_file():
                 save_untrained_copy(checkpoint, untrained_checkpoint)
             summary = in_context_evaluation(untrained_checkpoint, str(DEMO_DATASET_ID), paths, 1, 0, folder,
-                                            plans_name=_plans_name(args.preset), hd95=False,
+                                            plans_name=plans_name, hd95=False,
                                             calibrate_threshold=calibrated)
         dice[folder.name] = summary["mean_dice"]
         per_class[folder.name] = {name: entry["dice"] for name, entry in summary["mean"].items()}
@@ -150,7 +147,7 @@ def _percent(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}"
 
 
-def _pretrain(paths: MassPaths, args) -> Path | None:
+def _pretrain(paths: MassPaths, args, plans_name: str) -> Path | None:
     """Pretrain (or resume pretraining); the run folder, or None when a stop signal ended it early."""
     from mass_nn.training.metrics_log import read_metrics
     from mass_nn.training.options import TrainingOptions
@@ -158,7 +155,7 @@ def _pretrain(paths: MassPaths, args) -> Path | None:
     print(f"[4/5] MASS pretraining on the masks ({TRAINER}, the CPU recipe): {args.epochs} epochs x "
           f"{args.iters_per_epoch} steps")
     options = TrainingOptions(mode="PRETRAIN", datasets=[str(DEMO_DATASET_ID)], trainer=TRAINER,
-                              configuration="3d_cpu", plans_name=_plans_name(args.preset), epochs=args.epochs,
+                              configuration="3d_cpu", plans_name=plans_name, epochs=args.epochs,
                               iters_per_epoch=args.iters_per_epoch, device="cpu",
                               val_dataset=[str(DEMO_DATASET_ID)], continue_training=True)
     summary = run_training(options, paths)

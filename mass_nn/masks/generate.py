@@ -18,7 +18,6 @@ from pathlib import Path
 from mass_nn import __version__
 from mass_nn.errors import MassError
 from mass_nn.io import artifact_layout as layout
-from mass_nn.io.artifact_layout import CaseOutput
 from mass_nn.io.atomic import write_json_atomic
 from mass_nn.io.dataset_json import find_dataset_name
 from mass_nn.masks.case_loading import load_case_input, preprocessed_case_ids
@@ -85,7 +84,7 @@ def _run_case(job: _CaseJob) -> dict:
     generator = _generator(job.options)
     case = load_case_input(job.case_folder, job.case_id, plans, job.options.channel, generator.needs_label)
     if generator.native_resolution:
-        props = load_properties(CaseOutput(job.case_folder, job.case_id).properties)
+        props = load_properties(layout.CaseOutput(job.case_folder, job.case_id).properties)
         native = load_native_case_input(props, plans, job.options.channel)
         proposals = proposals_to_grid(generator.generate(native), native.shape, case.shape)
     else:

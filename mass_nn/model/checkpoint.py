@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import pickle
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -112,11 +112,9 @@ def load_network(path: str | Path, prefer_ema: bool = True, map_location: str | 
 def save_untrained_copy(path: str | Path, target: str | Path, seed: int = 0) -> Path:
     """Write to `target` a checkpoint of the same network and plans as `path`, freshly initialised with `seed`
     (no optimiser state, epoch 0): the "untrained" baseline of a comparison."""
-    import dataclasses
-
     checkpoint = load_checkpoint(path)
     torch.manual_seed(seed)
     network = build_network(checkpoint.meta.network_class, checkpoint.meta.network_config)
-    meta = dataclasses.replace(checkpoint.meta, epoch=0, global_step=0, best_metric=None)
+    meta = replace(checkpoint.meta, epoch=0, global_step=0, best_metric=None)
     save_checkpoint(Checkpoint(meta=meta, model=network.state_dict()), target)
     return Path(target)

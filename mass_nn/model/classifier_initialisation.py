@@ -10,10 +10,11 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from torch import nn
+
 from mass_nn.errors import MassError
 from mass_nn.model.checkpoint import Checkpoint, encoder_state_dict
 from mass_nn.model.pretrained import WeightTransfer, transfer_weights
-from mass_nn.networks.heads.encoder_classifier import EncoderClassifier
 from mass_nn.networks.in_context.config import InContextNetworkConfig
 from mass_nn.planning.plans import ConfigurationPlan
 from mass_nn.registry import NETWORKS
@@ -48,8 +49,9 @@ def encoder_config(checkpoint: Checkpoint | None, checkpoint_path: str | None, c
     return config
 
 
-def load_pretrained_encoder(network: EncoderClassifier, checkpoint: Checkpoint, source: str | Path) -> WeightTransfer:
-    """Copy the checkpoint's encoder weights (its EMA copy when saved) into `network.encoder`.
+def load_pretrained_encoder(network: nn.Module, checkpoint: Checkpoint, source: str | Path) -> WeightTransfer:
+    """Copy the checkpoint's encoder weights (its EMA copy when saved) into `network` under its
+    `encoder_key_prefix` (the ResUNet classifier's encoder, a ViT, a MiM backbone).
 
     The report lists every key: the encoder's keys must all load (a missing or unexpected encoder key means
     another architecture and raises MassError naming the file); the head's keys are reported as missing and keep

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from torch import nn
-
 from mass_nn.errors import MassError
-from mass_nn.model.checkpoint import Checkpoint, encoder_state_dict
+from mass_nn.model.checkpoint import Checkpoint
 from mass_nn.model.classifier_initialisation import load_pretrained_encoder
-from mass_nn.model.pretrained import WeightTransfer, transfer_weights
+from mass_nn.model.pretrained import WeightTransfer
 from mass_nn.networks.baselines.mim_backbone import MiMBackboneConfig
 from mass_nn.networks.baselines.mim_classifier import MiMClassifier, MiMClassifierConfig
 from mass_nn.networks.baselines.mim_segmenter import MiMSegmenter, MiMSegmenterConfig
@@ -34,22 +32,6 @@ def pretrained_vit_config(checkpoint: Checkpoint, source: str):
     return config
 
 
-def transfer_vit_weights(network: nn.Module, checkpoint: Checkpoint, source: str, prefix: str) -> WeightTransfer:
-    """Load the checkpoint's encoder weights (EMA when saved) into `network` under `prefix`; returns the
-    WeightTransfer report. Every ViT key must load and none may be left over (else MassError); the keys of the
-    network's new parts (decoder, head) are reported missing and keep their initialisation."""
-    weights = {prefix + key: value for key, value in encoder_state_dict(checkpoint).items()}
-    if not weights:
-        raise MassError(f"{source}: no weights under the encoder prefix {checkpoint.meta.encoder_key_prefix!r}; pass "
-                        f"a checkpoint of mass_train PRETRAIN")
-    report = transfer_weights(network, weights, str(source), allow_missing=True, allow_unexpected=False)
-    missing = [key for key in report.missing if key.startswith(prefix)]
-    if missing:
-        raise MassError(f"{source}: {len(missing)} ViT key(s) are not in the checkpoint (e.g. {missing[:3]}); the "
-                        f"checkpoint was made for another encoder - use a matching one")
-    return report
-
-
 def unetr_from_pretrained(checkpoint: Checkpoint, class_names: list[str], label_values: list[int],
                           source: str) -> tuple[UNETRSegmenter, WeightTransfer]:
     """(UNETRSegmenter for these classes with every ViT key of a ViT pretraining checkpoint loaded, transfer
@@ -61,7 +43,7 @@ def unetr_from_pretrained(checkpoint: Checkpoint, class_names: list[str], label_
                          skip_layers=list(pretraining.hier_layers),
                          feature_size=int(pretraining.downstream_feature_size))
     network = UNETRSegmenter(config)
-    return network, transfer_vit_weights(network, checkpoint, source, UNETRSegmenter.encoder_key_prefix)
+    return network, load_pretrained_encoder(network, checkpoint, source)
 
 
 def mim_segmenter_from_pretrained(checkpoint: Checkpoint, class_names: list[str], label_values: list[int],
@@ -88,7 +70,7 @@ def vit_classifier_from_pretrained(checkpoint: Checkpoint, num_classes: int, inp
         raise MassError(f"{source}: {error}") from error
     network = ViTClassifier(ViTClassifierConfig(vit=vit, num_classes=num_classes, input_size=list(input_size),
                                                 dropout=dropout))
-    return network, transfer_vit_weights(network, checkpoint, str(source), ViTClassifier.encoder_key_prefix)
+    return network, load_pretrained_encoder(network, checkpoint, source)
 
 
 def mim_classifier_from_pretrained(checkpoint: Checkpoint, num_classes: int, input_size: list[int],

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 from mass_nn.errors import MassError
 from mass_nn.networks.in_context.config import MIN_SIZE, SIZE_DIVISOR
-from mass_nn.schema import to_dict
 from mass_nn.training.trainer_settings import check_range
 
 DEFAULT_BATCH_SIZE = 8  # the MASS release's classification config; capped at the number of training cases
@@ -22,9 +21,6 @@ class ClassificationSettings:
     finetune_encoder: bool = False
     weight_decay: float = 1e-4
     dropout: float = 0.1
-
-    def to_dict(self) -> dict:
-        return to_dict(self)
 
     def validate(self) -> None:
         size = self.input_size
