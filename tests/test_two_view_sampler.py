@@ -9,13 +9,14 @@ import pytest
 from mass_nn.errors import MassError
 from mass_nn.masks.mask_bank import write_mask_bank
 from mass_nn.masks.proposal import MaskProposal
-from mass_nn.preprocessing.blosc2_storage import save_array
+from mass_nn.preprocessing.blosc2_storage import open_array, save_array
 from mass_nn.training.data.affine_transform import (ViewAffineTransform, centre_crop, sampling_coordinates,
                                                     warp_image, warp_masks_nearest)
 from mass_nn.training.data.augmentation import TwoViewSettings, ViewAugmentation
 from mass_nn.training.data.pretraining_loader import PretrainingCase, make_pretraining_loader
 from mass_nn.masks.mask_bank import MaskBank
-from mass_nn.training.data.two_view_sampler import EVERYTHING, PADDING, choose_tasks, plan_view_starts
+from mass_nn.training.data.two_view_sampler import (EVERYTHING, PADDING, choose_tasks, plan_view_starts,
+                                                    sample_two_views)
 
 PATCH = (16, 16, 16)
 SHAPE = (40, 36, 32)
@@ -268,6 +269,32 @@ def test_absent_tasks_take_masks_of_the_reference_view_only(tmp_path):
     assert (codes == EVERYTHING).sum() == 1 and len(set(codes[codes >= 0].tolist())) == 4  # none to give: normal
     with pytest.raises(ValueError, match="absent_tasks"):
         TwoViewSettings(patch_size_zyx=(16, 16, 16), num_tasks=3, absent_tasks=4)
+
+def _view_starts(sample) -> tuple[np.ndarray, np.ndarray]:
+    """Start corners of both crops of a position_case sample (its channels are the 1-based voxel positions)."""
+    return tuple(view[:, 0, 0, 0].astype(np.int64) - 1 for view in (sample.reference_image, sample.query_image))
+
+
+def test_distant_query_places_the_query_anywhere_and_prefers_the_reference_masks(tmp_path):
+    case = position_case(tmp_path, shape=(64, 64, 64))
+    image, bank = open_array(case.image_path), MaskBank(case.bank_path)
+    crop, patch = (20, 20, 20), (16, 16, 16)
+    max_shift = int(np.floor((1 - 0.67) * 20))
+
+    def draw(seed: int, distant: float):
+        return sample_two_views(image, bank, crop, patch, 4, 0.67, True, True, np.random.default_rng(seed),
+                                distant_query=distant)
+
+    shifts = [np.abs(np.subtract(*_view_starts(draw(seed, 1.0)))).max() for seed in range(30)]
+    assert max(shifts) > 3 * max_shift  # overlapping views never lie this far apart
+    assert all(np.abs(np.subtract(*_view_starts(draw(seed, 0.0)))).max() <= max_shift for seed in range(30))
+    for seed in range(10):  # every real task of a distant sample shows in the reference view
+        sample = draw(seed, 1.0)
+        real = sample.task_weights > 0
+        assert sample.reference_masks[real].reshape(real.sum(), -1).any(axis=1).all()
+    with pytest.raises(ValueError, match="distant_query"):
+        TwoViewSettings(patch_size_zyx=(16, 16, 16), distant_query=1.5)
+
 
 def test_size_floor_is_a_share_of_the_patch():
     assert TwoViewSettings(patch_size_zyx=(64, 48, 48), min_mask_fraction=0.01).min_mask_voxels == 1475

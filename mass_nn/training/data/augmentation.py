@@ -77,6 +77,7 @@ class TwoViewSettings:
     prefer_masks_in_view: bool = True  # deviation: the release samples masks from the whole volume
     min_mask_fraction: float = 0.0  # masks smaller than this share of the patch volume are never drawn
     absent_tasks: int = 0  # channels first given masks in the reference view only ("not here" tasks)
+    distant_query: float = 0.0  # share of samples whose query view is placed anywhere in the volume
     reference: ViewAugmentation = field(default_factory=ViewAugmentation.weak)
     query: ViewAugmentation = field(default_factory=ViewAugmentation.strong)
 
@@ -91,6 +92,8 @@ class TwoViewSettings:
             raise ValueError(f"min_mask_fraction must lie in [0, 1), got {self.min_mask_fraction}")
         if not 0 <= self.absent_tasks <= self.num_tasks:
             raise ValueError(f"absent_tasks must lie in [0, num_tasks], got {self.absent_tasks}")
+        if not 0.0 <= self.distant_query <= 1.0:
+            raise ValueError(f"distant_query must be a share in [0, 1], got {self.distant_query}")
 
     @property
     def min_mask_voxels(self) -> int:

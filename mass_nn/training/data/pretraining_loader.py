@@ -76,7 +76,8 @@ class TwoViewDataLoader(IndexedBatchLoader):
                                     patch_size=s.patch_size_zyx, num_tasks=s.num_tasks,
                                     overlap_ratio=s.overlap_ratio, everything_task=s.everything_task,
                                     prefer_in_view=s.prefer_masks_in_view, rng=rng,
-                                    min_mask_voxels=s.min_mask_voxels, absent_tasks=s.absent_tasks)
+                                    min_mask_voxels=s.min_mask_voxels, absent_tasks=s.absent_tasks,
+                                    distant_query=s.distant_query)
                    for i in picks]
         return stack_samples(samples, [self._data[int(i)].case_id for i in picks], batch_index)
 

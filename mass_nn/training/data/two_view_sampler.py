@@ -11,7 +11,9 @@ first and the rest fills up (deviation: the release draws from the whole volume,
 empty; the margin is left out of the test because what lies only there shows only after a zoom-out). With
 `everything_task` one channel, at a random position, is an all-ones "segment everything in view" mask over the
 part of the crop inside the volume, set before the spatial augmentation so that what rotates in from outside
-is 0. With `min_mask_voxels` > 0 only masks of at least that many voxels are drawn (the largest mask alone when
+is 0. With `distant_query` > 0 that share of samples places the query crop at an anchor of its own, anywhere in
+the volume, and prefers masks that meet the reference view only: the tasks whose mask lies outside the query then
+ask for "nothing here", as most sliding windows of whole-volume inference do. With `min_mask_voxels` > 0 only masks of at least that many voxels are drawn (the largest mask alone when
 a case has none that large): a bank of mostly small supervoxel parts otherwise fills nearly every channel with
 a speck. The everything task takes one of
 the `num_tasks` slots, so a case with N >= num_tasks masks gives num_tasks - 1 masks plus it (the release's
@@ -69,9 +71,10 @@ def inside_box(start, size, volume_shape) -> Box:
 
 def choose_tasks(bank: MaskBank, view_boxes: list[Box], num_tasks: int, everything_task: bool,
                  prefer_in_view: bool, rng: np.random.Generator, min_mask_voxels: int = 0,
-                 absent_tasks: int = 0) -> np.ndarray:
+                 absent_tasks: int = 0, preferred_views: list[Box] | None = None) -> np.ndarray:
     """Channel codes (num_tasks,) int64: a bank index, EVERYTHING or PADDING (padding channels come last).
 
+    With `prefer_in_view`, masks meeting one of `preferred_views` (default: both view boxes) are drawn first.
     With `absent_tasks` > 0, up to that many channels are first filled with masks that meet the reference view's
     patch (view_boxes[0]) but not the query view's (view_boxes[1]): tasks whose answer is "not here".
     """
@@ -87,7 +90,8 @@ def choose_tasks(bank: MaskBank, view_boxes: list[Box], num_tasks: int, everythi
         absent = rng.permutation(candidates)[:min(absent_tasks, slots)]
         eligible = np.setdiff1d(eligible, absent)
     if prefer_in_view:
-        in_view = np.unique(np.concatenate([bank.indices_intersecting(box) for box in view_boxes]))
+        boxes = view_boxes if preferred_views is None else preferred_views
+        in_view = np.unique(np.concatenate([bank.indices_intersecting(box) for box in boxes]))
         preferred = np.intersect1d(in_view, eligible)
         rest = np.setdiff1d(eligible, preferred)
         order = np.concatenate([rng.permutation(preferred), rng.permutation(rest)])
@@ -126,7 +130,8 @@ def view_masks(channels: np.ndarray, crops: dict[int, tuple[Box, np.ndarray]], s
 
 def sample_two_views(image, bank: MaskBank, crop_size, patch_size, num_tasks: int, overlap_ratio: float,
                      everything_task: bool, prefer_in_view: bool, rng: np.random.Generator,
-                     min_mask_voxels: int = 0, absent_tasks: int = 0) -> TwoViewSample:
+                     min_mask_voxels: int = 0, absent_tasks: int = 0,
+                     distant_query: float = 0.0) -> TwoViewSample:
     """Cut both views of one case: image (c, z, y, x) numpy or blosc2, masks from `bank` on the same grid.
 
     The crops are `crop_size`; `patch_size` (centred in them) is the part the views show without a spatial
@@ -138,10 +143,16 @@ def sample_two_views(image, bank: MaskBank, crop_size, patch_size, num_tasks: in
                         "re-run mass_generate_masks after preprocessing")
     crop_size = tuple(int(c) for c in crop_size)
     starts = plan_view_starts(volume_shape, crop_size, overlap_ratio, rng)
+    # only drawn when asked for, so that the random stream (and every earlier run) stays as it was without it
+    distant = distant_query > 0.0 and rng.random() < distant_query
+    if distant:
+        starts = (starts[0], plan_view_starts(volume_shape, crop_size, 1.0, rng)[0])
     margin = (np.asarray(crop_size) - np.asarray(patch_size)) // 2
     visible = [inside_box(start + margin, patch_size, volume_shape) for start in starts]
+    # a distant query prefers the reference's masks: a mask only the query shows is a task nobody can answer
+    preferred_views = visible[:1] if distant else visible
     channels = choose_tasks(bank, visible, num_tasks, everything_task, prefer_in_view, rng, min_mask_voxels,
-                            absent_tasks)
+                            absent_tasks, preferred_views=preferred_views)
     # each chosen mask is decoded once and pasted into both views
     crops = {int(code): bank.read_crop(int(code)) for code in channels if code >= 0}
     images = [crop_or_pad(image, start, crop_size).astype(np.float32, copy=False) for start in starts]

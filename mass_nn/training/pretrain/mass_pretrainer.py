@@ -35,7 +35,8 @@ class MASSSettings:
     "segment everything in view" mask; prefer_masks_in_view: masks that meet a view's patch are drawn first (our
     deviation from the release, two_view_sampler.py); min_mask_fraction: masks under this share of the patch volume
     are never tasks; absent_tasks: up to that many channels per sample take masks seen in the reference view but
-    not in the query view (their answer is "not here"); val_reference_choices: reference cases per label in
+    not in the query view (their answer is "not here"); distant_query: the share of samples whose query view is
+    placed anywhere in the volume, not overlapping the reference's (two_view_sampler.py); val_reference_choices: reference cases per label in
     --val-dataset validation; nnunet_plans / nnunet_configuration: build nnU-Net's own ResEnc encoder from that
     plans file (documentation/nnunet.md)."""
 
@@ -44,6 +45,7 @@ class MASSSettings:
     prefer_masks_in_view: bool = True
     min_mask_fraction: float = 0.0
     absent_tasks: int = 0
+    distant_query: float = 0.0
     val_reference_choices: int = 1
     nnunet_plans: str = ""
     nnunet_configuration: str = "3d_fullres"
@@ -56,6 +58,9 @@ class MASSSettings:
                             f"integer (reference cases per label for in-context validation)")
         if not 0 <= self.absent_tasks <= self.num_tasks:
             raise MassError(f"setting absent_tasks={self.absent_tasks}: expected 0 to num_tasks ({self.num_tasks})")
+        if not 0.0 <= self.distant_query <= 1.0:
+            raise MassError(f"setting distant_query={self.distant_query}: expected a share of the samples in [0, 1], "
+                            f"e.g. 0.5")
         if not 0.0 <= self.min_mask_fraction < 1.0:
             raise MassError(f"setting min_mask_fraction={self.min_mask_fraction}: expected a share of the "
                             f"patch volume in [0, 1), e.g. 0.01")
@@ -100,7 +105,8 @@ class MASSPretrainer(Trainer):
                                                 num_tasks=s.num_tasks, everything_task=s.everything_task,
                                                 prefer_masks_in_view=s.prefer_masks_in_view,
                                                 min_mask_fraction=s.min_mask_fraction,
-                                                absent_tasks=s.absent_tasks)
+                                                absent_tasks=s.absent_tasks,
+                                                distant_query=s.distant_query)
         self.validation = self._build_validation()
         if self.validation is not None:
             self.best_metric_key, self.best_metric_mode = self.validation.metric_key, self.validation.metric_mode
