@@ -1,4 +1,4 @@
-"""Name -> class lookups for things users pick by name (mask generators; later trainers and networks).
+"""Name -> class lookups for things picked by name: mask generators, trainers, networks (and back).
 
 Entries are "module:Class" strings imported on first use: choosing one generator never imports the others
 (sam2 loads only when asked for), and nothing is found by scanning packages.
@@ -24,6 +24,15 @@ class Registry:
             raise MassError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}")
         module_name, class_name = self._entries[name].split(":")
         return getattr(importlib.import_module(module_name), class_name)
+
+    def name_of(self, cls: type) -> str:
+        """The name `cls` is registered under (what checkpoints record); an unregistered class is an error, so
+        nothing is saved that could not be loaded again."""
+        entry = f"{cls.__module__}:{cls.__qualname__}"
+        for name, registered in self._entries.items():
+            if registered == entry:
+                return name
+        raise MassError(f"{cls.__qualname__} is not a registered {self.kind}; add it to mass_nn.registry")
 
 
 MASK_GENERATORS = Registry("mask generator", {

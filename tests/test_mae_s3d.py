@@ -26,6 +26,7 @@ from mass_nn.networks.in_context.config import InContextNetworkConfig
 from mass_nn.networks.in_context.encoder import ResUNetEncoder
 from mass_nn.paths import MassPaths
 from mass_nn.planning.plans import Plans
+from mass_nn.registry import NETWORKS
 from mass_nn.training.options import TrainingOptions
 from mass_nn.training.pretrain.mae_pretrainer import MAEPretrainer, masked_input, masked_reconstruction_loss
 from mass_nn.training.run_training import run_training
@@ -223,8 +224,8 @@ def _check_segmentation_transfer(paths: MassPaths, checkpoint_path: str, full_ru
         return
     checkpoint = load_checkpoint(checkpoint_path)
     plans = Plans.from_dict(checkpoint.meta.plans).configuration("3d_cpu")
-    _, name, report = build_downstream_network(checkpoint, checkpoint_path, plans, 1, ["liver"], [1])
-    assert name == "FixedClassSegmenter" and not report.missing and not report.unexpected
+    network, report = build_downstream_network(checkpoint, checkpoint_path, plans, 1, ["liver"], [1])
+    assert NETWORKS.name_of(type(network)) == "FixedClassSegmenter" and not report.missing and not report.unexpected
     assert len(report.loaded) == len(encoder_state_dict(checkpoint))
 
 

@@ -25,6 +25,7 @@ from mass_nn.paths import MassPaths
 from mass_nn.planning.plans import Plans
 from mass_nn.preprocessing.blosc2_storage import open_array
 from mass_nn.preprocessing.crop_pad import crop_or_pad
+from mass_nn.registry import NETWORKS
 from mass_nn.registry import TRAINERS
 from mass_nn.training.data.contrastive_crops import (ContrastiveAugmentation, ContrastiveCropSettings,
                                                      derived_crop_size, derived_region_size, make_contrastive_loader,
@@ -297,9 +298,8 @@ def _segmentation_transfer(paths: MassPaths, checkpoint: str, trainer: str, full
         return json.loads((_run_folder(paths, "SegmentationFinetuner", trainer) / "shots.json").read_text())["weights"]
     loaded = load_checkpoint(checkpoint)
     plans = Plans.from_dict(loaded.meta.plans)
-    network, name, report = build_downstream_network(loaded, checkpoint, plans.configuration("3d_cpu"), 1,
-                                                     ["liver"], [1])
-    assert name == "FixedClassSegmenter"
+    network, report = build_downstream_network(loaded, checkpoint, plans.configuration("3d_cpu"), 1, ["liver"], [1])
+    assert NETWORKS.name_of(type(network)) == "FixedClassSegmenter"
     return report.to_dict()
 
 

@@ -51,7 +51,7 @@ def predictor_from_checkpoint(path: str | Path, device: str = "cpu", settings: I
     """(predictor for the fixed classes, class names) of a finetuned checkpoint file: any network whose
     configuration names its classes (`class_names`, `label_values`) and whose forward gives their logits."""
     network, checkpoint = load_network(path, map_location=device)
-    config = getattr(network, "config", None)
+    config = network.config
     if not hasattr(config, "label_values"):
         raise MassError(f"{path}: holds a {checkpoint.meta.network_class}, not a finetuned fixed-class model; for a "
                         f"pretrained in-context checkpoint give --checkpoint with --reference-image/--reference-mask")

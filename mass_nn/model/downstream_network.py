@@ -10,14 +10,13 @@
 """
 from __future__ import annotations
 
-from torch import nn
-
 from mass_nn.errors import MassError
 from mass_nn.model.checkpoint import Checkpoint, model_state_dict
 from mass_nn.model.pretrained import WeightTransfer, transfer_weights
 from mass_nn.model.pretrained_networks import SEGMENTERS_FROM_PRETRAINED
 from mass_nn.networks.in_context.config import InContextNetworkConfig
 from mass_nn.networks.in_context.fixed_class_segmenter import FixedClassConfig, FixedClassSegmenter
+from mass_nn.networks.network_base import Network
 from mass_nn.registry import NETWORKS
 
 IN_CONTEXT_CLASSES = ("InContextSegmenter", "FixedClassSegmenter")
@@ -39,26 +38,25 @@ def is_in_context_checkpoint(checkpoint: Checkpoint) -> bool:
 
 def build_downstream_network(checkpoint: Checkpoint | None, source: str, plans_config, in_channels: int,
                              class_names: list[str], label_values: list[int]
-                             ) -> tuple[nn.Module, str, WeightTransfer | None]:
-    """(network, its NETWORKS class name, weight-transfer report or None) for a run with these classes."""
+                             ) -> tuple[Network, WeightTransfer | None]:
+    """(network, weight-transfer report or None) for a run with these classes."""
     if checkpoint is None:
         config = InContextNetworkConfig.from_configuration(plans_config, in_channels)
-        return FixedClassSegmenter(FixedClassConfig(config, class_names, label_values)), "FixedClassSegmenter", None
+        return FixedClassSegmenter(FixedClassConfig(config, class_names, label_values)), None
     if is_in_context_checkpoint(checkpoint):
         stored = checkpoint.meta.network_config
         config = InContextNetworkConfig.from_dict(stored.get("network", stored))
         network = FixedClassSegmenter(FixedClassConfig(config, class_names, label_values))
         report = transfer_weights(network.segmenter, in_context_weights(checkpoint), source, allow_missing=False,
                                   allow_unexpected=False)
-        return network, "FixedClassSegmenter", report
+        return network, report
     pretraining_class = NETWORKS.get(checkpoint.meta.network_class)
-    downstream = getattr(pretraining_class, "downstream_network", None)
+    downstream = pretraining_class.downstream_network
     if downstream is None:
         raise MassError(f"{source}: a {checkpoint.meta.network_class} checkpoint has no downstream segmentation "
                         f"network; use a MASS or baseline pretraining checkpoint")
     builders = {"FixedClassSegmenter": encoder_transfer_into_fixed_class, **SEGMENTERS_FROM_PRETRAINED}
-    network, report = builders[downstream](checkpoint, class_names, label_values, source)
-    return network, downstream, report
+    return builders[downstream](checkpoint, class_names, label_values, source)
 
 
 def encoder_transfer_into_fixed_class(checkpoint: Checkpoint, class_names: list[str], label_values: list[int],

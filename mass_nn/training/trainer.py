@@ -23,10 +23,12 @@ from mass_nn.io.artifact_layout import checkpoint_path
 from mass_nn.io.atomic import write_json_atomic
 from mass_nn.io.dataset_json import find_dataset_name
 from mass_nn.model.checkpoint import Checkpoint, CheckpointMeta, load_checkpoint, save_checkpoint
+from mass_nn.networks.network_base import Network
 from mass_nn.paths import MassPaths
 from mass_nn.planning.configuration_choice import default_configuration
 from mass_nn.planning.plans import ConfigurationPlan, Plans
 from mass_nn.planning.plans_compatibility import plans_differences, pool_channel_layouts
+from mass_nn.registry import NETWORKS
 from mass_nn.schema import to_dict
 from mass_nn.threads import ThreadGovernor
 from mass_nn.training.distributed import (DistributedContext, any_rank, init_distributed, mean_over_ranks,
@@ -70,10 +72,8 @@ class Trainer:
         self.trained_plans: list[Plans] = []  # every dataset's plans when a run pools several; else self.plans
         self.configuration_plan: ConfigurationPlan | None = None
         self.dataset_name = ""
-        self.network: nn.Module | None = None
+        self.network: Network | None = None  # a registered network: checkpoints record its name and config
         self.model: nn.Module | None = None  # the network, wrapped by DDP when distributed
-        self.network_class_name = ""
-        self.network_config: dict = {}
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler = None
         self.ema: ModelEMA | None = None
@@ -98,8 +98,8 @@ class Trainer:
         raise NotImplementedError
 
     def setup(self) -> None:
-        """Subclass: fill in its option defaults (e.g. batch size), build self.network and set
-        self.network_class_name / self.network_config."""
+        """Subclass: fill in its option defaults (e.g. batch size) and build self.network (a registered
+        Network)."""
         raise NotImplementedError
 
     def make_train_loader(self, start_batch: int):
@@ -282,10 +282,10 @@ class Trainer:
         return pool_channel_layouts(self.trained_plans or [self.plans])
 
     def _make_checkpoint(self) -> Checkpoint:
-        meta = CheckpointMeta(trainer=self.name, network_class=self.network_class_name,
-                              network_config=self.network_config, plans=self.plans.to_dict(),
+        meta = CheckpointMeta(trainer=self.name, network_class=NETWORKS.name_of(type(self.network)),
+                              network_config=self.network.config.to_dict(), plans=self.plans.to_dict(),
                               configuration=self.options.configuration,
-                              encoder_key_prefix=getattr(self.network, "encoder_key_prefix", "encoder."),
+                              encoder_key_prefix=self.network.encoder_key_prefix,
                               epoch=self.epoch, global_step=self.global_step, run_config=self.options.to_dict(),
                               best_metric=self.best_metric,
                               trained_channel_layouts=self.trained_channel_layouts())

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from mass_nn.networks.in_context.config import InContextNetworkConfig
 from mass_nn.networks.in_context.encoder import ResUNetEncoder
-from mass_nn.schema import from_dict, to_dict
+from mass_nn.networks.network_base import Network, NetworkConfig
 
 PAPER_PROJECTOR_WIDTH = 2048  # nnssl SimCLR, for the ResEnc-L encoder
 PAPER_DEEPEST_CHANNELS = 512  # the MASS paper encoder's deepest stage, the width the paper projector goes with
@@ -32,7 +32,7 @@ def derived_projector_width(encoder: InContextNetworkConfig) -> int:
 
 
 @dataclass
-class ContrastiveEncoderConfig:
+class ContrastiveEncoderConfig(NetworkConfig):
     """The encoder's configuration (only channels, blocks, in_channels and norm_eps matter here; input_size_zyx
     is the plans' patch, which the downstream network is built for) and the projector: `projector_layers` linear
     layers of `projector_width` outputs each."""
@@ -41,14 +41,6 @@ class ContrastiveEncoderConfig:
     projector_width: int = PAPER_PROJECTOR_WIDTH
     projector_layers: int = 3
 
-    def to_dict(self) -> dict:
-        return to_dict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ContrastiveEncoderConfig":
-        config = from_dict(cls, d, error_cls=ValueError)
-        config.validate()
-        return config
 
     @classmethod
     def paper(cls) -> "ContrastiveEncoderConfig":
@@ -88,7 +80,7 @@ def projector(in_features: int, width: int, layers: int) -> nn.Sequential:
     return nn.Sequential(*modules)
 
 
-class ContrastiveEncoder(nn.Module):
+class ContrastiveEncoder(Network):
     """Crops [B, in_channels, D, H, W] (sides divisible by 16, at least 32) -> embeddings [B, projector_width]."""
 
     encoder_key_prefix = "encoder."

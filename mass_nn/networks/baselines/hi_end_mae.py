@@ -19,13 +19,13 @@ from torch import Tensor, nn
 from mass_nn.networks.baselines.vit import (TOKEN_INIT_STD, Mlp, SelfAttention, TransformerBlock, ViTConfig, ViTEncoder,
                                   default_hierarchy, init_transformer_weights, merge_heads,
                                   sincos_position_embedding, split_heads)
-from mass_nn.schema import from_dict, to_dict
+from mass_nn.networks.network_base import Network, NetworkConfig
 
 CPU_PATCH_SIZE = 8  # divides every 3d_cpu side (multiples of 16); 64³ -> 512 tokens, the paper's token count
 
 
 @dataclass
-class HiEndMAEConfig:
+class HiEndMAEConfig(NetworkConfig):
     """The ViT encoder, the hierarchical layers (0-based block outputs, deepest first), the decoder and the mask
     ratio; `downstream_feature_size` is the UNETR feature size its weights are finetuned in."""
 
@@ -38,14 +38,6 @@ class HiEndMAEConfig:
     mask_ratio: float = 0.75
     downstream_feature_size: int = 32
 
-    def to_dict(self) -> dict:
-        return to_dict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "HiEndMAEConfig":
-        config = from_dict(cls, d, error_cls=ValueError)
-        config.validate()
-        return config
 
     @classmethod
     def paper(cls, in_channels: int = 1, input_size_zyx: list[int] | None = None,
@@ -159,7 +151,7 @@ class HierarchicalDecoder(nn.Module):
         return self.head(self.norm(x))
 
 
-class HiEndMAE(nn.Module):
+class HiEndMAE(Network):
     """forward(volumes [B, C, Z, Y, X], noise [B, L]) -> (predictions [B, 1 + L, p³·C] in token order, token 0
     = cls; visible [B, L], 1 = visible, 0 = masked). The `num_visible` tokens with the smallest noise are visible,
     so the caller owns the randomness."""

@@ -19,13 +19,13 @@ import torch
 from torch import Tensor, nn
 
 from mass_nn.networks.attention import PreNormFeedForward, PreNormSelfAttention
-from mass_nn.schema import from_dict, to_dict
+from mass_nn.networks.network_base import NetworkConfig
 
 SINCOS_TEMPERATURE = 10000.0
 
 
 @dataclass
-class MiMBackboneConfig:
+class MiMBackboneConfig(NetworkConfig):
     """Shape of a `MiMBackbone`.
 
     stage_dims: channels of the n stages (the last one is the transformer width; it and every width that gets a
@@ -43,14 +43,6 @@ class MiMBackboneConfig:
     mlp_ratio: int = 4
     conv_kernel: int = 5
 
-    def to_dict(self) -> dict:
-        return to_dict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "MiMBackboneConfig":
-        config = from_dict(cls, d)
-        config.validate()
-        return config
 
     @classmethod
     def paper(cls, in_channels: int = 1) -> "MiMBackboneConfig":

@@ -16,11 +16,11 @@ from torch import Tensor
 from mass_nn.networks.baselines.mim_backbone import MiMBackbone, MiMBackboneConfig
 from mass_nn.networks.heads.attention_pool_head import AttentionPoolHead
 from mass_nn.networks.heads.pooled_classifier import PooledClassifier, check_head_settings
-from mass_nn.schema import from_dict, to_dict
+from mass_nn.networks.network_base import NetworkConfig
 
 
 @dataclass
-class MiMClassifierConfig:
+class MiMClassifierConfig(NetworkConfig):
     """The backbone (its input_size_zyx is the classifier's input window) and the head."""
 
     backbone: MiMBackboneConfig
@@ -28,14 +28,6 @@ class MiMClassifierConfig:
     attention_channels: int = 128
     dropout: float = 0.1
 
-    def to_dict(self) -> dict:
-        return to_dict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "MiMClassifierConfig":
-        config = from_dict(cls, d)
-        config.validate()
-        return config
 
     def validate(self) -> None:
         self.backbone.validate()

@@ -22,11 +22,11 @@ from torch import Tensor, nn
 
 from mass_nn.networks.baselines.mim_backbone import (MiMBackbone, MiMBackboneConfig, TransformerBlock, gather_tokens,
                                            sincos_position_embedding)
-from mass_nn.schema import from_dict, to_dict
+from mass_nn.networks.network_base import Network, NetworkConfig
 
 
 @dataclass
-class MiMNetworkConfig:
+class MiMNetworkConfig(NetworkConfig):
     """The backbone and the decoder (width divisible by 6 and by decoder_heads). The projectors map
     decoder_dim -> decoder_dim -> decoder_dim."""
 
@@ -35,14 +35,6 @@ class MiMNetworkConfig:
     decoder_depth: int
     decoder_heads: int
 
-    def to_dict(self) -> dict:
-        return to_dict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "MiMNetworkConfig":
-        config = from_dict(cls, d)
-        config.validate()
-        return config
 
     @classmethod
     def paper(cls, in_channels: int = 1) -> "MiMNetworkConfig":
@@ -105,7 +97,7 @@ def region_means(features: Tensor, region_of_token: Tensor, num_regions: int) ->
     return torch.einsum("mnc,nr->mrc", features, membership)
 
 
-class MiMNetwork(nn.Module):
+class MiMNetwork(Network):
     """forward(levels: list[LevelInput]) -> list[LevelOutput]; one call per training step serves every level, so
     a DistributedDataParallel wrapper sees a single forward."""
 

@@ -17,13 +17,13 @@ from torch import Tensor, nn
 from mass_nn.networks.baselines.mim_backbone import ChannelLayerNorm, MiMBackbone, MiMBackboneConfig
 from mass_nn.networks.conv_blocks import ResBlock3d
 from mass_nn.networks.in_context.decoder import UpBlock
-from mass_nn.schema import from_dict, to_dict
+from mass_nn.networks.network_base import Network, NetworkConfig
 
 DECODER_NORM_EPS = 1e-4
 
 
 @dataclass
-class MiMSegmenterConfig:
+class MiMSegmenterConfig(NetworkConfig):
     """The backbone and the classes (names and label values, same order). Decoder widths follow the stage
     widths; the full-resolution level has stage_dims[0] channels."""
 
@@ -31,14 +31,6 @@ class MiMSegmenterConfig:
     class_names: list[str]
     label_values: list[int]
 
-    def to_dict(self) -> dict:
-        return to_dict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "MiMSegmenterConfig":
-        config = from_dict(cls, d)
-        config.validate()
-        return config
 
     def validate(self) -> None:
         self.backbone.validate()
@@ -46,7 +38,7 @@ class MiMSegmenterConfig:
             raise ValueError(f"need one label value per class name, got {self.class_names} / {self.label_values}")
 
 
-class MiMSegmenter(nn.Module):
+class MiMSegmenter(Network):
     """forward(image [B, in_channels, D, H, W], sides divisible by 2**n) -> logits [B, num_classes, D, H, W]."""
 
     encoder_key_prefix = "backbone."

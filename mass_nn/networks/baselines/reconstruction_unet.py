@@ -12,23 +12,17 @@ from torch import Tensor, nn
 from mass_nn.networks.in_context.config import InContextNetworkConfig
 from mass_nn.networks.in_context.decoder import UpBlock
 from mass_nn.networks.in_context.encoder import ResUNetEncoder
-from mass_nn.schema import from_dict, to_dict
+from mass_nn.networks.network_base import Network, NetworkConfig
 
 
 @dataclass
-class ReconstructionUNetConfig:
+class ReconstructionUNetConfig(NetworkConfig):
     """The encoder's configuration (only channels, blocks, in_channels and norm_eps matter here) and the number
     of output channels (e.g. 1 for intensity reconstruction)."""
 
     encoder: InContextNetworkConfig
     out_channels: int = 1
 
-    def to_dict(self) -> dict:
-        return to_dict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ReconstructionUNetConfig":
-        return from_dict(cls, d, error_cls=ValueError)
 
     @classmethod
     def from_configuration(cls, configuration, in_channels: int, out_channels: int = 1) -> "ReconstructionUNetConfig":
@@ -36,7 +30,7 @@ class ReconstructionUNetConfig:
         return cls(InContextNetworkConfig.from_configuration(configuration, in_channels), out_channels)
 
 
-class ReconstructionUNet(nn.Module):
+class ReconstructionUNet(Network):
     """[B, in_channels, D, H, W] (sides divisible by 16, at least 32) -> [B, out_channels, D, H, W]."""
 
     encoder_key_prefix = "encoder."

@@ -23,14 +23,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mass_nn.networks.baselines.vit import ViTConfig, ViTEncoder, tokens_to_grid
-from mass_nn.schema import from_dict, to_dict
+from mass_nn.networks.network_base import Network, NetworkConfig
 
 LEAKY_SLOPE = 0.01
 MIN_FINAL_FACTOR = 1.5  # the last stage upsamples at least this much, so its input is not at full resolution
 
 
 @dataclass
-class UNETRConfig:
+class UNETRConfig(NetworkConfig):
     """The ViT, the classes (names and label values, same order), the skip layers (0-based block outputs,
     deepest first) and the decoder's base channel count."""
 
@@ -40,14 +40,6 @@ class UNETRConfig:
     skip_layers: list[int] = field(default_factory=lambda: [9, 6, 3])
     feature_size: int = 32
 
-    def to_dict(self) -> dict:
-        return to_dict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "UNETRConfig":
-        config = from_dict(cls, d, error_cls=ValueError)
-        config.validate()
-        return config
 
     def validate(self) -> None:
         """Raise ValueError naming every field that cannot build the network."""
@@ -130,7 +122,7 @@ class UpStage(nn.Module):
         return self.block(torch.cat([self.up(x), skip], dim=1))
 
 
-class UNETRSegmenter(nn.Module):
+class UNETRSegmenter(Network):
     """Windows [B, C, Z, Y, X] (sides multiples of the patch) -> logits [B, num_classes, Z, Y, X]."""
 
     encoder_key_prefix = "vit."

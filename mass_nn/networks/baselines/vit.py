@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mass_nn.errors import MassError
-from mass_nn.schema import from_dict, to_dict
+from mass_nn.networks.network_base import NetworkConfig
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ TOKEN_INIT_STD = 0.02
 
 
 @dataclass
-class ViTConfig:
+class ViTConfig(NetworkConfig):
     """Shape of a `ViTEncoder`. `input_size_zyx` fixes the grid of `pos_embed`; `learned_pos_embed` makes it a
     parameter (UNETR finetunes it, initialised from the pretraining sin-cos) instead of a fixed buffer."""
 
@@ -41,14 +41,6 @@ class ViTConfig:
     learned_pos_embed: bool = False
     norm_eps: float = 1e-6
 
-    def to_dict(self) -> dict:
-        return to_dict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ViTConfig":
-        config = from_dict(cls, d, error_cls=ValueError)
-        config.validate()
-        return config
 
     def grid(self) -> tuple[int, int, int]:
         return tuple(side // self.patch_size for side in self.input_size_zyx)

@@ -16,11 +16,11 @@ from torch import Tensor
 from mass_nn.networks.baselines.vit import ViTConfig, ViTEncoder, tokens_to_grid
 from mass_nn.networks.heads.attention_pool_head import AttentionPoolHead
 from mass_nn.networks.heads.pooled_classifier import PooledClassifier, check_head_settings
-from mass_nn.schema import from_dict, to_dict
+from mass_nn.networks.network_base import NetworkConfig
 
 
 @dataclass
-class ViTClassifierConfig:
+class ViTClassifierConfig(NetworkConfig):
     """The ViT (as pretrained), the window the classifier sees, and the head."""
 
     vit: ViTConfig
@@ -29,14 +29,6 @@ class ViTClassifierConfig:
     attention_channels: int = 128
     dropout: float = 0.1
 
-    def to_dict(self) -> dict:
-        return to_dict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ViTClassifierConfig":
-        config = from_dict(cls, d, error_cls=ValueError)
-        config.validate()
-        return config
 
     def validate(self) -> None:
         """Raise ValueError naming the first field that cannot build a network."""

@@ -16,11 +16,11 @@ from mass_nn.networks.heads.attention_pool_head import AttentionPoolHead
 from mass_nn.networks.heads.pooled_classifier import PooledClassifier, check_head_settings
 from mass_nn.networks.in_context.config import InContextNetworkConfig
 from mass_nn.networks.in_context.encoder import ResUNetEncoder
-from mass_nn.schema import from_dict, to_dict
+from mass_nn.networks.network_base import NetworkConfig
 
 
 @dataclass
-class EncoderClassifierConfig:
+class EncoderClassifierConfig(NetworkConfig):
     """Shape of an `EncoderClassifier`: the encoder part of an in-context network config (its input_size_zyx is the
     classifier's input size) and the head."""
 
@@ -29,16 +29,6 @@ class EncoderClassifierConfig:
     attention_channels: int = 128
     dropout: float = 0.1
 
-    def to_dict(self) -> dict:
-        """A JSON-ready dict that `from_dict` turns back into an equal config."""
-        return to_dict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "EncoderClassifierConfig":
-        """Build and validate a config; unknown, missing or ill-typed fields raise PlansValidationError."""
-        config = from_dict(cls, d)
-        config.validate()
-        return config
 
     def validate(self) -> None:
         """Raise ValueError naming the first field that cannot build a network."""

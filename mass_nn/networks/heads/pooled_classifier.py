@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from torch import Tensor, nn
+from mass_nn.networks.network_base import Network
 
 
 def check_head_settings(config_name: str, num_classes: int, attention_channels: int, dropout: float) -> None:
@@ -18,7 +19,7 @@ def check_head_settings(config_name: str, num_classes: int, attention_channels: 
                          f"(got {attention_channels}) and dropout in [0, 1) (got {dropout})")
 
 
-class PooledClassifier(nn.Module):
+class PooledClassifier(Network):
     """Logits [B, num_classes] of images through `deepest_features` and the head."""
 
     encoder_attribute: ClassVar[str] = "encoder"

@@ -5,7 +5,7 @@ import math
 from dataclasses import dataclass
 
 from mass_nn.networks.in_context.resenc_architecture import ResEncArchitecture
-from mass_nn.schema import from_dict, to_dict
+from mass_nn.networks.network_base import NetworkConfig
 
 FOREGROUND_POOLS = ("upsample", "adjoint")
 # The ResUNet encoder halves the resolution four times and InstanceNorm needs at least two voxels per axis at 1/16.
@@ -15,7 +15,7 @@ MAX_PRIOR_STAGES = 4  # stage i uses pixel-shuffle factor 16 / 2**i; a fifth sta
 
 
 @dataclass
-class InContextNetworkConfig:
+class InContextNetworkConfig(NetworkConfig):
     """Shape of an `InContextSegmenter`.
 
     channels: feature channels of the 5 encoder levels, shallow to deep. num_blocks: residual blocks in each of the
@@ -44,16 +44,6 @@ class InContextNetworkConfig:
     foreground_pool: str = "adjoint"
     resenc: ResEncArchitecture | None = None
 
-    def to_dict(self) -> dict:
-        """A JSON-ready dict that `from_dict` turns back into an equal config."""
-        return to_dict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "InContextNetworkConfig":
-        """Build and validate a config; unknown, missing or ill-typed fields raise PlansValidationError."""
-        config = from_dict(cls, d)
-        config.validate()
-        return config
 
     @classmethod
     def paper(cls) -> "InContextNetworkConfig":

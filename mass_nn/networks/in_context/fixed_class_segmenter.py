@@ -11,26 +11,24 @@ from torch import Tensor, nn
 from mass_nn.networks.in_context.config import InContextNetworkConfig
 from mass_nn.networks.in_context.in_context_model import InContextSegmenter
 from mass_nn.networks.in_context.task_ops import TaskEmbedding
-from mass_nn.schema import from_dict, to_dict
+from mass_nn.networks.network_base import Network, NetworkConfig
 
 
 @dataclass
-class FixedClassConfig:
+class FixedClassConfig(NetworkConfig):
     """The in-context network's configuration plus the classes (names and label values, same order)."""
 
     network: InContextNetworkConfig
     class_names: list[str]
     label_values: list[int]
 
-    def to_dict(self) -> dict:
-        return to_dict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "FixedClassConfig":
-        return from_dict(cls, d, error_cls=ValueError)
+    def validate(self) -> None:
+        self.network.validate()
+        if len(self.class_names) != len(self.label_values) or not self.class_names:
+            raise ValueError(f"need one label value per class name, got {self.class_names} / {self.label_values}")
 
 
-class FixedClassSegmenter(nn.Module):
+class FixedClassSegmenter(Network):
     """Logits [B, num_classes, D, H, W] of a query image under the learnable class embeddings.
 
     `class_embeddings[i]` is stage i's [1, num_classes, num_queries + 1, C_i] parameter; initialise it from
@@ -43,9 +41,7 @@ class FixedClassSegmenter(nn.Module):
 
     def __init__(self, config: FixedClassConfig):
         super().__init__()
-        if len(config.class_names) != len(config.label_values) or not config.class_names:
-            raise ValueError(f"need one label value per class name, got {config.class_names} / "
-                             f"{config.label_values}")
+        config.validate()
         self.config = config
         self.segmenter = InContextSegmenter(config.network)
         tokens = config.network.num_queries + 1

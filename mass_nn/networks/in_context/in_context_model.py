@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from mass_nn.networks.in_context.config import InContextNetworkConfig
 from mass_nn.networks.in_context.decoder import MaskDecoder
@@ -12,9 +12,10 @@ from mass_nn.networks.in_context.encoder import ResUNetEncoder, check_spatial_si
 from mass_nn.networks.in_context.mask_head import DynamicMaskHead
 from mass_nn.networks.in_context.resenc_encoder import ResEncEncoder
 from mass_nn.networks.in_context.task_encoder import TaskEmbedding, TaskEncoder
+from mass_nn.networks.network_base import Network
 
 
-class InContextSegmenter(nn.Module):
+class InContextSegmenter(Network):
     """Encoder (our ResUNet, or nnU-Net's ResEnc when config.resenc is set) + task encoder + task-conditioned
     decoder + dynamic mask head.
 

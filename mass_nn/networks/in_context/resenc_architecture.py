@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mass_nn.errors import MassError
-from mass_nn.schema import from_dict, to_dict
+from mass_nn.networks.network_base import NetworkConfig
 
 RESENC_CLASS = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
 # arch_kwargs that must name exactly these classes (as nnU-Net writes them) for the weights to mean the same
@@ -26,7 +26,7 @@ REQUIRED_OPERATORS = {"conv_op": ("torch.nn.modules.conv.Conv3d", "torch.nn.Conv
 
 
 @dataclass
-class ResEncArchitecture:
+class ResEncArchitecture(NetworkConfig):
     """The weight-relevant arch_kwargs of nnU-Net's ResidualEncoderUNet (one entry per stage, shallow to deep;
     strides and kernel sizes in nnU-Net's axis order, which is the numpy (z, y, x) order of its arrays)."""
 
@@ -51,16 +51,10 @@ class ResEncArchitecture:
             out.append(list(total))
         return out
 
-    def to_dict(self) -> dict:
-        return to_dict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ResEncArchitecture":
-        architecture = from_dict(cls, d, "resenc")
-        problems = architecture.problems()
+    def validate(self) -> None:
+        problems = self.problems()
         if problems:
             raise ValueError("invalid ResEncArchitecture: " + "; ".join(problems))
-        return architecture
 
     def problems(self) -> list[str]:
         """What keeps this from building an encoder (empty when it can)."""

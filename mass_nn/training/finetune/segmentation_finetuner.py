@@ -99,10 +99,9 @@ class SegmentationFinetuner(Trainer):
             if self.freeze_backbone and not is_in_context_checkpoint(checkpoint):
                 raise MassError(f"{o.pretrained}: {self.name} freezes a pretrained in-context network, and a "
                                 f"{checkpoint.meta.network_class} has none; use SegmentationFinetuner")
-        self.network, self.network_class_name, self.weight_transfer = build_downstream_network(
+        self.network, self.weight_transfer = build_downstream_network(
             checkpoint, str(o.pretrained), self.configuration_plan, len(self.plans.channels), list(self.classes),
             list(self.classes.values()))
-        self.network_config = self.network.config.to_dict()
         if isinstance(self.network, FixedClassSegmenter):
             self._initialise_class_embeddings()
         if self.freeze_backbone:

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from mass_nn.errors import MassError
 from mass_nn.networks.baselines.hi_end_mae import CPU_PATCH_SIZE, HiEndMAE, HiEndMAEConfig
 from mass_nn.networks.baselines.vit import patchify
+from mass_nn.networks.network_base import Network
 from mass_nn.training.pretrain.image_pretrainer import ImagePretrainer
 from mass_nn.training.trainer_settings import check_range
 
@@ -135,14 +136,14 @@ class HiEndMAEPretrainer(ImagePretrainer):
     betas: ClassVar[tuple[float, float]] = (0.9, 0.95)
     settings_class: ClassVar[type] = HiEndMAESettings
 
-    def build_network(self) -> tuple[nn.Module, str, dict]:
+    def build_network(self) -> Network:
         config = network_config(self.configuration_plan, len(self.plans.channels), self.settings)
         logger.info("Hi-End-MAE: ViT dim %d, depth %d, %d heads, patch %d on %s (%d tokens, %d visible), "
                     "hierarchical layers %s, decoder %d", config.encoder.dim, config.encoder.depth,
                     config.encoder.heads, config.encoder.patch_size, config.encoder.input_size_zyx,
                     int(np.prod(config.encoder.grid())), config.num_visible(int(np.prod(config.encoder.grid()))),
                     config.hier_layers, config.decoder_dim)
-        return HiEndMAE(config), "HiEndMAE", config.to_dict()
+        return HiEndMAE(config)
 
     def build_optimizer(self) -> torch.optim.Optimizer:
         groups = decay_groups(self.network, self.settings.weight_decay)

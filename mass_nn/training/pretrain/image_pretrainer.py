@@ -14,6 +14,7 @@ from torch import nn
 from mass_nn.datasets.preprocessed_sources import resolve_sources
 from mass_nn.errors import MassError
 from mass_nn.io.artifact_layout import CaseOutput
+from mass_nn.networks.network_base import Network
 from mass_nn.parallel import default_num_processes
 from mass_nn.training.data.augmentation import ViewAugmentation
 from mass_nn.training.data.image_crop_loader import ImageCase, make_image_crop_loader
@@ -25,8 +26,8 @@ VALIDATION_SEED_OFFSET = 1_000_003  # fixed held-out batches, drawn apart from t
 
 
 class ImagePretrainer(Trainer):
-    """Subclass: set `settings_class` (the -s settings), implement `build_network()` (returns the network,
-    its registered class name and its configuration dict) and `loss_of(network, batch)`."""
+    """Subclass: set `settings_class` (the -s settings), implement `build_network()` (returns a registered
+    network) and `loss_of(network, batch)`."""
 
     mode: ClassVar[str] = "PRETRAIN"
 
@@ -35,7 +36,7 @@ class ImagePretrainer(Trainer):
         """Spatial and appearance augmentation of the crops (default: the weak view's of MASS)."""
         return ViewAugmentation.weak()
 
-    def build_network(self) -> tuple[nn.Module, str, dict]:
+    def build_network(self) -> Network:
         raise NotImplementedError
 
     def loss_of(self, network: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
@@ -57,7 +58,7 @@ class ImagePretrainer(Trainer):
         o.batch_size = o.batch_size or self.configuration_plan.batch_size
         if o.num_workers is None:
             o.num_workers = max(1, min(4, default_num_processes() - 1))
-        self.network, self.network_class_name, self.network_config = self.build_network()
+        self.network = self.build_network()
         self._validation_batches: list[dict] | None = None
 
     @property

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from mass_nn.networks.baselines.block_masking import hidden_block_count, mask_at, mask_generator, mask_grid, \
     random_block_mask
 from mass_nn.networks.baselines.reconstruction_unet import ReconstructionUNet, ReconstructionUNetConfig
+from mass_nn.networks.network_base import Network
 from mass_nn.training.data.augmentation import ViewAugmentation
 from mass_nn.training.pretrain.image_pretrainer import ImagePretrainer
 
@@ -67,9 +68,9 @@ class MAEPretrainer(ImagePretrainer):
         channels = len(self.plans.channels)
         return ReconstructionUNetConfig.from_configuration(self.configuration_plan, channels, out_channels=channels)
 
-    def build_network(self) -> tuple[nn.Module, str, dict]:
+    def build_network(self) -> Network:
         config = self.reconstruction_config()
-        return ReconstructionUNet(config), "ReconstructionUNet", config.to_dict()
+        return ReconstructionUNet(config)
 
     def setup(self) -> None:
         super().setup()

@@ -99,7 +99,6 @@ class MASSPretrainer(Trainer):
             o.num_workers = default_mass_loader_workers(self.device.type)
         config = self._network_config()
         self.network = InContextSegmenter(config)
-        self.network_class_name, self.network_config = "InContextSegmenter", config.to_dict()
         self.loss = SegmentationLoss(dice=o.dice)
         self.sampler_settings = TwoViewSettings(patch_size_zyx=list(self.configuration_plan.patch_size_zyx),
                                                 num_tasks=s.num_tasks, everything_task=s.everything_task,

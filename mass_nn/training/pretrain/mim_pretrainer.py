@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from mass_nn.errors import MassError
 from mass_nn.networks.baselines.mim_network import LevelOutput, MiMNetwork, MiMNetworkConfig, patchify
+from mass_nn.networks.network_base import Network
 from mass_nn.training.data.augmentation import ViewAugmentation
 from mass_nn.training.pretrain.image_pretrainer import ImagePretrainer
 from mass_nn.training.pretrain.mim_levels import MaskedLevel, MiMLevelSettings, build_levels
@@ -112,7 +113,7 @@ class MiMPretrainer(ImagePretrainer):
         """None: MiM pretrains on plain crops (no flips, no intensity changes)."""
         return ViewAugmentation.none()
 
-    def build_network(self) -> tuple[nn.Module, str, dict]:
+    def build_network(self) -> Network:
         s = self.settings
         if s.preset == "auto":
             s.preset = "paper" if self.options.configuration == "3d_paper" else "cpu"
@@ -128,7 +129,7 @@ class MiMPretrainer(ImagePretrainer):
                             f"-s preset=paper") from error
         self.level_settings = MiMLevelSettings(s.region_grid, (s.k2, s.k3), s.mask_ratio)
         self.level_settings.check(config.backbone.token_grid())
-        return MiMNetwork(config), "MiMNetwork", config.to_dict()
+        return MiMNetwork(config)
 
     @property
     def input_size_zyx(self) -> tuple[int, int, int]:

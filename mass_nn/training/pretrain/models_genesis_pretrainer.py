@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from mass_nn.errors import MassError
 from mass_nn.networks.baselines.reconstruction_unet import ReconstructionUNet, ReconstructionUNetConfig
+from mass_nn.networks.network_base import Network
 from mass_nn.training.data.augmentation import ViewAugmentation, build_single_view_transform
 from mass_nn.training.data.image_crop_loader import ImageCropLoader
 from mass_nn.training.data.indexed_loader import AugmentedBatches, augmented_batches
@@ -89,10 +90,10 @@ class ModelsGenesisPretrainer(ImagePretrainer):
         return ViewAugmentation(affine_probability=0.2, scale_range=(0.7, 1.4), rotation_degrees=30.0,
                                 appearance_probability=0.0)
 
-    def build_network(self) -> tuple[nn.Module, str, dict]:
+    def build_network(self) -> Network:
         channels = len(self.plans.channels)
         config = ReconstructionUNetConfig.from_configuration(self.configuration_plan, channels, out_channels=channels)
-        return ReconstructionUNet(config), "ReconstructionUNet", config.to_dict()
+        return ReconstructionUNet(config)
 
     def setup(self) -> None:
         super().setup()

@@ -11,15 +11,16 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from mass_nn.networks.baselines.s3d_network import S3DNetwork
+from mass_nn.networks.network_base import Network
 from mass_nn.training.pretrain.mae_pretrainer import MAEPretrainer
 
 
 class S3DPretrainer(MAEPretrainer):
     """-s settings: block_size, mask_ratio (as MAEPretrainer)."""
 
-    def build_network(self) -> tuple[nn.Module, str, dict]:
+    def build_network(self) -> Network:
         config = self.reconstruction_config()
-        return S3DNetwork(config), "S3DNetwork", config.to_dict()
+        return S3DNetwork(config)
 
     def reconstruct(self, network: nn.Module, image: Tensor, grid_mask: Tensor) -> Tensor:
         """The prediction of the whole crop by the sparse network, which masks the input itself."""

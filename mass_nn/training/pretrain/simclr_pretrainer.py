@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from mass_nn.errors import MassError
 from mass_nn.networks.baselines.contrastive_encoder import ContrastiveEncoder, ContrastiveEncoderConfig
+from mass_nn.networks.network_base import Network
 from mass_nn.training.data.contrastive_crops import (ContrastiveCropSettings, derived_crop_size,
                                                      derived_region_size, make_contrastive_loader)
 from mass_nn.training.pretrain.image_pretrainer import VALIDATION_SEED_OFFSET, ImagePretrainer
@@ -57,11 +58,11 @@ class SimCLRPretrainer(ImagePretrainer):
     weight_decay: ClassVar[float] = 3e-5
     settings_class: ClassVar[type] = SimCLRSettings
 
-    def build_network(self) -> tuple[nn.Module, str, dict]:
+    def build_network(self) -> Network:
         config = ContrastiveEncoderConfig.from_configuration(
             self.configuration_plan, len(self.plans.channels), projector_width=self.settings.projector_width,
             projector_layers=self.settings.projector_layers)
-        return ContrastiveEncoder(config), "ContrastiveEncoder", config.to_dict()
+        return ContrastiveEncoder(config)
 
     def setup(self) -> None:
         super().setup()

@@ -138,19 +138,17 @@ class ClassificationProbe(Trainer):
         forward(inputs, from_features) and freeze_encoder."""
         o = self.options
         num_classes = len(self.labels.class_names)
-        special = getattr(NETWORKS.get(checkpoint.meta.network_class), "classification_network", None) \
+        special = NETWORKS.get(checkpoint.meta.network_class).classification_network \
             if checkpoint is not None else None
         if special is not None:
             self.network, report = CLASSIFIERS_FROM_PRETRAINED[special](
                 checkpoint, num_classes, list(self.settings.input_size), float(self.settings.dropout), o.pretrained)
-            self.network_class_name, self.network_config = special, self.network.config.to_dict()
             return report
         config = EncoderClassifierConfig(
             encoder=encoder_config(checkpoint, o.pretrained, self.configuration_plan, len(self.plans.channels),
                                    self.settings.input_size),
             num_classes=num_classes, dropout=float(self.settings.dropout))
         self.network = EncoderClassifier(config)
-        self.network_class_name, self.network_config = "EncoderClassifier", config.to_dict()
         return load_pretrained_encoder(self.network, checkpoint, o.pretrained) if checkpoint is not None else None
 
     def build_optimizer(self) -> torch.optim.Optimizer:
