@@ -37,3 +37,17 @@ def test_a_run_records_the_global_batch_and_the_scaled_lr(pretraining_roots, cap
     assert given["lr"] == pytest.approx(1e-3) and given["lr_scaling"] == "none"
     linear = _run(pretraining_roots, tag="linear", lr_scaling="linear")
     assert linear["lr"] == pytest.approx(2e-3 / 32)
+
+
+def test_the_request_is_not_changed_by_the_run(pretraining_roots):
+    """The trainer resolves its own copy (configuration, lr, settings, masks): the caller's options stay as asked,
+    so one request object can start several runs."""
+    request = TrainingOptions(mode="PRETRAIN", datasets=["990"], epochs=1, iters_per_epoch=1, batch_size=1,
+                              num_workers=0, device="cpu", val_batches=1, extra={"num_tasks": 2}, tag="request")
+    asked = request.to_dict()
+    summary = run_training(request, pretraining_roots)
+    assert request.to_dict() == asked
+    resolved = json.loads((pretraining_roots.results / summary["output_folder"] / "run_config.json").read_text())
+    assert resolved["configuration"] == "3d_cpu" and resolved["lr"] is not None and resolved["masks"] is not None
+    assert resolved["extra"]["num_tasks"] == 2 and "everything_task" in resolved["extra"]
+    assert asked["configuration"] is None and asked["lr"] is None and asked["extra"] == {"num_tasks": 2}

@@ -7,6 +7,7 @@ checkpoint holds model, optimiser, scheduler, EMA, RNG state and the running sum
 """
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -64,7 +65,10 @@ class Trainer:
     settings_class: ClassVar[type] = NoSettings  # the -s settings (trainer_settings.py)
 
     def __init__(self, options: TrainingOptions, paths: MassPaths):
-        self.options = options
+        # the request stays as given; self.options is this run's config, resolved once in run() (configuration,
+        # stored options of a continued run, settings, plan-derived defaults) and then written to run_config.json
+        self.requested = copy.deepcopy(options)
+        self.options = copy.deepcopy(options)
         self.paths = paths
         self.settings = self.settings_class()  # parsed from options.extra when the run starts
         self.context = DistributedContext()
@@ -152,7 +156,9 @@ class Trainer:
             self.options.configuration = default_configuration(self.device.type)
         self.output_folder = self._resolve_output_folder()
         if self.options.continue_training and (self.output_folder / "run_config.json").is_file():
-            self.options = merge_for_continue(load_run_config(self.output_folder), self.options)
+            requested = copy.deepcopy(self.requested)
+            requested.configuration = self.options.configuration
+            self.options = merge_for_continue(load_run_config(self.output_folder), requested)
         self.settings = parse_settings(self.settings_class, self.options.extra, self.name)
         self.resolve_data()
         self.fill_defaults()
