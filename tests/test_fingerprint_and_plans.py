@@ -12,6 +12,7 @@ from mass_nn.planning.fingerprint_records import PERCENTILES, DatasetFingerprint
 from mass_nn.planning.planner import plan_experiment
 from mass_nn.planning.planner_settings import PlannerSettings, available_presets, load_preset
 from mass_nn.planning.plans import Plans, load_plans, save_plans
+from mass_nn.training.pretrain.hi_end_mae_pretrainer import HiEndMAESettings, network_config
 from tests.conftest import make_raw_dataset, write_case
 from mass_nn.io.dataset_json import DatasetJson, save_dataset_json
 
@@ -143,3 +144,20 @@ def test_mr_channel_plan(tmp_path):
     assert [c.modality for c in plans.channels] == ["MR", "PET"]
     assert all(c.normalization == "zscore_per_image" and c.mean is None for c in plans.channels)
     assert all(w.kind == "quantile" for c in plans.channels for w in c.windows)
+
+
+def test_baselines_are_sized_by_the_plans_field_not_the_configuration_name(plans):
+    assert plans.configurations["3d_paper"].baseline_size == "paper"
+    assert plans.configurations["3d_cpu"].baseline_size == "cpu"
+    plans = plans.to_dict()
+    legacy = json.loads(json.dumps(plans))
+    for config in legacy["configurations"].values():
+        del config["baseline_size"]
+    upgraded = Plans.from_dict(legacy)
+    assert {k: c.baseline_size for k, c in upgraded.configurations.items()} == \
+        {k: ("paper" if k == "3d_paper" else "cpu") for k in plans["configurations"]}
+    cpu = Plans.from_dict(plans).configuration("3d_cpu")
+    cpu.patch_size_zyx = [48, 48, 48]
+    assert network_config(cpu, 1, HiEndMAESettings()).encoder.dim == 96
+    cpu.baseline_size = "paper"  # a 3d_cpu configuration planned with the paper's baselines
+    assert network_config(cpu, 1, HiEndMAESettings()).encoder.dim == 1536

@@ -63,7 +63,7 @@ def plan_paper_configuration(fingerprint, settings: PlannerSettings, axis: int, 
         network=NetworkPlan(architecture="ResUNet", channels=list(settings.paper_channels),
                             num_blocks=list(settings.paper_num_blocks)),
         median_shape_after_resampling_zyx=median_shape_at_spacing(fingerprint, spacing),
-        seed_slice_interval=_interval_on_grid(axis, spacing, settings),
+        seed_slice_interval=_interval_on_grid(axis, spacing, settings), baseline_size="paper",
         derivation="paper: isotropic paper spacing, fixed patch, ResUNet channels and batch size of the paper")
 
 
@@ -82,7 +82,7 @@ def plan_cpu_configuration(fingerprint, settings: PlannerSettings, axis: int, pl
         network=NetworkPlan(architecture="ResUNet", channels=list(settings.cpu_channels),
                             num_blocks=list(settings.cpu_num_blocks)),
         median_shape_after_resampling_zyx=median_shape,
-        seed_slice_interval=_interval_on_grid(axis, spacing, settings),
+        seed_slice_interval=_interval_on_grid(axis, spacing, settings), baseline_size="cpu",
         derivation=(f"cpu: spacing = paper spacing x {factor:g}; patch edge = paper edge / {factor:g} = {full_edge} "
                     f"(same field of view), shrunk per axis to the median shape rounded up to a multiple of "
                     f"{POOLING_DIVISOR}, at least {settings.cpu_min_patch_edge}"

@@ -69,6 +69,9 @@ class ConfigurationPlan:
     label_interpolation: Literal["nearest"] = "nearest"
     seed_slice_interval: int = 1  # on this configuration's grid, along MaskGenerationPlan.axis
     derivation: str = ""  # how the numbers were derived, for people reading the JSON
+    # the size of the baselines' own networks (ViT, MiM, MAE blocks) trained on this configuration: the paper's
+    # or the CPU-sized ones; set by the planner, read by every baseline (never the configuration's name)
+    baseline_size: Literal["paper", "cpu"] = "cpu"
 
 
 @dataclass
@@ -108,7 +111,7 @@ class Plans:
             raise PlansValidationError(f"{source}: format_version is {d.get('format_version') if isinstance(d, dict) else None!r}, "
                                        f"this mass_nn reads version {PLANS_FORMAT_VERSION}; re-run "
                                        f"mass_plan_and_preprocess to regenerate the plans")
-        plans = from_dict(cls, d, source)
+        plans = from_dict(cls, _with_baseline_sizes(d), source)
         for key, config in plans.configurations.items():
             if key != config.name:
                 raise PlansValidationError(f"{source}.configurations.{key}: name field is {config.name!r}; they must match")
@@ -128,6 +131,18 @@ class Plans:
                     "seed_slice_distance_mm": self.mask_generation.seed_slice_distance_mm,
                     "isotropy_ratio": self.mask_generation.isotropy_ratio}
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _with_baseline_sizes(d: dict) -> dict:
+    """Plans written before `baseline_size` existed: their paper configuration sized the baselines like the
+    paper, every other configuration like the CPU networks (what the trainers then read off the name)."""
+    configurations = d.get("configurations")
+    if not isinstance(configurations, dict):
+        return d
+    upgraded = {key: ({**c, "baseline_size": "paper" if c.get("name") == "3d_paper" else "cpu"}
+                      if isinstance(c, dict) and "baseline_size" not in c else c)
+                for key, c in configurations.items()}
+    return {**d, "configurations": upgraded}
 
 
 def save_plans(plans: Plans, path: Path) -> None:

@@ -8,7 +8,7 @@ mean 0, biased variance 1, eps 1e-6). Padding voxels (`valid` = 0) count neither
 the loss. AdamW lr 1e-4, betas (0.9, 0.95), weight decay 0.05 (not on biases, norms and tokens).
 
 Network size (-s network=): "paper" = the released ViT-L (dim 1536, 12 blocks, decoder 528), "cpu" = dim 96,
-4 blocks, decoder 48; "auto" picks paper on the 3d_paper configuration and cpu otherwise. The input size is the
+4 blocks, decoder 48; "auto" follows the plans' `baseline_size` (paper for 3d_paper, cpu for 3d_cpu). The input size is the
 plans' patch size; the patch edge is -s patch_size or, when 0, 12 or 16 for the paper network (whichever divides
 every side, 12 first as released) and 8 for the CPU network.
 """
@@ -81,7 +81,7 @@ def paper_patch_size(input_size: list[int]) -> int | None:
 
 @dataclass
 class HiEndMAESettings:
-    """-s settings of HiEndMAEPretrainer. network: auto (paper at 3d_paper, else cpu), paper or cpu; patch_size:
+    """-s settings of HiEndMAEPretrainer. network: auto (the plans' baseline_size), paper or cpu; patch_size:
     the ViT patch edge (0: the released one that divides the plans' patch, or the CPU one); norm_pix: reconstruct
     per-patch normalised voxels."""
 
@@ -101,7 +101,7 @@ def network_config(configuration_plan, in_channels: int, settings: HiEndMAESetti
     """The Hi-End-MAE of a plans configuration under the -s settings (network, patch_size, mask_ratio)."""
     size, input_size = settings.network, list(configuration_plan.patch_size_zyx)
     if size == "auto":
-        size = "paper" if configuration_plan.name == "3d_paper" else "cpu"
+        size = configuration_plan.baseline_size
     patch = settings.patch_size or (paper_patch_size(input_size) if size == "paper" else CPU_PATCH_SIZE)
     if patch is None or patch < 1 or any(s % patch for s in input_size):
         raise MassError(f"the plans' patch size {input_size} ({configuration_plan.name}) does not split into "

@@ -29,7 +29,7 @@ CPU_BLOCK_SIZE = 8  # 3d_cpu has twice the spacing: 8 voxels are the same 24 mm 
 class MAESettings:
     """-s settings of MAEPretrainer and S3DPretrainer."""
 
-    block_size: int = 0  # voxels per block edge; 0: PAPER_BLOCK_SIZE at 3d_paper, CPU_BLOCK_SIZE otherwise
+    block_size: int = 0  # voxels per block edge; 0: by the plans' baseline_size (paper 16, cpu 8)
     mask_ratio: float = 0.75  # share of the blocks hidden in each sample
 
 
@@ -75,7 +75,7 @@ class MAEPretrainer(ImagePretrainer):
     def setup(self) -> None:
         super().setup()
         block = self.settings.block_size or (
-            PAPER_BLOCK_SIZE if self.options.configuration == "3d_paper" else CPU_BLOCK_SIZE)
+            PAPER_BLOCK_SIZE if self.configuration_plan.baseline_size == "paper" else CPU_BLOCK_SIZE)
         self.settings.block_size = block  # the run config records the block size really used
         self.mask_grid = mask_grid(self.patch_size_zyx, block)
         hidden_block_count(self.mask_grid, self.settings.mask_ratio)  # a bad ratio fails before training

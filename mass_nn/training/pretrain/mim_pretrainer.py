@@ -9,7 +9,7 @@ regions of its parent (parent side without gradient into the parent's features).
 
 Presets: "paper" (96^3 input, 4 stages 48/96/192/384, 2/2/2 + 11 blocks, decoder 576 x 8, K2 = K3 = 4, level-1
 crop 192^3) and "cpu" (the plans configuration's patch as input, 3 stages 12/24/48, 1/1 + 2 blocks, decoder
-24 x 1, K2 = K3 = 2, level-1 crop 2 x the patch); "auto" picks paper for 3d_paper, else cpu. AdamW (betas 0.9,
+24 x 1, K2 = K3 = 2, level-1 crop 2 x the patch); "auto" follows the plans' `baseline_size`. AdamW (betas 0.9,
 0.95; weight decay 0.05, none on biases, norms and the mask token), lr 1e-4.
 """
 from __future__ import annotations
@@ -84,7 +84,7 @@ def mim_loss(levels: list[MaskedLevel], outputs: list[LevelOutput], patch: int, 
 
 @dataclass
 class MiMSettings:
-    """-s settings of MiMPretrainer. preset: auto (paper at 3d_paper, else cpu), paper or cpu; k2, k3: children
+    """-s settings of MiMPretrainer. preset: auto (the plans' baseline_size), paper or cpu; k2, k3: children
     per parent at levels 2 and 3 (0: the preset's); region_grid: the level-1 crop in network inputs per axis."""
 
     preset: str = "auto"
@@ -116,7 +116,7 @@ class MiMPretrainer(ImagePretrainer):
     def build_network(self) -> Network:
         s = self.settings
         if s.preset == "auto":
-            s.preset = "paper" if self.options.configuration == "3d_paper" else "cpu"
+            s.preset = self.configuration_plan.baseline_size
         s.k2, s.k3 = s.k2 or CHILDREN_PER_PRESET[s.preset], s.k3 or CHILDREN_PER_PRESET[s.preset]
         in_channels = len(self.plans.channels)
         try:
