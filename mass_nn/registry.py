@@ -1,4 +1,5 @@
-"""Name -> class lookups for things picked by name: mask generators, trainers, networks (and back).
+"""Name -> class lookups for things picked by name: mask generators, trainers, networks, configuration
+planners (and back from a class to its name).
 
 Entries are "module:Class" strings imported on first use: choosing one generator never imports the others
 (sam2 loads only when asked for), and nothing is found by scanning packages.
@@ -34,6 +35,12 @@ class Registry:
                 return name
         raise MassError(f"{cls.__qualname__} is not a registered {self.kind}; add it to mass_nn.registry")
 
+
+# a plans configuration by name: the function that plans it from the fingerprint and the planner settings
+CONFIGURATION_PLANNERS = Registry("configuration", {
+    "3d_paper": "mass_nn.planning.planner:plan_paper_configuration",
+    "3d_cpu": "mass_nn.planning.planner:plan_cpu_configuration",
+})
 
 MASK_GENERATORS = Registry("mask generator", {
     "supervoxel": "mass_nn.masks.generators.supervoxel:SupervoxelGenerator",

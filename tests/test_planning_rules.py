@@ -2,7 +2,9 @@
 import pytest
 
 from mass_nn.planning.fingerprint_records import ChannelIntensityStats, PERCENTILES, percentile_key
-from mass_nn.planning.mask_slicing import mask_generation_axis, seed_slice_interval
+from mass_nn.planning.mask_slicing import (SliceSchedule, mask_generation_axis, on_every_axis, plan_slicing,
+                                          seed_slice_interval)
+from mass_nn.planning.plans import MaskGenerationPlan
 from mass_nn.planning.modality import modality_of_channel
 from mass_nn.planning.windows import derive_windows
 
@@ -64,3 +66,17 @@ def test_quantile_windows_for_mr_and_pet(modality):
     windows = derive_windows(_stats(modality, 0.0, 100.0))
     assert [(w.kind, w.lower, w.upper) for w in windows] == [("quantile", 5.0, 95.0), ("quantile", 15.0, 85.0),
                                                             ("quantile", 1.0, 99.0)]
+
+
+def test_one_slicing_rule_for_plans_cases_and_native_slices():
+    """Axis from the original spacing, interval in slices of the grid SAM2 runs on: a 5 mm-thick axial series
+    is cut axially; 15 mm is 3 raw slices or 5 slices of a 3 mm grid; the other axes keep the same distance."""
+    original, grid = (5.0, 0.8, 0.8), (3.0, 3.0, 3.0)
+    assert plan_slicing(original, original, 15.0) == SliceSchedule(0, 3)
+    assert plan_slicing(original, grid, 15.0) == SliceSchedule(0, 5)
+    plan = MaskGenerationPlan(axis=0, axis_spacing_mm=5.0, seed_slice_distance_mm=15.0, seed_slice_interval_native=3,
+                              isotropy_ratio=1.3)
+    assert plan.slicing(original, grid) == plan_slicing(original, grid, 15.0, 1.3)
+    assert on_every_axis(SliceSchedule(0, 3), original) == [SliceSchedule(0, 3), SliceSchedule(1, 18),
+                                                            SliceSchedule(2, 18)]
+    assert plan_slicing((1.0, 1.1, 1.2), (1.0, 1.1, 1.2), 15.0).axis == 0  # isotropic: axis 0

@@ -25,7 +25,6 @@ from mass_nn.errors import MassError
 from mass_nn.io.image_io import read_image
 from mass_nn.masks.proposal import CaseInput, MaskProposal
 from mass_nn.masks.windowing import windowed_channels
-from mass_nn.planning.mask_slicing import seed_slice_interval
 from mass_nn.planning.plans import Plans
 from mass_nn.preprocessing.case_properties import CaseProperties
 
@@ -45,9 +44,9 @@ def load_native_case_input(props: CaseProperties, plans: Plans, channel: int) ->
                         f"when preprocessed; re-run mass_plan_and_preprocess --clean")
     cropped = raw[tuple(slice(a, b) for a, b in props.crop_box_zyx)]
     spacing = tuple(float(s) for s in props.original_spacing_zyx_mm)
-    interval = seed_slice_interval(spacing[props.mask_axis], plans.mask_generation.seed_slice_distance_mm)
+    slicing = plans.mask_generation.slicing(spacing, spacing)  # the preprocessor's axis, in raw slices
     return CaseInput(case_id=props.case_id, windowed=windowed_channels(cropped, plans.channels[channel]),
-                     spacing_zyx_mm=spacing, mask_axis=props.mask_axis, seed_slice_interval=interval)
+                     spacing_zyx_mm=spacing, mask_axis=slicing.axis, seed_slice_interval=slicing.interval)
 
 
 def _axis_weights(start: int, stop: int, in_size: int, out_size: int) -> tuple[int, np.ndarray]:

@@ -19,12 +19,13 @@ from mass_nn import __version__
 from mass_nn.errors import PlansValidationError
 from mass_nn.io.artifact_layout import data_identifier
 from mass_nn.planning.fingerprint_records import DatasetFingerprint
-from mass_nn.planning.mask_slicing import mask_generation_axis, seed_slice_interval
+from mass_nn.planning.mask_slicing import plan_slicing
 from mass_nn.planning.modality import CT
 from mass_nn.planning.planner_settings import PlannerSettings
 from mass_nn.planning.plans import (PLANS_FORMAT_VERSION, ChannelPlan, ConfigurationPlan, MaskGenerationPlan,
                                     NetworkPlan, Plans)
 from mass_nn.planning.windows import derive_windows
+from mass_nn.registry import CONFIGURATION_PLANNERS
 
 POOLING_DIVISOR = 16  # four 2x poolings in the ResUNet encoder
 
@@ -51,11 +52,13 @@ def plan_channels(fingerprint: DatasetFingerprint, settings: PlannerSettings) ->
     return channels
 
 
-def _interval_on_grid(axis: int, spacing_zyx_mm, settings: PlannerSettings) -> int:
-    return seed_slice_interval(spacing_zyx_mm[axis], settings.seed_slice_distance_mm)
+def _interval_on_grid(fingerprint, spacing_zyx_mm, settings: PlannerSettings) -> int:
+    """The seed interval on a configuration's grid, along the dataset's slicing axis."""
+    return plan_slicing(fingerprint.median_spacing_zyx_mm, spacing_zyx_mm, settings.seed_slice_distance_mm,
+                        settings.isotropy_ratio).interval
 
 
-def plan_paper_configuration(fingerprint, settings: PlannerSettings, axis: int, plans_name: str) -> ConfigurationPlan:
+def plan_paper_configuration(fingerprint, settings: PlannerSettings, plans_name: str) -> ConfigurationPlan:
     spacing = [settings.paper_target_spacing_mm] * 3
     return ConfigurationPlan(
         name="3d_paper", data_identifier=data_identifier(plans_name, "3d_paper"), target_spacing_zyx_mm=spacing,
@@ -63,11 +66,11 @@ def plan_paper_configuration(fingerprint, settings: PlannerSettings, axis: int, 
         network=NetworkPlan(architecture="ResUNet", channels=list(settings.paper_channels),
                             num_blocks=list(settings.paper_num_blocks)),
         median_shape_after_resampling_zyx=median_shape_at_spacing(fingerprint, spacing),
-        seed_slice_interval=_interval_on_grid(axis, spacing, settings), baseline_size="paper",
+        seed_slice_interval=_interval_on_grid(fingerprint, spacing, settings), baseline_size="paper",
         derivation="paper: isotropic paper spacing, fixed patch, ResUNet channels and batch size of the paper")
 
 
-def plan_cpu_configuration(fingerprint, settings: PlannerSettings, axis: int, plans_name: str) -> ConfigurationPlan:
+def plan_cpu_configuration(fingerprint, settings: PlannerSettings, plans_name: str) -> ConfigurationPlan:
     factor = settings.cpu_resolution_factor
     spacing = [settings.paper_target_spacing_mm * factor] * 3
     full_edge = int(round(settings.paper_patch_edge / factor))
@@ -82,14 +85,12 @@ def plan_cpu_configuration(fingerprint, settings: PlannerSettings, axis: int, pl
         network=NetworkPlan(architecture="ResUNet", channels=list(settings.cpu_channels),
                             num_blocks=list(settings.cpu_num_blocks)),
         median_shape_after_resampling_zyx=median_shape,
-        seed_slice_interval=_interval_on_grid(axis, spacing, settings), baseline_size="cpu",
+        seed_slice_interval=_interval_on_grid(fingerprint, spacing, settings), baseline_size="cpu",
         derivation=(f"cpu: spacing = paper spacing x {factor:g}; patch edge = paper edge / {factor:g} = {full_edge} "
                     f"(same field of view), shrunk per axis to the median shape rounded up to a multiple of "
                     f"{POOLING_DIVISOR}, at least {settings.cpu_min_patch_edge}"
                     + (f", at most {settings.cpu_max_patch_edge}" if settings.cpu_max_patch_edge else "")))
 
-
-CONFIGURATION_PLANNERS = {"3d_paper": plan_paper_configuration, "3d_cpu": plan_cpu_configuration}
 
 
 def plan_experiment(fingerprint: DatasetFingerprint, settings: PlannerSettings, plans_name: str = "MassPlans",
@@ -100,8 +101,8 @@ def plan_experiment(fingerprint: DatasetFingerprint, settings: PlannerSettings, 
                                    f"{fingerprint.dataset_name} has {len(fingerprint.channels)} channel(s) "
                                    f"(0..{len(fingerprint.channels) - 1}); choose one of them")
     median_spacing = fingerprint.median_spacing_zyx_mm
-    axis = mask_generation_axis(median_spacing, settings.isotropy_ratio)
-    configurations = {name: CONFIGURATION_PLANNERS[name](fingerprint, settings, axis, plans_name)
+    native = plan_slicing(median_spacing, median_spacing, settings.seed_slice_distance_mm, settings.isotropy_ratio)
+    configurations = {name: CONFIGURATION_PLANNERS.get(name)(fingerprint, settings, plans_name)
                       for name in settings.configurations}
     return Plans(
         format_version=PLANS_FORMAT_VERSION, plans_name=plans_name, dataset_name=fingerprint.dataset_name,
@@ -110,8 +111,7 @@ def plan_experiment(fingerprint: DatasetFingerprint, settings: PlannerSettings, 
         median_shape_after_crop_zyx=list(fingerprint.median_shape_after_crop_zyx),
         channels=plan_channels(fingerprint, settings), configurations=configurations,
         mask_generation=MaskGenerationPlan(
-            axis=axis, axis_spacing_mm=float(median_spacing[axis]),
-            seed_slice_distance_mm=settings.seed_slice_distance_mm,
-            seed_slice_interval_native=seed_slice_interval(median_spacing[axis], settings.seed_slice_distance_mm),
+            axis=native.axis, axis_spacing_mm=float(median_spacing[native.axis]),
+            seed_slice_distance_mm=settings.seed_slice_distance_mm, seed_slice_interval_native=native.interval,
             isotropy_ratio=settings.isotropy_ratio, channel=settings.mask_channel),
         split_seed=settings.split_seed, split_fractions=dict(settings.split_fractions))

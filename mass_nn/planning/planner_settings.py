@@ -14,6 +14,7 @@ from mass_nn.errors import PlansValidationError
 from mass_nn.io.atomic import read_json
 from mass_nn.planning.mask_slicing import DEFAULT_SEED_SLICE_DISTANCE_MM, ISOTROPY_RATIO
 from mass_nn.planning.windows import DEFAULT_CT_WINDOWS_HU, DEFAULT_QUANTILE_WINDOWS
+from mass_nn.registry import CONFIGURATION_PLANNERS
 from mass_nn.schema import from_dict, to_dict
 
 DEFAULT_PRESET = "default"
@@ -80,8 +81,9 @@ def load_preset(name_or_path: str = DEFAULT_PRESET) -> tuple[str, str, PlannerSe
     path = find_preset(name_or_path)
     preset = from_dict(PlansPreset, read_json(path), str(path))
     overrides = from_dict(PlannerSettings, {**to_dict(PlannerSettings()), **preset.settings}, f"{path}.settings")
-    bad = [c for c in overrides.configurations if c not in ("3d_cpu", "3d_paper")]
+    known = CONFIGURATION_PLANNERS.names()
+    bad = [c for c in overrides.configurations if c not in known]
     if bad or not overrides.configurations:
         raise PlansValidationError(f"{path}.settings.configurations: {overrides.configurations} must be a non-empty "
-                                   f"subset of ['3d_cpu', '3d_paper']")
+                                   f"subset of {known}")
     return path.stem, preset.plans_name, overrides

@@ -13,6 +13,7 @@ from typing import Literal
 
 from mass_nn.errors import PlansValidationError
 from mass_nn.io.atomic import read_json, write_json_atomic
+from mass_nn.planning.mask_slicing import SliceSchedule, plan_slicing
 from mass_nn.planning.windows import IntensityWindow
 from mass_nn.schema import from_dict, to_dict
 
@@ -84,6 +85,11 @@ class MaskGenerationPlan:
     seed_slice_interval_native: int  # at the median original spacing
     isotropy_ratio: float
     channel: int = 0  # the input channel masks are made from (mass_generate_masks --channel overrides)
+
+    def slicing(self, original_spacing_zyx_mm, grid_spacing_zyx_mm) -> SliceSchedule:
+        """One volume's SAM2 slicing under these plans (mask_slicing.plan_slicing)."""
+        return plan_slicing(original_spacing_zyx_mm, grid_spacing_zyx_mm, self.seed_slice_distance_mm,
+                            self.isotropy_ratio)
 
 
 @dataclass

@@ -21,7 +21,6 @@ from mass_nn.io.dataset_json import CaseFiles
 from mass_nn.io.image_io import ImageGeometry, read_geometry, read_image
 from mass_nn.parallel import run_per_item
 from mass_nn.planning.foreground import bounding_box, crop_to_box, foreground_mask
-from mass_nn.planning.mask_slicing import mask_generation_axis, seed_slice_interval
 from mass_nn.planning.plans import Plans
 from mass_nn.preprocessing.blosc2_storage import open_array, save_array
 from mass_nn.preprocessing.case_properties import CaseProperties, load_properties, save_properties
@@ -88,7 +87,7 @@ def _resample_configuration(case: CaseFiles, cropped: _CroppedCase, plans: Plans
     if cropped.label is not None:
         seg = resample_label(cropped.label, new_shape)
         counts, bboxes = _label_summary(seg)
-    axis = mask_generation_axis(spacing, plans.mask_generation.isotropy_ratio)
+    slicing = plans.mask_generation.slicing(spacing, config.target_spacing_zyx_mm)
     props = CaseProperties(
         case_id=case.case_id, configuration=configuration, preprocessing_hash=plans.preprocessing_hash(configuration),
         source_images=[str(p) for p in case.images], source_label=str(case.label) if case.label else None,
@@ -97,9 +96,8 @@ def _resample_configuration(case: CaseFiles, cropped: _CroppedCase, plans: Plans
         original_spacing_zyx_mm=list(spacing), target_spacing_zyx_mm=list(config.target_spacing_zyx_mm),
         shape_after_resampling_zyx=list(new_shape), nearest_resampling_axis=nearest_axis,
         normalization=cropped.normalization,
-        foreground_fraction=cropped.foreground_fraction, mask_axis=axis,
-        seed_slice_interval=seed_slice_interval(config.target_spacing_zyx_mm[axis],
-                                                plans.mask_generation.seed_slice_distance_mm),
+        foreground_fraction=cropped.foreground_fraction, mask_axis=slicing.axis,
+        seed_slice_interval=slicing.interval,
         label_voxel_counts=counts, label_bboxes_zyx=bboxes)
     return PreprocessedCase(data, seg, props)
 

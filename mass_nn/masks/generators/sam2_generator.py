@@ -26,7 +26,7 @@ from mass_nn.masks.generators.base import MaskGenerator
 from mass_nn.masks.generators.sam2_backend import Sam2Backend, Sam2Settings, SeedMask
 from mass_nn.masks.postprocess import crop_to_content, keep_component_touching_seed
 from mass_nn.masks.proposal import CaseInput, MaskProposal
-from mass_nn.planning.mask_slicing import seed_slice_interval
+from mass_nn.planning.mask_slicing import SliceSchedule, on_every_axis
 
 logger = logging.getLogger(__name__)
 
@@ -64,11 +64,9 @@ def seed_slices(length: int, interval: int) -> list[int]:
 
 def axes_and_intervals(case: CaseInput, multi_axis: bool) -> list[tuple[int, int]]:
     """(axis, seed interval) pairs: the case's mask axis, or all three axes with the same physical distance."""
-    if not multi_axis:
-        return [(case.mask_axis, case.seed_slice_interval)]
-    distance_mm = case.seed_slice_interval * case.spacing_zyx_mm[case.mask_axis]
-    return [(axis, case.seed_slice_interval if axis == case.mask_axis
-             else seed_slice_interval(case.spacing_zyx_mm[axis], distance_mm)) for axis in range(3)]
+    schedule = SliceSchedule(case.mask_axis, case.seed_slice_interval)
+    schedules = on_every_axis(schedule, case.spacing_zyx_mm) if multi_axis else [schedule]
+    return [(s.axis, s.interval) for s in schedules]
 
 
 # ---- choosing seed masks ------------------------------------------------------------------------------------
