@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from mass_nn.errors import MassError, PlansValidationError
+from mass_nn.model.pretrained_networks import CLASSIFIERS_FROM_PRETRAINED, SEGMENTERS_FROM_PRETRAINED
 from mass_nn.networks.build import build_network
 from mass_nn.networks.in_context.config import InContextNetworkConfig
 from mass_nn.networks.in_context.fixed_class_segmenter import FixedClassConfig, FixedClassSegmenter
@@ -23,6 +24,9 @@ def test_every_registered_network_follows_the_contract(name):
     assert NETWORKS.name_of(network_class) == name
     for downstream in (network_class.downstream_network, network_class.classification_network):
         assert downstream is None or issubclass(NETWORKS.get(downstream), Network)
+    # the model layer has a builder for every hand-over a network names
+    assert network_class.downstream_network in (None, "FixedClassSegmenter", *SEGMENTERS_FROM_PRETRAINED)
+    assert network_class.classification_network in (None, *CLASSIFIERS_FROM_PRETRAINED)
 
 
 def test_an_unregistered_class_has_no_name():

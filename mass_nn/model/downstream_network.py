@@ -16,10 +16,10 @@ from mass_nn.model.pretrained import WeightTransfer, transfer_weights
 from mass_nn.model.pretrained_networks import SEGMENTERS_FROM_PRETRAINED
 from mass_nn.networks.in_context.config import InContextNetworkConfig
 from mass_nn.networks.in_context.fixed_class_segmenter import FixedClassConfig, FixedClassSegmenter
+from mass_nn.networks.in_context.in_context_model import InContextSegmenter
 from mass_nn.networks.network_base import Network
 from mass_nn.registry import NETWORKS
 
-IN_CONTEXT_CLASSES = ("InContextSegmenter", "FixedClassSegmenter")
 
 
 def in_context_weights(checkpoint: Checkpoint) -> dict:
@@ -33,7 +33,7 @@ def in_context_weights(checkpoint: Checkpoint) -> dict:
 
 
 def is_in_context_checkpoint(checkpoint: Checkpoint) -> bool:
-    return checkpoint.meta.network_class in IN_CONTEXT_CLASSES
+    return issubclass(NETWORKS.get(checkpoint.meta.network_class), (InContextSegmenter, FixedClassSegmenter))
 
 
 def build_downstream_network(checkpoint: Checkpoint | None, source: str, plans_config, in_channels: int,
@@ -55,7 +55,7 @@ def build_downstream_network(checkpoint: Checkpoint | None, source: str, plans_c
     if downstream is None:
         raise MassError(f"{source}: a {checkpoint.meta.network_class} checkpoint has no downstream segmentation "
                         f"network; use a MASS or baseline pretraining checkpoint")
-    builders = {"FixedClassSegmenter": encoder_transfer_into_fixed_class, **SEGMENTERS_FROM_PRETRAINED}
+    builders = {NETWORKS.name_of(FixedClassSegmenter): encoder_transfer_into_fixed_class, **SEGMENTERS_FROM_PRETRAINED}
     return builders[downstream](checkpoint, class_names, label_values, source)
 
 

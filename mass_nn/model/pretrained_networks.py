@@ -94,7 +94,8 @@ def mim_classifier_from_pretrained(checkpoint: Checkpoint, num_classes: int, inp
 
 
 # downstream network name -> builder(checkpoint, class_names, label_values, source) -> (network, report)
-SEGMENTERS_FROM_PRETRAINED = {"UNETRSegmenter": unetr_from_pretrained, "MiMSegmenter": mim_segmenter_from_pretrained}
+SEGMENTERS_FROM_PRETRAINED = {NETWORKS.name_of(UNETRSegmenter): unetr_from_pretrained,
+                              NETWORKS.name_of(MiMSegmenter): mim_segmenter_from_pretrained}
 # classification network name -> builder(checkpoint, num_classes, input_size, dropout, source) -> (network, report)
-CLASSIFIERS_FROM_PRETRAINED = {"ViTClassifier": vit_classifier_from_pretrained,
-                               "MiMClassifier": mim_classifier_from_pretrained}
+CLASSIFIERS_FROM_PRETRAINED = {NETWORKS.name_of(ViTClassifier): vit_classifier_from_pretrained,
+                               NETWORKS.name_of(MiMClassifier): mim_classifier_from_pretrained}
