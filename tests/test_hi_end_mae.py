@@ -82,18 +82,19 @@ def test_paper_configuration_is_the_released_vit_large():
 
 def test_network_size_and_patch_follow_the_plans_configuration():
     settings = HiEndMAESettings()
-    cpu = network_config(SimpleNamespace(name="3d_cpu", patch_size_zyx=[64, 48, 48]), 1, settings)
+    cpu = network_config(SimpleNamespace(name="3d_cpu", baseline_size="cpu", patch_size_zyx=[64, 48, 48]), 1, settings)
     assert (cpu.encoder.dim, cpu.encoder.patch_size, cpu.encoder.input_size_zyx) == (96, 8, [64, 48, 48])
-    paper = network_config(SimpleNamespace(name="3d_paper", patch_size_zyx=[128, 128, 128]), 1, settings)
+    paper_plan = SimpleNamespace(name="3d_paper", baseline_size="paper", patch_size_zyx=[128, 128, 128])
+    paper = network_config(paper_plan, 1, settings)
     assert (paper.encoder.dim, paper.encoder.patch_size, paper.encoder.grid()) == (1536, 16, (8, 8, 8))
-    paper_96 = network_config(SimpleNamespace(name="3d_cpu", patch_size_zyx=[96, 96, 96]), 1,
+    paper_96 = network_config(SimpleNamespace(name="3d_cpu", baseline_size="cpu", patch_size_zyx=[96, 96, 96]), 1,
                               dataclasses.replace(settings, network="paper"))
     assert paper_96.encoder.patch_size == 12 and paper_96 == HiEndMAEConfig.paper()
     with pytest.raises(MassError, match="-s patch_size"):
-        network_config(SimpleNamespace(name="3d_cpu", patch_size_zyx=[64, 48, 48]), 1,
+        network_config(SimpleNamespace(name="3d_cpu", baseline_size="cpu", patch_size_zyx=[64, 48, 48]), 1,
                        dataclasses.replace(settings, patch_size=7))
     with pytest.raises(MassError, match="mask_ratio"):
-        network_config(SimpleNamespace(name="3d_cpu", patch_size_zyx=[64, 48, 48]), 1,
+        network_config(SimpleNamespace(name="3d_cpu", baseline_size="cpu", patch_size_zyx=[64, 48, 48]), 1,
                        dataclasses.replace(settings, mask_ratio=1.0))
 
 
