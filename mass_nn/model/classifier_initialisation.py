@@ -10,12 +10,11 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from torch import nn
-
 from mass_nn.errors import MassError
 from mass_nn.model.checkpoint import Checkpoint, encoder_state_dict
 from mass_nn.model.pretrained import WeightTransfer, transfer_weights
 from mass_nn.networks.in_context.config import InContextNetworkConfig
+from mass_nn.networks.network_base import Network
 from mass_nn.planning.plans import ConfigurationPlan
 from mass_nn.registry import NETWORKS
 
@@ -49,7 +48,7 @@ def encoder_config(checkpoint: Checkpoint | None, checkpoint_path: str | None, c
     return config
 
 
-def load_pretrained_encoder(network: nn.Module, checkpoint: Checkpoint, source: str | Path) -> WeightTransfer:
+def load_pretrained_encoder(network: Network, checkpoint: Checkpoint, source: str | Path) -> WeightTransfer:
     """Copy the checkpoint's encoder weights (its EMA copy when saved) into `network` under its
     `encoder_key_prefix` (the ResUNet classifier's encoder, a ViT, a MiM backbone).
 

@@ -12,10 +12,11 @@ empty; the margin is left out of the test because what lies only there shows onl
 `everything_task` one channel, at a random position, is an all-ones "segment everything in view" mask over the
 part of the crop inside the volume, set before the spatial augmentation so that what rotates in from outside
 is 0. With `distant_query` > 0 that share of samples places the query crop at an anchor of its own, anywhere in
-the volume, and prefers masks that meet the reference view only: the tasks whose mask lies outside the query then
-ask for "nothing here", as most sliding windows of whole-volume inference do. With `min_mask_voxels` > 0 only masks of at least that many voxels are drawn (the largest mask alone when
-a case has none that large): a bank of mostly small supervoxel parts otherwise fills nearly every channel with
-a speck. The everything task takes one of
+the volume, and prefers masks that meet the reference view only: the structure must then be found by its
+appearance, not at the reference's position, as in the sliding windows of whole-volume inference. With
+`min_mask_voxels` > 0 only masks of at least that many voxels are drawn (the largest mask alone when a case has
+none that large): a bank of mostly small supervoxel parts otherwise fills nearly every channel with a speck. The
+everything task takes one of
 the `num_tasks` slots, so a case with N >= num_tasks masks gives num_tasks - 1 masks plus it (the release's
 distribution); a smaller case gives all N masks plus it and empty padding channels with weight 0.
 """

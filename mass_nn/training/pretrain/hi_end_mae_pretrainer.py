@@ -8,9 +8,9 @@ mean 0, biased variance 1, eps 1e-6). Padding voxels (`valid` = 0) count neither
 the loss. AdamW lr 1e-4, betas (0.9, 0.95), weight decay 0.05 (not on biases, norms and tokens).
 
 Network size (-s network=): "paper" = the released ViT-L (dim 1536, 12 blocks, decoder 528), "cpu" = dim 96,
-4 blocks, decoder 48; "auto" follows the plans' `baseline_size` (paper for 3d_paper, cpu for 3d_cpu). The input size is the
-plans' patch size; the patch edge is -s patch_size or, when 0, 12 or 16 for the paper network (whichever divides
-every side, 12 first as released) and 8 for the CPU network.
+4 blocks, decoder 48; "auto" follows the plans' `baseline_size` (paper for 3d_paper, cpu for 3d_cpu). The input
+size is the plans' patch size; the patch edge is -s patch_size or, when 0, 12 or 16 for the paper network
+(whichever divides every side, 12 first as released) and 8 for the CPU network.
 """
 from __future__ import annotations
 

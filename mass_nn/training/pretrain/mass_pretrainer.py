@@ -36,9 +36,9 @@ class MASSSettings:
     deviation from the release, two_view_sampler.py); min_mask_fraction: masks under this share of the patch volume
     are never tasks; absent_tasks: up to that many channels per sample take masks seen in the reference view but
     not in the query view (their answer is "not here"); distant_query: the share of samples whose query view is
-    placed anywhere in the volume, not overlapping the reference's (two_view_sampler.py); val_reference_choices: reference cases per label in
-    --val-dataset validation; nnunet_plans / nnunet_configuration: build nnU-Net's own ResEnc encoder from that
-    plans file (documentation/nnunet.md)."""
+    placed anywhere in the volume, not overlapping the reference's (two_view_sampler.py); val_reference_choices:
+    reference cases per label in --val-dataset validation; nnunet_plans / nnunet_configuration: build nnU-Net's
+    own ResEnc encoder from that plans file (documentation/nnunet.md)."""
 
     num_tasks: int = 13
     everything_task: bool = True
