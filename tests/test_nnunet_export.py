@@ -192,6 +192,36 @@ def test_resenc_checkpoint_finetunes_and_predicts_in_mass_nn(resenc_checkpoint, 
     assert "encoder.stages.3.blocks.1.conv2.conv.weight" in finetuned_encoder
 
 
+def test_simclr_trains_the_resenc_and_nnunet_loads_its_export(phantom_with_masks, tmp_path, capsys):
+    """SimCLR on the same ResEnc: its checkpoint exports like MASS's and finetunes in mass_nn."""
+    plans_path = write_nnunet_plans(tmp_path / "nnunet")
+    roots = ["--raw", str(phantom_with_masks.raw), "--preprocessed", str(phantom_with_masks.preprocessed),
+             "--results", str(tmp_path / "results")]
+    code = train_main(["PRETRAIN", "-d", "990", "-c", "3d_cpu", "-tr", "SimCLRPretrainer", "--epochs", "1",
+                       "--iters-per-epoch", "2", "--batch-size", "2", "-s", f"nnunet_plans={plans_path}", *roots])
+    assert code == 0
+    checkpoint = tmp_path / "results" / "Dataset990_PhantomCT" / "SimCLRPretrainer__MassPlans__3d_cpu" / \
+        "checkpoint_final.pt"
+    assert load_checkpoint(checkpoint).meta.network_config["encoder"]["resenc"]["features_per_stage"] == \
+        [8, 32, 64, 128]
+    output = tmp_path / "simclr_resenc.pth"
+    assert export_main(["--checkpoint", str(checkpoint), "--nnunet-plans", str(plans_path), "-o", str(output)]) == 0
+    network = nnunet_network(plans_path, input_channels=1, output_channels=3)
+    load_pretrained_weights(network, str(output))
+    ours, loaded = model_state_dict(load_checkpoint(checkpoint)), network.state_dict()
+    encoder_keys = [k for k in loaded if k.startswith("encoder.")]
+    assert encoder_keys and all(torch.equal(loaded[k], ours[k]) for k in encoder_keys)
+    assert not any(k.startswith("projector.") for k in torch.load(output, weights_only=True)["network_weights"])
+    capsys.readouterr()
+    code = train_main(["FINETUNE", "-d", "990", "-c", "3d_cpu", "--epochs", "1", "--iters-per-epoch", "1",
+                       "--batch-size", "1", "-shots", "1", "--pretrained", str(checkpoint), "--tag", "simclr",
+                       *roots])
+    assert code == 0, capsys.readouterr().err
+    finetuned = load_checkpoint(next((tmp_path / "results").rglob("*simclr/checkpoint_final.pt")))
+    finetuned_encoder = {k: v for k, v in in_context_weights(finetuned).items() if k.startswith("encoder.")}
+    assert finetuned_encoder.keys() == {k for k in ours if k.startswith("encoder.")}
+
+
 @pytest.mark.slow
 def test_nnunet_trains_from_the_export_on_cpu(resenc_checkpoint, phantom_with_masks, tmp_path):
     """nnU-Net's own pipeline on the phantom: fingerprint, preprocessing with the ResEnc plans, then one epoch of

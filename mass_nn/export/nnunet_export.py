@@ -35,11 +35,12 @@ class ExportSummary:
 
 def export_to_nnunet(checkpoint: str | Path, nnunet_plans: str | Path, configuration: str, output: str | Path,
                      seed: int = 0) -> ExportSummary:
-    """Write `output` for nnU-Net's -pretrained_weights from a MASS checkpoint with a ResEnc encoder."""
+    """Write `output` for nnU-Net's -pretrained_weights from a checkpoint with a ResEnc encoder (MASS or SimCLR)."""
     loaded = load_checkpoint(checkpoint)
-    ours = _checkpoint_architecture(loaded.meta.network_config, checkpoint)
+    encoder_config = _encoder_config(loaded.meta.network_config)
+    ours = _checkpoint_architecture(encoder_config, checkpoint)
     target, _ = read_nnunet_plans(nnunet_plans, configuration)
-    in_channels = int(loaded.meta.network_config["in_channels"])
+    in_channels = int(encoder_config["in_channels"])
     target_channels = _nnunet_input_channels(Path(nnunet_plans), in_channels)
     mismatches = architecture_mismatches(ours, target)
     if target_channels != in_channels:
@@ -89,12 +90,21 @@ def architecture_mismatches(ours: ResEncArchitecture, target: ResEncArchitecture
     return out
 
 
-def _checkpoint_architecture(network_config: dict, checkpoint: str | Path) -> ResEncArchitecture:
-    if not isinstance(network_config, dict) or not network_config.get("resenc"):
+def _encoder_config(network_config) -> dict:
+    """The encoder's part of a checkpoint's network configuration: the in-context network's own configuration, or
+    the `encoder` field of a network that wraps that encoder (SimCLR's ContrastiveEncoder)."""
+    if not isinstance(network_config, dict):
+        return {}
+    nested = network_config.get("encoder")
+    return nested if isinstance(nested, dict) and "resenc" in nested else network_config
+
+
+def _checkpoint_architecture(encoder_config: dict, checkpoint: str | Path) -> ResEncArchitecture:
+    if not encoder_config.get("resenc"):
         raise MassError(f"{checkpoint}: its encoder is not nnU-Net's ResEnc (our ResUNet or another network); "
-                        f"pretrain with `mass_train PRETRAIN ... -s nnunet_plans=<nnUNetResEncUNetMPlans.json>` to "
-                        f"get weights nnU-Net can load")
-    return ResEncArchitecture.from_dict(network_config["resenc"])
+                        f"pretrain with `mass_train PRETRAIN ... -s nnunet_plans=<nnUNetResEncUNetMPlans.json>` "
+                        f"(MASSPretrainer, MASSCPUPretrainer or SimCLRPretrainer) to get weights nnU-Net can load")
+    return ResEncArchitecture.from_dict(encoder_config["resenc"])
 
 
 def _nnunet_input_channels(plans: Path, fallback: int) -> int:

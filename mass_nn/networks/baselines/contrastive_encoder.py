@@ -1,5 +1,6 @@
-"""ContrastiveEncoder: SimCLR's network - the ResUNet encoder, global average pooling of each of its five stage
-outputs (concatenated), and a projector MLP whose output the NT-Xent loss compares.
+"""ContrastiveEncoder: SimCLR's network - the ResUNet encoder (or nnU-Net's ResEnc, built from an nnU-Net plans
+file), global average pooling of each of its stage outputs (concatenated), and a projector MLP whose output the
+NT-Xent loss compares.
 
 The encoder is the in-context model's (same modules, `encoder.*` keys), so its weights transfer to the downstream
 FixedClassSegmenter and the ClassificationProbe unchanged; the projector is dropped downstream. Projector layers:
@@ -16,7 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from mass_nn.networks.in_context.config import InContextNetworkConfig
-from mass_nn.networks.in_context.encoder import ResUNetEncoder
+from mass_nn.networks.in_context.image_encoder import build_image_encoder
+from mass_nn.networks.in_context.resenc_architecture import ResEncArchitecture
 from mass_nn.networks.network_base import Network, NetworkConfig
 
 PAPER_PROJECTOR_WIDTH = 2048  # nnssl SimCLR, for the ResEnc-L encoder
@@ -49,9 +51,11 @@ class ContrastiveEncoderConfig(NetworkConfig):
 
     @classmethod
     def from_configuration(cls, configuration, in_channels: int, projector_width: int = 0,
-                           projector_layers: int = 3) -> "ContrastiveEncoderConfig":
-        """The ResUNet encoder of a plans configuration; projector width 0 means `derived_projector_width`."""
-        encoder = InContextNetworkConfig.from_configuration(configuration, in_channels)
+                           projector_layers: int = 3, resenc: ResEncArchitecture | None = None
+                           ) -> "ContrastiveEncoderConfig":
+        """The ResUNet encoder of a plans configuration (with `resenc`: nnU-Net's ResEnc); projector width 0 means
+        `derived_projector_width`."""
+        encoder = InContextNetworkConfig.from_configuration(configuration, in_channels, resenc)
         width = projector_width or derived_projector_width(encoder)
         config = cls(encoder, projector_width=width, projector_layers=projector_layers)
         config.validate()
@@ -91,7 +95,7 @@ class ContrastiveEncoder(Network):
         super().__init__()
         config.validate()
         self.config = copy.deepcopy(config)
-        self.encoder = ResUNetEncoder(config.encoder)
+        self.encoder = build_image_encoder(config.encoder)
         self.projector = projector(config.pooled_features, config.projector_width, config.projector_layers)
 
     def pooled_features(self, x: Tensor) -> Tensor:

@@ -8,9 +8,9 @@ from torch import Tensor
 
 from mass_nn.networks.in_context.config import InContextNetworkConfig
 from mass_nn.networks.in_context.decoder import MaskDecoder
-from mass_nn.networks.in_context.encoder import ResUNetEncoder, check_spatial_size
+from mass_nn.networks.in_context.encoder import check_spatial_size
+from mass_nn.networks.in_context.image_encoder import build_image_encoder
 from mass_nn.networks.in_context.mask_head import DynamicMaskHead
-from mass_nn.networks.in_context.resenc_encoder import ResEncEncoder
 from mass_nn.networks.in_context.task_encoder import TaskEmbedding, TaskEncoder
 from mass_nn.networks.network_base import Network
 
@@ -32,8 +32,7 @@ class InContextSegmenter(Network):
         super().__init__()
         config.validate()
         self.config = copy.deepcopy(config)
-        self.encoder = ResUNetEncoder(config) if config.resenc is None else ResEncEncoder(config.resenc,
-                                                                                         config.in_channels)
+        self.encoder = build_image_encoder(config)
         self.task_encoder = TaskEncoder(config)
         self.decoder = MaskDecoder(config)
         self.head = DynamicMaskHead(sum(config.prior_channels()), config.channels[0])

@@ -17,12 +17,12 @@ from mass_nn.errors import MassError
 from mass_nn.io.artifact_layout import generator_of
 from mass_nn.networks.in_context.config import InContextNetworkConfig
 from mass_nn.networks.in_context.in_context_model import InContextSegmenter
-from mass_nn.networks.in_context.resenc_architecture import read_nnunet_plans
 from mass_nn.threads import default_mass_loader_workers
 from mass_nn.training.data.augmentation import TwoViewSettings
 from mass_nn.training.data.pretraining_loader import (PretrainingCase, batch_to_device, make_pretraining_loader,
                                                       validate_cases)
 from mass_nn.training.losses import SegmentationLoss
+from mass_nn.training.pretrain.nnunet_encoder_settings import NnUNetEncoderSettings
 from mass_nn.training.pretrain.validation import AutoMaskValidation, InContextValidation, PretrainingValidation
 from mass_nn.training.trainer import Trainer
 
@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 # trainer-specific settings (-s KEY=VALUE) and their defaults
 @dataclass
-class MASSSettings:
+class MASSSettings(NnUNetEncoderSettings):
     """-s settings of MASSPretrainer. num_tasks: task channels per sample; everything_task: one of them is the
     "segment everything in view" mask; prefer_masks_in_view: masks that meet a view's patch are drawn first (our
     deviation from the release, two_view_sampler.py); min_mask_fraction: masks under this share of the patch volume
@@ -47,8 +47,6 @@ class MASSSettings:
     absent_tasks: int = 0
     distant_query: float = 0.0
     val_reference_choices: int = 1
-    nnunet_plans: str = ""
-    nnunet_configuration: str = "3d_fullres"
 
     def validate(self) -> None:
         if self.num_tasks < 1:
@@ -112,9 +110,9 @@ class MASSPretrainer(Trainer):
 
     def _network_config(self) -> InContextNetworkConfig:
         o, s, in_channels = self.options, self.settings, len(self.plans.channels)
-        if not s.nnunet_plans:
+        resenc = s.resenc_architecture()
+        if resenc is None:
             return InContextNetworkConfig.from_configuration(self.configuration_plan, in_channels)
-        resenc, _ = read_nnunet_plans(s.nnunet_plans, s.nnunet_configuration)
         try:
             return InContextNetworkConfig.from_configuration(self.configuration_plan, in_channels, resenc)
         except ValueError as err:

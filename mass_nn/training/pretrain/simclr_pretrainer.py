@@ -20,12 +20,14 @@ from mass_nn.networks.network_base import Network
 from mass_nn.training.data.contrastive_crops import (ContrastiveCropSettings, derived_crop_size,
                                                      derived_region_size, make_contrastive_loader)
 from mass_nn.training.pretrain.image_pretrainer import VALIDATION_SEED_OFFSET, ImagePretrainer
+from mass_nn.training.pretrain.nnunet_encoder_settings import NnUNetEncoderSettings
 from mass_nn.training.pretrain.nt_xent import nt_xent_loss
 
 
 @dataclass
-class SimCLRSettings:
-    """-s settings of SimCLRPretrainer."""
+class SimCLRSettings(NnUNetEncoderSettings):
+    """-s settings of SimCLRPretrainer (nnunet_plans / nnunet_configuration: train nnU-Net's ResEnc encoder of
+    that plans file instead of our ResUNet, documentation/nnunet.md)."""
 
     crop_size: list[int] = field(default_factory=list)  # [z, y, x]; empty: half the plans' patch, rounded down to
     # a multiple of 16, at least 32
@@ -59,9 +61,17 @@ class SimCLRPretrainer(ImagePretrainer):
     settings_class: ClassVar[type] = SimCLRSettings
 
     def build_network(self) -> Network:
-        config = ContrastiveEncoderConfig.from_configuration(
-            self.configuration_plan, len(self.plans.channels), projector_width=self.settings.projector_width,
-            projector_layers=self.settings.projector_layers)
+        s = self.settings
+        try:
+            config = ContrastiveEncoderConfig.from_configuration(
+                self.configuration_plan, len(self.plans.channels), projector_width=s.projector_width,
+                projector_layers=s.projector_layers, resenc=s.resenc_architecture())
+        except ValueError as err:
+            if not s.nnunet_plans:
+                raise
+            raise MassError(f"{s.nnunet_plans}: no contrastive encoder on its ResEnc with the "
+                            f"{self.options.configuration} plans (patch {self.configuration_plan.patch_size_zyx}): "
+                            f"{err}") from err
         return ContrastiveEncoder(config)
 
     def setup(self) -> None:
