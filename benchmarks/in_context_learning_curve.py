@@ -41,6 +41,7 @@ from benchmarks.in_context_curve_report import write_curve_report  # noqa: E402
 from benchmarks.measure import machine_description  # noqa: E402
 from benchmarks.replication_datasets import (ReplicationDataset, pool_images, sts_patients,  # noqa: E402
                                              sts_test_patients, write_organ_mr, write_pool, write_splits)
+from benchmarks.staged_run import run_stages  # noqa: E402
 from mass_nn.evaluation.in_context_protocol import in_context_evaluation  # noqa: E402
 from mass_nn.experiments.few_shot_protocol import FewShotProtocol, run_few_shot_protocol  # noqa: E402
 from mass_nn.inference.model_loading import load_in_context_checkpoint  # noqa: E402
@@ -232,15 +233,7 @@ class LearningCurve:
                              f"--workspace with a new folder, or delete {self.workspace} to start over")
         state["budget"] = budget
         self.save_state(state)
-        for stage in stages:
-            if stage in self.state()["finished"] and not redo and stage != "report":
-                logger.info("stage %s: finished before, skipped", stage)
-                continue
-            logger.info("stage %s ...", stage)
-            getattr(self, f"stage_{stage}")()
-            state = self.state()
-            state["finished"] = sorted(set(state["finished"]) | {stage})
-            self.save_state(state)
+        run_stages(self, stages, redo, self.state_path, logger)
 
 
 def _set_fields(budget: dict) -> dict:
