@@ -222,6 +222,16 @@ def test_simclr_trains_the_resenc_and_nnunet_loads_its_export(phantom_with_masks
     assert finetuned_encoder.keys() == {k for k in ours if k.startswith("encoder.")}
 
 
+def test_simclr_refuses_a_resenc_that_does_not_fit_the_patch(pretraining_roots, tmp_path, capsys):
+    deep = write_nnunet_plans(tmp_path / "deep", (32,) * 7)
+    code = train_main(["PRETRAIN", "-d", "990", "-c", "3d_cpu", "-tr", "SimCLRPretrainer", "--epochs", "1",
+                       "--iters-per-epoch", "1", "--tag", "deep", "-s", f"nnunet_plans={deep}",
+                       "--raw", str(pretraining_roots.raw), "--preprocessed", str(pretraining_roots.preprocessed),
+                       "--results", str(pretraining_roots.results)])
+    err = capsys.readouterr().err
+    assert code == 1 and "no contrastive encoder on its ResEnc" in err and "Traceback" not in err
+
+
 @pytest.mark.slow
 def test_nnunet_trains_from_the_export_on_cpu(resenc_checkpoint, phantom_with_masks, tmp_path):
     """nnU-Net's own pipeline on the phantom: fingerprint, preprocessing with the ResEnc plans, then one epoch of
