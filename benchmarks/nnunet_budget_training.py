@@ -48,12 +48,11 @@ def trained_trainer(dataset: str, plans_name: str, configuration: str, pretraine
     plans = {**load_json(join(folder, plans_name + ".json")), "continue_training": False}  # as nnU-Net's CLI sets it
     trainer = nnUNetTrainerFixedBudget(plans, configuration, 0, load_json(join(folder, "dataset.json")),
                                        torch.device("cpu"))
+    trainer.initialize()
     final = Path(trainer.output_folder) / "checkpoint_final.pth"
     if final.is_file():
-        trainer.initialize()
         trainer.load_checkpoint(str(final))
         return trainer
-    trainer.initialize()
     if pretrained_weights:
         load_pretrained_weights(trainer.network, pretrained_weights, verbose=False)
     trainer.run_training()

@@ -16,9 +16,9 @@ the volume, and prefers masks that meet the reference view only: the structure m
 appearance, not at the reference's position, as in the sliding windows of whole-volume inference. With
 `min_mask_voxels` > 0 only masks of at least that many voxels are drawn (the largest mask alone when a case has
 none that large): a bank of mostly small supervoxel parts otherwise fills nearly every channel with a speck. The
-everything task takes one of
-the `num_tasks` slots, so a case with N >= num_tasks masks gives num_tasks - 1 masks plus it (the release's
-distribution); a smaller case gives all N masks plus it and empty padding channels with weight 0.
+everything task takes one of the `num_tasks` slots, so a case with N >= num_tasks masks gives num_tasks - 1 masks
+plus it (the release's distribution); a smaller case gives all N masks plus it and empty padding channels with
+weight 0.
 """
 from __future__ import annotations
 

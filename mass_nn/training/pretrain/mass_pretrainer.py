@@ -109,16 +109,10 @@ class MASSPretrainer(Trainer):
             self.best_metric_key, self.best_metric_mode = self.validation.metric_key, self.validation.metric_mode
 
     def _network_config(self) -> InContextNetworkConfig:
-        o, s, in_channels = self.options, self.settings, len(self.plans.channels)
-        resenc = s.resenc_architecture()
-        if resenc is None:
-            return InContextNetworkConfig.from_configuration(self.configuration_plan, in_channels)
-        try:
-            return InContextNetworkConfig.from_configuration(self.configuration_plan, in_channels, resenc)
-        except ValueError as err:
-            raise MassError(f"{s.nnunet_plans}: no in-context network on its ResEnc (total stride "
-                            f"{resenc.cumulative_strides()[-1]}) with the {o.configuration} plans (patch "
-                            f"{self.configuration_plan.patch_size_zyx}): {err}") from err
+        plan, in_channels = self.configuration_plan, len(self.plans.channels)
+        return self.settings.network_config(
+            lambda resenc: InContextNetworkConfig.from_configuration(plan, in_channels, resenc),
+            "in-context network", plan)
 
     def _build_validation(self):
         o = self.options

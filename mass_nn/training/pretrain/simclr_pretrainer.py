@@ -61,17 +61,12 @@ class SimCLRPretrainer(ImagePretrainer):
     settings_class: ClassVar[type] = SimCLRSettings
 
     def build_network(self) -> Network:
-        s = self.settings
-        try:
-            config = ContrastiveEncoderConfig.from_configuration(
-                self.configuration_plan, len(self.plans.channels), projector_width=s.projector_width,
-                projector_layers=s.projector_layers, resenc=s.resenc_architecture())
-        except ValueError as err:
-            if not s.nnunet_plans:
-                raise
-            raise MassError(f"{s.nnunet_plans}: no contrastive encoder on its ResEnc with the "
-                            f"{self.options.configuration} plans (patch {self.configuration_plan.patch_size_zyx}): "
-                            f"{err}") from err
+        s, plan = self.settings, self.configuration_plan
+        config = s.network_config(
+            lambda resenc: ContrastiveEncoderConfig.from_configuration(
+                plan, len(self.plans.channels), projector_width=s.projector_width,
+                projector_layers=s.projector_layers, resenc=resenc),
+            "contrastive encoder", plan)
         return ContrastiveEncoder(config)
 
     def setup(self) -> None:
