@@ -6,9 +6,10 @@
 
 Stages (each resumable; re-running the command skips what is finished):
   datasets  raw datasets + patient-level splits (benchmarks/replication_datasets.py), plans + preprocessing with
-            the `replication_cpu` preset (4.5 mm, 48³ patch on every dataset)
+            the CPU recipe's `cpu_in_context` preset (4 mm, 48³ patch on every dataset)
   masks     weight-free (supervoxel) masks of the CT, MR and PET pretraining pools
-  pretrain  MASS and every baseline on the pooled CT + MR + PET data, each for the same number of optimiser steps
+  pretrain  MASS (the CPU recipe's MASSCPUPretrainer) and every baseline on the pooled CT + MR + PET data, each for
+            the same number of optimiser steps
   fewshot   mass_fewshot per method and evaluation set: 1-shot in context (MASS only), 1/5-shot finetuning and
             scratch, 3 seeds
   classify  frozen-encoder classification probe per method on the sarcoma size task
@@ -30,16 +31,16 @@ if str(REPOSITORY) not in sys.path:  # run as a script from anywhere: `python be
     sys.path.insert(0, str(REPOSITORY))
 
 from benchmarks.replication_datasets import EVALUATION_IDS, build_replication_datasets, write_splits  # noqa: E402
-from benchmarks.replication_runs import (PRETRAINERS, classification_job, fewshot_job, pretraining_job,  # noqa: E402
-                                         run_jobs)
+from benchmarks.replication_runs import (PRESET, PRETRAINERS, classification_job, fewshot_job,  # noqa: E402
+                                         pretraining_job, run_jobs)
 from mass_nn.io.atomic import read_json, write_json_atomic  # noqa: E402
 from mass_nn.paths import MassPaths  # noqa: E402
+from mass_nn.planning.planner_settings import load_preset  # noqa: E402
 from mass_nn.schema import to_dict  # noqa: E402
 
 logger = logging.getLogger("replication")
 STAGES = ("datasets", "masks", "pretrain", "fewshot", "classify", "report", "stage_benchmarks")
 METHODS = (*PRETRAINERS, "scratch")
-PRESET = "replication_cpu"
 CLASSIFICATION_DATASET = "sts_pet"
 
 
@@ -85,6 +86,7 @@ class Replication:
         self.timings = workspace / "timings.json"
         self.state_path = workspace / "state.json"
         self.state_lock = threading.Lock()
+        self.plans_name = load_preset(PRESET)[1]
 
     # ------------------------------------------------------------------ bookkeeping
     def state(self) -> dict:
@@ -129,16 +131,16 @@ class Replication:
     def stage_masks(self) -> dict:
         from mass_nn.masks.generate import MaskGenerationOptions, generate_masks
         counts = {}
-        options = MaskGenerationOptions(generator="supervoxel", configuration="3d_cpu", num_processes=2,
-                                        progress=False)
+        options = MaskGenerationOptions(generator="supervoxel", configuration="3d_cpu", plans_name=self.plans_name,
+                                        num_processes=2, progress=False)
         for dataset in self.pool():
             counts[dataset] = generate_masks(dataset, self.paths, options)
         return {"masks": counts}
 
     def pretraining_jobs(self):
         b = self.budget
-        return {m: pretraining_job(m, self.pool(), self.paths, b.pretrain_epochs, b.pretrain_iters_per_epoch,
-                                   f"repl_{b.name}", self.logs) for m in PRETRAINERS}
+        return {m: pretraining_job(m, self.pool(), self.plans_name, self.paths, b.pretrain_epochs,
+                                   b.pretrain_iters_per_epoch, f"repl_{b.name}", self.logs) for m in PRETRAINERS}
 
     def checkpoint(self, method: str) -> Path | None:
         return None if method == "scratch" else self.pretraining_jobs()[method].done
@@ -158,8 +160,8 @@ class Replication:
         for key in EVALUATION_IDS:
             for method in METHODS:
                 checkpoint = self.checkpoint(method) or mass  # scratch: mass_fewshot needs a checkpoint path
-                jobs.append(fewshot_job(method, self.datasets()[key], checkpoint, self.paths, list(b.shots),
-                                        list(b.seeds), b.finetune_epochs, b.finetune_iters_per_epoch,
+                jobs.append(fewshot_job(method, self.datasets()[key], self.plans_name, checkpoint, self.paths,
+                                        list(b.shots), list(b.seeds), b.finetune_epochs, b.finetune_iters_per_epoch,
                                         self.fewshot_output(key, method), self.logs))
         self._run(jobs)
         return {}
@@ -167,8 +169,8 @@ class Replication:
     def classification_jobs(self):
         b, dataset = self.budget, self.datasets()[CLASSIFICATION_DATASET]
         return [(method, fraction, seed,
-                 classification_job(method, dataset, self.checkpoint(method), self.paths, fraction, seed,
-                                    b.classification_epochs, self.logs))
+                 classification_job(method, dataset, self.plans_name, self.checkpoint(method), self.paths, fraction,
+                                    seed, b.classification_epochs, self.logs))
                 for method in METHODS for fraction in b.classification_fractions for seed in b.seeds]
 
     def stage_classify(self) -> dict:

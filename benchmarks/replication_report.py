@@ -14,7 +14,7 @@ import torch
 
 from benchmarks.measure import machine_description, replace_section
 from benchmarks.replication_datasets import EVALUATION_IDS
-from benchmarks.replication_runs import PRETRAINERS, read_timings
+from benchmarks.replication_runs import CONFIGURATION, PRESET, PRETRAINERS, read_timings
 from mass_nn.datasets.labelled_data import resolve_labelled_dataset
 from mass_nn.evaluation.feature_pca import write_case_feature_figure
 from mass_nn.evaluation.segmentation_figure import write_segmentation_figure
@@ -123,7 +123,7 @@ def dataset_figure(rep, key: str, out: Path) -> Path | None:
     first = [r for r in mass["runs"] if r["shots"] == k and r["seed"] == seed]
     if not first:
         return None
-    data = resolve_labelled_dataset(rep.datasets()[key], rep.paths, "MassPlans", "3d_cpu")
+    data = resolve_labelled_dataset(rep.datasets()[key], rep.paths, rep.plans_name, CONFIGURATION)
     shots = read_json(Path(next(r for r in first if r["method"] == "finetune")["run_folder"]) / "shots.json")
     reference, query = data.raw_cases([shots["training_cases"][0], data.labelled_cases("test")[0]])
     panels = [(f"reference {reference.case_id}", reference.images[0], reference.label),
@@ -149,7 +149,7 @@ def pca_figure(rep, key: str, out: Path) -> Path | None:
     checkpoint = rep.checkpoint("MASS")
     if checkpoint is None or not checkpoint.is_file():
         return None
-    data = resolve_labelled_dataset(rep.datasets()[key], rep.paths, "MassPlans", "3d_cpu")
+    data = resolve_labelled_dataset(rep.datasets()[key], rep.paths, rep.plans_name, CONFIGURATION)
     return write_case_feature_figure(checkpoint, data.patch_case(data.labelled_cases("test")[0]).image_path,
                                      out / f"pca_{key}.png",
                                      f"MASS pretrained on the pool: {DATASET_TITLES[key]} test case")
@@ -167,7 +167,7 @@ def copy_figures(rep, out: Path) -> dict[str, list[Path]]:
             write_progress_plot(records, target, f"{PRETRAINERS[method]} on the CT + MR + PET pool")
             copied["progress"].append(target)
     for dataset in rep.pool():
-        configuration_folder = rep.paths.preprocessed / dataset / data_identifier("MassPlans", "3d_cpu")
+        configuration_folder = rep.paths.preprocessed / dataset / data_identifier(rep.plans_name, CONFIGURATION)
         previews = sorted((bank_folder(configuration_folder, "supervoxel") / "previews").glob("*.png"))
         if previews:
             copied["masks"].append(_copy(previews[0], out / f"masks_{dataset}.png"))
@@ -217,8 +217,9 @@ def _setup_text(rep) -> list[str]:
         f"Data: `{os.path.relpath(rep.shared_data, PAGE.parents[1])}/`, converted by "
         f"`benchmarks/replication_datasets.py`. "
         f"Pretraining pool (unlabelled images, patients of every test split left out, BRATS T1c held out as in "
-        f"the paper): {pool}. Evaluation sets: {evaluation}. Plans: preset `replication_cpu` (4.5 mm, 48³ patch on "
-        f"every dataset, ResUNet 8-128); weight-free `supervoxel` masks. The pools have no validation split "
+        f"the paper): {pool}. Evaluation sets: {evaluation}. Plans: the CPU recipe's preset `{PRESET}` (4 mm, 48³ "
+        f"patch on every dataset, ResUNet 8-128); MASS trains as the recipe's `{PRETRAINERS['MASS']}`; weight-free "
+        f"`supervoxel` masks. The pools have no validation split "
         f"(every image trains) and the evaluation sets none either (no early stopping).",
         f"Budget (`{b.name}`): every pretraining method gets the same number of optimiser steps, "
         f"{b.pretrain_epochs} × {b.pretrain_iters_per_epoch} = {b.pretrain_steps} (batch 2; wall time differs by "
@@ -245,7 +246,7 @@ def _reading(rep) -> list[str]:
     b = rep.budget
     return [
         f"- Scale: the pool holds tens of images (the paper: about 5,000 volumes), every method trains "
-        f"{b.pretrain_steps} steps at batch 2 on 48³ patches at 4.5 mm (the paper: 1.5 mm and 128³ on GPUs), and "
+        f"{b.pretrain_steps} steps at batch 2 on 48³ patches at 4 mm (the paper: 1.5 mm and 128³ on GPUs), and "
         f"finetuning gets {b.finetune_steps} steps (the paper: 50 epochs of 100 steps). These tables show where the "
         f"methods stand at a CPU budget on real data and that the whole comparison runs end to end; they do not "
         f"test the paper's claims at its scale.",
@@ -255,8 +256,8 @@ def _reading(rep) -> list[str]:
         "- Tumours in context: the paper itself reports MASS (IC) at 2.6-18.6 % Dice on tumour sets (KiTS, LiTS, "
         "AutoPET, BraTS T1CE; Table 2) and explains it in its supplement (Figure 8): a tumour has no "
         "cross-patient correspondence, so a reference from another patient says little about where the query's "
-        "tumour is. Three of the four sets here are tumour sets; TotalSegmentator organs are the in-context case "
-        "the method is built for (one test scan).",
+        "tumour is. Three of the six sets here are tumour sets; the organ sets (CHAOS MR, MS-CMRSeg, "
+        "TotalSegmentator CT with one test scan) are the in-context case the method is built for.",
         "- Classification: the size labels come from the expert masks, but the source crops every image to 5 cm "
         "around the tumour, so image extent alone carries size information that any encoder can pick up.",
     ]

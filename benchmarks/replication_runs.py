@@ -21,11 +21,13 @@ from mass_nn.paths import MassPaths
 
 logger = logging.getLogger(__name__)
 
-# Row name -> pretraining trainer. "scratch" has no pretraining: FINETUNE without --pretrained.
-PRETRAINERS = {"MASS": "MASSPretrainer", "MAE": "MAEPretrainer", "S3D": "S3DPretrainer",
+# Row name -> pretraining trainer. "scratch" has no pretraining: FINETUNE without --pretrained. MASS runs as the
+# CPU recipe's trainer (documentation/pretraining.md#the-cpu-recipe), the baselines with their own defaults.
+PRETRAINERS = {"MASS": "MASSCPUPretrainer", "MAE": "MAEPretrainer", "S3D": "S3DPretrainer",
                "SimCLR": "SimCLRPretrainer", "ModelsGenesis": "ModelsGenesisPretrainer",
                "HiEndMAE": "HiEndMAEPretrainer", "MiM": "MiMPretrainer"}
-PLANS, CONFIGURATION = "MassPlans", "3d_cpu"
+CONFIGURATION = "3d_cpu"
+PRESET = "cpu_in_context"  # the CPU recipe's grid (4 mm, 48³): every method and evaluation set uses its plans
 
 
 @dataclass
@@ -49,12 +51,13 @@ def path_flags(paths: MassPaths) -> list[str]:
     return ["--raw", str(paths.raw), "--preprocessed", str(paths.preprocessed), "--results", str(paths.results)]
 
 
-def pretraining_job(method: str, pool: list[str], paths: MassPaths, epochs: int, iters: int, tag: str,
-                    logs: Path) -> Job:
+def pretraining_job(method: str, pool: list[str], plans_name: str, paths: MassPaths, epochs: int, iters: int,
+                    tag: str, logs: Path) -> Job:
     """Pretrain `method` on the pool datasets; the checkpoint lands in the first pool dataset's results folder."""
     trainer = PRETRAINERS[method]
-    folder = paths.results / pool[0] / f"{trainer}__{PLANS}__{CONFIGURATION}__{tag}"
-    argv = [*_cli("train"), "PRETRAIN", "-d", *pool, "-tr", trainer, "-c", CONFIGURATION, "--epochs", str(epochs),
+    folder = paths.results / pool[0] / f"{trainer}__{plans_name}__{CONFIGURATION}__{tag}"
+    argv = [*_cli("train"), "PRETRAIN", "-d", *pool, "-tr", trainer, "-c", CONFIGURATION, "-p", plans_name,
+            "--epochs", str(epochs),
             "--iters-per-epoch", str(iters), "--tag", tag, "--continue", *path_flags(paths)]
     if method == "MASS":
         argv += ["--masks", "supervoxel"]
@@ -62,12 +65,12 @@ def pretraining_job(method: str, pool: list[str], paths: MassPaths, epochs: int,
                extra={"run_folder": str(folder)})
 
 
-def fewshot_job(method: str, dataset: str, checkpoint: Path, paths: MassPaths, shots: list[int], seeds: list[int],
-                epochs: int, iters: int, output: Path, logs: Path) -> Job:
+def fewshot_job(method: str, dataset: str, plans_name: str, checkpoint: Path, paths: MassPaths, shots: list[int],
+                seeds: list[int], epochs: int, iters: int, output: Path, logs: Path) -> Job:
     """The few-shot protocol of one method on one dataset: in context (MASS only) + finetuned, or scratch."""
     argv = [*_cli("fewshot"), "-d", dataset, "--checkpoint", str(checkpoint), "-k", *map(str, shots),
-            "--seeds", *map(str, seeds), "-c", CONFIGURATION, "--epochs", str(epochs), "--iters-per-epoch",
-            str(iters), "--tag", f"repl_{method}", "-o", str(output), *path_flags(paths)]
+            "--seeds", *map(str, seeds), "-c", CONFIGURATION, "-p", plans_name, "--epochs", str(epochs),
+            "--iters-per-epoch", str(iters), "--tag", f"repl_{method}", "-o", str(output), *path_flags(paths)]
     if method == "scratch":
         argv += ["--no-in-context", "--no-finetune", "--scratch"]
     elif method != "MASS":
@@ -76,18 +79,18 @@ def fewshot_job(method: str, dataset: str, checkpoint: Path, paths: MassPaths, s
                output / "results.json")
 
 
-def classification_job(method: str, dataset: str, checkpoint: Path | None, paths: MassPaths, fraction: float,
-                       seed: int, epochs: int, logs: Path) -> Job:
+def classification_job(method: str, dataset: str, plans_name: str, checkpoint: Path | None, paths: MassPaths,
+                       fraction: float, seed: int, epochs: int, logs: Path) -> Job:
     """Frozen-encoder classification probe (attention pooling on the deepest features) of a pretrained method;
     without a checkpoint (scratch) the whole encoder is trained, as the paper's "full training" row."""
     tag = f"repl_{method}"
     run = "pretrained" if checkpoint is not None else "scratch"
     full = "" if checkpoint is not None else "_full"
-    folder = paths.results / dataset / (f"ClassificationProbe__{PLANS}__{CONFIGURATION}__"
+    folder = paths.results / dataset / (f"ClassificationProbe__{plans_name}__{CONFIGURATION}__"
                                         f"{run}_frac{fraction:g}_seed{seed}{full}_{tag}")
     argv = [*_cli("train"), "FINETUNE", "-d", dataset, "-tr", "ClassificationProbe", "-c", CONFIGURATION,
-            "--train-fraction", str(fraction), "--seed", str(seed), "--epochs", str(epochs), "--tag", tag,
-            "--continue", *path_flags(paths)]
+            "-p", plans_name, "--train-fraction", str(fraction), "--seed", str(seed), "--epochs", str(epochs),
+            "--tag", tag, "--continue", *path_flags(paths)]
     argv += ["--pretrained", str(checkpoint)] if checkpoint is not None else ["-s", "finetune_encoder=true"]
     return Job(f"classification {method} frac {fraction:g} seed {seed}", argv,
                logs / f"classify_{method}_frac{fraction:g}_seed{seed}.log", folder / "test_summary.json",
