@@ -31,6 +31,7 @@ from mass_nn.planning.plans import ConfigurationPlan, Plans
 from mass_nn.planning.plans_compatibility import plans_differences, pool_channel_layouts
 from mass_nn.registry import NETWORKS
 from mass_nn.schema import to_dict
+from mass_nn.memory_reuse import MemoryReuse, keep_freed_memory
 from mass_nn.threads import ThreadGovernor
 from mass_nn.training.distributed import (DistributedContext, any_rank, init_distributed, mean_over_ranks,
                                           parameter_checksums)
@@ -90,6 +91,7 @@ class Trainer:
         self._validations_since_best = 0  # for early stopping (options.patience)
         self._start_message = ""
         self.thread_governor: ThreadGovernor | None = None
+        self.memory_reuse: MemoryReuse | None = None
 
     # ----------------------------------------------------------------- hooks (subclass)
     @property
@@ -160,6 +162,7 @@ class Trainer:
             requested.configuration = self.options.configuration
             self.options = merge_for_continue(load_run_config(self.output_folder), requested)
         self.settings = parse_settings(self.settings_class, self.options.extra, self.name)
+        self.memory_reuse = keep_freed_memory()  # before the data and the network take their memory
         self.resolve_data()
         self.fill_defaults()
         torch.manual_seed(self.options.seed)
@@ -184,7 +187,7 @@ class Trainer:
             if self.context.is_main:
                 if self._start_message:
                     logger.info("%s", self._start_message)
-                logger.info("%s", self.thread_governor.plan.describe())
+                logger.info("%s; %s", self.thread_governor.plan.describe(), self.memory_reuse.describe())
                 o = self.options
                 scaling = "" if self.lr_reference_batch is None or o.lr_scaling == "none" else \
                     f" ({o.lr_scaling} scaling of {self.default_lr:g} at global batch {self.lr_reference_batch})"
