@@ -15,7 +15,8 @@ from mass_nn.io.atomic import read_json
 from mass_nn.io.figures import pyplot, save_figure
 from mass_nn.training.metrics_log import read_metrics
 
-SECTION = "in_context_learning_curve"  # the gpu budget writes SECTION + "_gpu", its figures carry the same suffix
+SECTION = "in_context_learning_curve"  # the gpu and cpu_batch16 budgets write SECTION + "_gpu" / "_cpu_batch16", their
+# figures carry the same suffix
 TITLES = {"chaos_mr": "CHAOS MR", "mscmrseg": "MS-CMRSeg"}
 METHOD_TITLES = {"in_context": "MASS in context (no training), threshold 0.5",
                  "in_context_calibrated": "MASS in context (no training), reference-calibrated thresholds",
@@ -100,8 +101,11 @@ def comparison_rows(curve) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+RUN_NOTES = {"_gpu": ", on a GPU", "_cpu_batch16": ", batch 16"}
+
+
 def _suffix(curve) -> str:
-    return "_gpu" if curve.budget.name == "gpu" else ""
+    return f"_{curve.budget.name}" if curve.budget.name in ("gpu", "cpu_batch16") else ""
 
 
 def _figures(curve, out: Path, records: list[dict], dataset_names: dict[str, str]) -> list[Path]:
@@ -118,7 +122,7 @@ def _figures(curve, out: Path, records: list[dict], dataset_names: dict[str, str
     if checkpoint.is_file():
         figures.append(write_case_feature_figure(checkpoint, CaseOutput(data_folder, test_case).data,
                                                  out / f"in_context_pca_chaos{suffix}.png",
-                                                 f"MASS (CPU recipe{', on a GPU' if suffix else ''}), CHAOS test "
+                                                 f"MASS (CPU recipe{RUN_NOTES.get(suffix, '')}), CHAOS test "
                                                  f"patient {test_case}"))
     return figures
 
@@ -148,6 +152,12 @@ def report_markdown(curve, figures: list[Path], relative_to: Path) -> str:
                    "the CPU curve above, more steps; pretraining on " + state.get("pretrain_device", "a CUDA device")
                    + " with bf16 autocast, everything after it (untrained step 0, comparison) on "
                    + machine_description() + ". What more steps of the recipe buy, at no other change.")
+    elif b.name == "cpu_batch16":
+        title = "## In-context learning curve on organ-level MR (the CPU recipe at batch 16)"
+        command = ("`python benchmarks/in_context_learning_curve.py --batch16 --reuse-datasets-from "
+                   "benchmarks/_work/in_context_curve`: the same pool, masks, trainer and val references as the "
+                   "CPU curve above, at the GPU section's batch 16 and unscaled lr 2e-3, on " + machine_description()
+                   + ", with memory reuse on (documentation/pretraining.md#memory-reuse).")
     else:
         title = "## In-context learning curve on organ-level MR (CPU recipe)"
         command = f"`python benchmarks/in_context_learning_curve.py` ({machine_description()})."

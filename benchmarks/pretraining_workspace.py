@@ -43,13 +43,15 @@ def preprocess_and_generate_masks(dataset_id: int, paths: MassPaths, preset: str
                                                             num_processes=2, progress=False))
 
 
-def build_trainer(dataset_id: int, paths: MassPaths, steps: int, trainer_name: str = TRAINER):
+def build_trainer(dataset_id: int, paths: MassPaths, steps: int, trainer_name: str = TRAINER,
+                  batch_size: int | None = None):
     """A trainer (MASSPretrainer by default) with its data, network and settings resolved exactly as
-    `mass_train` does on CPU."""
+    `mass_train` does on CPU (batch_size None: the plans')."""
     from mass_nn.registry import TRAINERS
     from mass_nn.training.options import TrainingOptions
     options = TrainingOptions(mode="PRETRAIN", datasets=[str(dataset_id)], trainer=trainer_name,
-                              configuration=CONFIGURATION, epochs=1, iters_per_epoch=steps, device="cpu")
+                              configuration=CONFIGURATION, epochs=1, iters_per_epoch=steps, device="cpu",
+                              batch_size=batch_size)
     trainer = TRAINERS.get(trainer_name)(options, paths)
     trainer.resolve_data()
     trainer.fill_defaults()

@@ -64,13 +64,16 @@ def run_side(spec: dict, source: Path, work: Path, name: str) -> list[float]:
     return answer["seconds"]
 
 
-def compare(what: str, spec: dict, earlier_source: Path, work: Path, rounds: int) -> SideBySide:
-    """`rounds` alternating runs of each side (earlier first in odd rounds, current first in even ones)."""
+def compare(what: str, spec: dict, earlier_source: Path, work: Path, rounds: int,
+            earlier_changes: dict | None = None) -> SideBySide:
+    """`rounds` alternating runs of each side (earlier first in odd rounds, current first in even ones);
+    `earlier_changes` are spec entries that only the earlier side gets (e.g. the current tree with a feature off)."""
     earlier, current = [], []
+    earlier_spec = {**spec, **(earlier_changes or {})}
     for round_index in range(rounds):
-        order = [("earlier", earlier_source, earlier), ("current", REPO, current)]
-        for label, source, sink in (order if round_index % 2 == 0 else order[::-1]):
-            sink.extend(run_side(spec, source, work, f"{label}_{round_index}"))
+        order = [("earlier", earlier_source, earlier, earlier_spec), ("current", REPO, current, spec)]
+        for label, source, sink, side_spec in (order if round_index % 2 == 0 else order[::-1]):
+            sink.extend(run_side(side_spec, source, work, f"{label}_{round_index}"))
     result = SideBySide(what, earlier, current)
     print(f"  {what}: earlier {statistics.median(earlier):.3g} s, current {statistics.median(current):.3g} s, "
           f"ratio {result.ratio:.2f}x", flush=True)

@@ -37,7 +37,7 @@ def time_train_steps(spec: dict) -> list[float]:
     paths = MassPaths(**{key: Path(value) for key, value in spec["paths"].items()})
     options = TrainingOptions(mode="PRETRAIN", datasets=[str(spec["dataset"])], trainer=spec["trainer"],
                               configuration=spec["configuration"], epochs=1, iters_per_epoch=spec["steps"] + 2,
-                              device="cpu", num_workers=0)
+                              device="cpu", num_workers=0, batch_size=spec.get("batch_size"))
     trainer = TRAINERS.get(spec["trainer"])(options, paths)
     trainer.resolve_data()
     trainer.fill_defaults()
@@ -83,6 +83,18 @@ def time_in_context_query(spec: dict) -> list[float]:
     return _timed(lambda: predictor.label_map(query), spec["steps"])
 
 
+def keep_freed_memory_as_training_does(spec: dict) -> str:
+    """What `Trainer.run` does about freed memory in trees that have mass_nn/memory_reuse.py (off when the spec
+    says "memory_reuse": false); older trees leave malloc as it is."""
+    import importlib.util
+    if importlib.util.find_spec("mass_nn.memory_reuse") is None:
+        return "not in this tree"
+    if not spec.get("memory_reuse", True):
+        return "off"
+    from mass_nn.memory_reuse import keep_freed_memory
+    return "on" if keep_freed_memory().enabled else "off"
+
+
 def main(argv: list[str]) -> int:
     spec = json.loads(Path(argv[0]).read_text())
     # mass_nn must come from spec["source"]: the path goes first, and every mass_nn import of this file sits in
@@ -91,10 +103,11 @@ def main(argv: list[str]) -> int:
     import mass_nn
     import torch
     torch.set_num_threads(int(spec["threads"]))
+    memory_reuse = keep_freed_memory_as_training_does(spec)
     kind = spec["kind"]
     seconds = time_train_steps(spec) if kind == "train_step" else time_in_context_query(spec)
     print(json.dumps({"seconds": seconds, "median": statistics.median(seconds), "threads": torch.get_num_threads(),
-                      "module": str(Path(mass_nn.__file__).resolve().parent)}))
+                      "memory_reuse": memory_reuse, "module": str(Path(mass_nn.__file__).resolve().parent)}))
     return 0
 
 

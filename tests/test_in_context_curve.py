@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.in_context_learning_curve import FULL, GPU, QUICK, LearningCurve, _few_per_source, main
+from benchmarks.in_context_learning_curve import (CPU_BATCH16, FULL, GPU, QUICK, LearningCurve, _few_per_source,
+                                                  main)
 from tests.conftest import requires_shared_data, shared_data_dir
 
 
@@ -26,6 +27,17 @@ def test_workspaces_from_before_the_batch_fields_still_match_and_budgets_stay_ap
     assert GPU.batch_size == 16 and GPU.lr_scaling == "none"
     with pytest.raises(SystemExit, match="holds runs of budget"):
         LearningCurve(tmp_path, tmp_path, GPU, None).run([], redo=False)
+
+
+def test_batch16_budget_is_the_gpu_batch_and_lr_in_its_own_workspace_and_excludes_other_budgets(tmp_path):
+    assert (CPU_BATCH16.batch_size, CPU_BATCH16.lr_scaling) == (GPU.batch_size, GPU.lr_scaling)
+    assert CPU_BATCH16.pretrain_steps == 600 and len(CPU_BATCH16.seeds) >= 3
+    for flags in (["--batch16", "--gpu"], ["--batch16", "--quick"]):
+        with pytest.raises(SystemExit, match="three budgets"):
+            main([*flags, "--workspace", str(tmp_path), "--stages", "report"])
+    LearningCurve(tmp_path, tmp_path, FULL, None).run([], redo=False)
+    with pytest.raises(SystemExit, match="holds runs of budget"):
+        LearningCurve(tmp_path, tmp_path, CPU_BATCH16, None).run([], redo=False)
 
 
 def test_quick_pool_keeps_the_first_cases_of_every_source():

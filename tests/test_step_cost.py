@@ -52,6 +52,13 @@ def test_parts_cover_the_whole_step_and_their_flops_add_up():
     assert costs[PARTS.index("optimiser")].flops == 0
 
 
+def test_runner_keeps_freed_memory_like_training_unless_the_spec_turns_it_off(monkeypatch):
+    from benchmarks.step_runner import keep_freed_memory_as_training_does
+    monkeypatch.delenv("MASS_MEMORY_REUSE", raising=False)
+    assert keep_freed_memory_as_training_does({"memory_reuse": False}) == "off"
+    assert keep_freed_memory_as_training_does({}) in ("on", "off")  # "off" only where the C library is not glibc
+
+
 def test_side_by_side_ratio_is_earlier_over_current():
     assert SideBySide("x", [4.0, 6.0, 5.0], [2.0, 2.5, 3.0]).ratio == pytest.approx(2.0)
 
