@@ -8,7 +8,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mass_nn"
 
 # bottom to top; a package may import its own modules and those of the packages before it
 LAYERS = [
-    {"__init__", "errors", "schema", "paths", "registry", "threads", "parallel", "boxes", "io"},
+    {"__init__", "errors", "schema", "paths", "registry", "threads", "memory_reuse", "parallel", "boxes", "io"},
     {"planning"}, {"preprocessing"}, {"masks"}, {"datasets"}, {"networks"}, {"model"}, {"inference"},
     {"evaluation"}, {"training"}, {"export"}, {"experiments"}, {"cli"},
 ]
