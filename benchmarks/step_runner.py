@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -34,7 +35,8 @@ def time_train_steps(spec: dict) -> list[float]:
     from mass_nn.training.optim.ema import ModelEMA
     from mass_nn.training.optim.schedules import build_lr_scheduler
     from mass_nn.training.options import TrainingOptions
-    paths = MassPaths(**{key: Path(value) for key, value in spec["paths"].items()})
+    roots = roots_this_tree_reads(spec["paths"])
+    paths = MassPaths(**{key: Path(value) for key, value in roots.items()})
     options = TrainingOptions(mode="PRETRAIN", datasets=[str(spec["dataset"])], trainer=spec["trainer"],
                               configuration=spec["configuration"], epochs=1, iters_per_epoch=spec["steps"] + 2,
                               device="cpu", num_workers=0, batch_size=spec.get("batch_size"))
@@ -76,11 +78,47 @@ def time_in_context_query(spec: dict) -> list[float]:
     classes = [int(c) for c in spec["classes"]]
     with torch.no_grad():
         embedding = encode_reference_labels(network, [reference], classes, network.config.input_size_zyx)
-    plans = json.loads(Path(spec["plans"]).read_text())
+    plans = plans_this_tree_reads(json.loads(Path(spec["plans"]).read_text()))
     predictor = SegmentationPredictor(network, embedding, classes, Plans.from_dict(plans), spec["configuration"])
     query = arrays["query_image"]
     _timed(lambda: predictor.label_map(query), 1)
     return _timed(lambda: predictor.label_map(query), spec["steps"])
+
+
+def _configuration_fields() -> set[str]:
+    import dataclasses
+    from mass_nn.planning.plans import ConfigurationPlan
+    return {f.name for f in dataclasses.fields(ConfigurationPlan)}
+
+
+def plans_this_tree_reads(plans: dict) -> dict:
+    """`plans` without the configuration fields this tree's ConfigurationPlan does not know: fields added after an
+    earlier commit, which its strict loader refuses. The earlier tree then reads the plans as it would have written
+    them, provided the new fields hold what it did implicitly (true of `baseline_size` "cpu" for 3d_cpu, the
+    configuration these benchmarks use)."""
+    known = _configuration_fields()
+    return {**plans, "configurations": {name: {key: value for key, value in c.items() if key in known}
+                                        for name, c in plans["configurations"].items()}}
+
+
+def roots_this_tree_reads(roots: dict) -> dict:
+    """The spec's roots, with the preprocessed root replaced by a shadow folder (links to every file, plans
+    rewritten by `plans_this_tree_reads`) when a plans file there has fields this tree does not know."""
+    known = _configuration_fields()
+    preprocessed = Path(roots["preprocessed"])
+    plans_files = [path for path in preprocessed.glob("*/*.json") if "configurations" in json.loads(path.read_text())]
+    if all(set(c) <= known for path in plans_files for c in json.loads(path.read_text())["configurations"].values()):
+        return roots
+    shadow = Path(tempfile.mkdtemp(prefix="plans_for_earlier_tree_", dir="."))
+    for dataset in (d for d in preprocessed.iterdir() if d.is_dir()):
+        (shadow / dataset.name).mkdir()
+        for entry in dataset.iterdir():
+            (shadow / dataset.name / entry.name).symlink_to(entry.resolve())
+    for path in plans_files:
+        target = shadow / path.parent.name / path.name
+        target.unlink()
+        target.write_text(json.dumps(plans_this_tree_reads(json.loads(path.read_text()))))
+    return {**roots, "preprocessed": str(shadow.resolve())}
 
 
 def keep_freed_memory_as_training_does(spec: dict) -> str:

@@ -2,6 +2,8 @@
 a step adding up to the whole, and the side-by-side runner refusing to time the wrong source tree."""
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import pytest
@@ -57,6 +59,27 @@ def test_runner_keeps_freed_memory_like_training_unless_the_spec_turns_it_off(mo
     monkeypatch.delenv("MASS_MEMORY_REUSE", raising=False)
     assert keep_freed_memory_as_training_does({"memory_reuse": False}) == "off"
     assert keep_freed_memory_as_training_does({}) in ("on", "off")  # "off" only where the C library is not glibc
+
+
+def test_runner_hides_plans_fields_this_tree_does_not_know_behind_a_shadow_root(tmp_path, monkeypatch):
+    from benchmarks.step_runner import roots_this_tree_reads
+    dataset = tmp_path / "pre" / "Dataset990_X"
+    dataset.mkdir(parents=True)
+    (dataset / "arrays.b2nd").write_bytes(b"data")
+    plans = {"plans_name": "MassPlans", "configurations": {"3d_cpu": {"name": "3d_cpu", "batch_size": 2}}}
+    (dataset / "MassPlans.json").write_text(json.dumps(plans))
+    roots = {"preprocessed": str(tmp_path / "pre"), "raw": "r"}
+    monkeypatch.chdir(tmp_path)
+    assert roots_this_tree_reads(roots) == roots  # every field known: the roots stay
+    plans["configurations"]["3d_cpu"]["field_from_the_future"] = 1
+    (dataset / "MassPlans.json").write_text(json.dumps(plans))
+    shadowed = roots_this_tree_reads(roots)
+    shadow = Path(shadowed["preprocessed"]) / "Dataset990_X"
+    assert shadowed["raw"] == "r" and shadow.parent != tmp_path / "pre"
+    assert (shadow / "arrays.b2nd").is_symlink() and (shadow / "arrays.b2nd").read_bytes() == b"data"
+    assert json.loads((shadow / "MassPlans.json").read_text())["configurations"]["3d_cpu"] == {
+        "name": "3d_cpu", "batch_size": 2}
+    assert "field_from_the_future" in (dataset / "MassPlans.json").read_text()  # the original is untouched
 
 
 def test_side_by_side_ratio_is_earlier_over_current():
