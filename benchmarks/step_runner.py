@@ -85,39 +85,49 @@ def time_in_context_query(spec: dict) -> list[float]:
     return _timed(lambda: predictor.label_map(query), spec["steps"])
 
 
-def _configuration_fields() -> set[str]:
+def _keep_known_fields(kind, value):
+    """`value` (JSON) without the keys that the dataclass `kind` (or the dataclasses nested in it) does not have."""
     import dataclasses
-    from mass_nn.planning.plans import ConfigurationPlan
-    return {f.name for f in dataclasses.fields(ConfigurationPlan)}
+    import typing
+    if dataclasses.is_dataclass(kind) and isinstance(value, dict):
+        hints = typing.get_type_hints(kind)
+        names = {f.name for f in dataclasses.fields(kind)}
+        return {key: _keep_known_fields(hints[key], item) for key, item in value.items() if key in names}
+    origin, arguments = typing.get_origin(kind), typing.get_args(kind)
+    if origin is dict and isinstance(value, dict):
+        return {key: _keep_known_fields(arguments[1], item) for key, item in value.items()}
+    if origin is list and isinstance(value, list):
+        return [_keep_known_fields(arguments[0], item) for item in value]
+    nested = [a for a in arguments if dataclasses.is_dataclass(a)]  # Optional[SomePlan] and the like
+    return _keep_known_fields(nested[0], value) if len(nested) == 1 and isinstance(value, dict) else value
 
 
 def plans_this_tree_reads(plans: dict) -> dict:
-    """`plans` without the configuration fields this tree's ConfigurationPlan does not know: fields added after an
-    earlier commit, which its strict loader refuses. The earlier tree then reads the plans as it would have written
-    them, provided the new fields hold what it did implicitly (true of `baseline_size` "cpu" for 3d_cpu, the
-    configuration these benchmarks use)."""
-    known = _configuration_fields()
-    return {**plans, "configurations": {name: {key: value for key, value in c.items() if key in known}
-                                        for name, c in plans["configurations"].items()}}
+    """`plans` without the fields this tree's Plans dataclasses do not know: fields added after an earlier commit,
+    which its strict loader refuses. The earlier tree then reads the plans as it would have written them, provided
+    the new fields hold what it did implicitly (true of `baseline_size` "cpu" for 3d_cpu and of the mask
+    generation `channel` 0 of one-channel data, the cases these benchmarks use)."""
+    from mass_nn.planning.plans import Plans
+    return _keep_known_fields(Plans, plans)
 
 
 def roots_this_tree_reads(roots: dict) -> dict:
     """The spec's roots, with the preprocessed root replaced by a shadow folder (links to every file, plans
     rewritten by `plans_this_tree_reads`) when a plans file there has fields this tree does not know."""
-    known = _configuration_fields()
     preprocessed = Path(roots["preprocessed"])
-    plans_files = [path for path in preprocessed.glob("*/*.json") if "configurations" in json.loads(path.read_text())]
-    if all(set(c) <= known for path in plans_files for c in json.loads(path.read_text())["configurations"].values()):
+    plans_files = {path: json.loads(path.read_text()) for path in preprocessed.glob("*/*.json")}
+    plans_files = {path: plans for path, plans in plans_files.items() if "configurations" in plans}
+    if all(plans_this_tree_reads(plans) == plans for plans in plans_files.values()):
         return roots
     shadow = Path(tempfile.mkdtemp(prefix="plans_for_earlier_tree_", dir="."))
     for dataset in (d for d in preprocessed.iterdir() if d.is_dir()):
         (shadow / dataset.name).mkdir()
         for entry in dataset.iterdir():
             (shadow / dataset.name / entry.name).symlink_to(entry.resolve())
-    for path in plans_files:
+    for path, plans in plans_files.items():
         target = shadow / path.parent.name / path.name
         target.unlink()
-        target.write_text(json.dumps(plans_this_tree_reads(json.loads(path.read_text()))))
+        target.write_text(json.dumps(plans_this_tree_reads(plans)))
     return {**roots, "preprocessed": str(shadow.resolve())}
 
 
