@@ -72,7 +72,7 @@ def time_in_context_query(spec: dict) -> list[float]:
     from mass_nn.inference.predictor import SegmentationPredictor
     from mass_nn.inference.reference_encoding import encode_reference_labels
     from mass_nn.planning.plans import Plans
-    network, _, _ = load_in_context_checkpoint(Path(spec["checkpoint"]))
+    network, _, _ = load_in_context_checkpoint(checkpoint_this_tree_reads(Path(spec["checkpoint"])))
     arrays = np.load(spec["arrays"])
     reference = (arrays["reference_image"], arrays["reference_label"])
     classes = [int(c) for c in spec["classes"]]
@@ -109,6 +109,35 @@ def plans_this_tree_reads(plans: dict) -> dict:
     generation `channel` 0 of one-channel data, the cases these benchmarks use)."""
     from mass_nn.planning.plans import Plans
     return _keep_known_fields(Plans, plans)
+
+
+def _first_class(name: str, modules: tuple[str, ...]):
+    """Class `name` from the first of `modules` (the places it lived in over the commits) that this tree has."""
+    import importlib
+    for module in modules:
+        try:
+            return getattr(importlib.import_module(module), name)
+        except ModuleNotFoundError:
+            continue
+    raise ModuleNotFoundError(f"{name} is in none of {modules} of this tree")
+
+
+def checkpoint_this_tree_reads(path: Path) -> Path:
+    """`path`, or a copy in the working folder whose meta leaves out what this tree's CheckpointMeta, network config
+    and plans do not know (a checkpoint of the current tree read by an earlier commit)."""
+    import torch
+    meta_class = _first_class("CheckpointMeta", ("mass_nn.model.checkpoint", "mass_nn.training.checkpoint"))
+    config_class = _first_class("InContextNetworkConfig", ("mass_nn.networks.in_context.config",
+                                                           "mass_nn.networks.config"))
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    meta = json.loads(payload["meta_json"])
+    readable = {**_keep_known_fields(meta_class, meta), "plans": plans_this_tree_reads(meta["plans"]),
+                "network_config": _keep_known_fields(config_class, meta["network_config"])}
+    if readable == meta:
+        return path
+    copy = Path(tempfile.mkdtemp(prefix="checkpoint_for_earlier_tree_", dir=".")) / path.name
+    torch.save({**payload, "meta_json": json.dumps(readable)}, copy)
+    return copy.resolve()
 
 
 def roots_this_tree_reads(roots: dict) -> dict:
