@@ -169,7 +169,11 @@ def mass_train_under_load(source: Path, label: str, busy: bool, work: Path, budg
     beside a busy program (one process spinning on a core); the per-epoch step seconds from metrics.jsonl."""
     paths = _workspace(work, "3d_cpu")
     tag = f"load_{label}_{'busy' if busy else 'idle'}"
+    # the earlier tree reads the current plans through step_runner's shadow root (fields it does not know left out)
     command = [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(source)!r}); "
+               f"sys.path.insert(1, {str(REPOSITORY / 'benchmarks')!r}); "
+               "from step_runner import roots_this_tree_reads; i = sys.argv.index('--preprocessed'); "
+               "sys.argv[i + 1] = roots_this_tree_reads({'preprocessed': sys.argv[i + 1]})['preprocessed']; "
                "from mass_nn.cli.train import main; raise SystemExit(main())",
                "PRETRAIN", "-d", "990", "-c", "3d_cpu", "--device", "cpu", "--epochs", str(budget.load_epochs),
                "--iters-per-epoch", str(budget.load_iters), "--val-batches", "1", "--tag", tag, "--raw",
@@ -180,7 +184,7 @@ def mass_train_under_load(source: Path, label: str, busy: bool, work: Path, budg
     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
     try:
         environment = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
-        subprocess.run(command, check=True, capture_output=True, env={**environment, "TQDM_DISABLE": "1"})
+        subprocess.run(command, check=True, capture_output=True, env={**environment, "TQDM_DISABLE": "1"}, cwd=work)
     finally:
         if spinner is not None:
             spinner.kill()
