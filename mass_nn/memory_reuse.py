@@ -37,8 +37,9 @@ class MemoryReuse:
     reason: str
 
     def describe(self) -> str:
-        state = "on" if self.enabled else "off"
-        return f"memory reuse {state} ({self.reason}; {ENVIRONMENT_SWITCH}=0 turns it off)"
+        if not self.enabled:
+            return f"memory reuse off ({self.reason})"
+        return f"memory reuse on ({self.reason}; {ENVIRONMENT_SWITCH}=0 turns it off)"
 
 
 def _glibc() -> ctypes.CDLL | None:
