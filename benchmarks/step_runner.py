@@ -144,19 +144,19 @@ def roots_this_tree_reads(roots: dict) -> dict:
     """The spec's roots, with the preprocessed root replaced by a shadow folder (links to every file, plans
     rewritten by `plans_this_tree_reads`) when a plans file there has fields this tree does not know."""
     preprocessed = Path(roots["preprocessed"])
-    plans_files = {path: json.loads(path.read_text()) for path in preprocessed.glob("*/*.json")}
-    plans_files = {path: plans for path, plans in plans_files.items() if "configurations" in plans}
-    if all(plans_this_tree_reads(plans) == plans for plans in plans_files.values()):
+    files = {path: json.loads(path.read_text()) for path in preprocessed.glob("*/*.json")}
+    readable = {path: plans_this_tree_reads(plans) for path, plans in files.items() if "configurations" in plans}
+    if all(readable[path] == files[path] for path in readable):
         return roots
     shadow = Path(tempfile.mkdtemp(prefix="plans_for_earlier_tree_", dir="."))
     for dataset in (d for d in preprocessed.iterdir() if d.is_dir()):
         (shadow / dataset.name).mkdir()
         for entry in dataset.iterdir():
             (shadow / dataset.name / entry.name).symlink_to(entry.resolve())
-    for path, plans in plans_files.items():
+    for path, plans in readable.items():
         target = shadow / path.parent.name / path.name
         target.unlink()
-        target.write_text(json.dumps(plans_this_tree_reads(plans)))
+        target.write_text(json.dumps(plans))
     return {**roots, "preprocessed": str(shadow.resolve())}
 
 

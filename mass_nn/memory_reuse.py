@@ -16,11 +16,8 @@ the environment leaves malloc as it is.
 from __future__ import annotations
 
 import ctypes
-import logging
 import os
 from dataclasses import dataclass
-
-logger = logging.getLogger(__name__)
 
 ENVIRONMENT_SWITCH = "MASS_MEMORY_REUSE"
 # mallopt parameters (glibc malloc.h)
@@ -59,9 +56,9 @@ def keep_freed_memory() -> MemoryReuse:
     libc = _glibc()
     if libc is None:
         return MemoryReuse(False, "the C library is not glibc")
-    settings = ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES), (M_TOP_PAD, TOP_PAD_BYTES))
-    refused = [name for name, (parameter, value) in zip(("M_MMAP_MAX", "M_TRIM_THRESHOLD", "M_TOP_PAD"), settings)
-               if libc.mallopt(parameter, value) != 1]
+    settings = {"M_MMAP_MAX": (M_MMAP_MAX, 0), "M_TRIM_THRESHOLD": (M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES),
+                "M_TOP_PAD": (M_TOP_PAD, TOP_PAD_BYTES)}
+    refused = [name for name, (parameter, value) in settings.items() if libc.mallopt(parameter, value) != 1]
     if refused:
         return MemoryReuse(False, f"glibc refused mallopt {', '.join(refused)}")
     return MemoryReuse(True, "glibc malloc: no mmap for large blocks, freed memory kept up to 2 GiB")

@@ -23,6 +23,7 @@ from mass_nn.errors import MassError
 from mass_nn.io.artifact_layout import checkpoint_path
 from mass_nn.io.atomic import write_json_atomic
 from mass_nn.io.dataset_json import find_dataset_name
+from mass_nn.memory_reuse import MemoryReuse, keep_freed_memory
 from mass_nn.model.checkpoint import Checkpoint, CheckpointMeta, load_checkpoint, save_checkpoint
 from mass_nn.networks.network_base import Network
 from mass_nn.paths import MassPaths
@@ -31,7 +32,6 @@ from mass_nn.planning.plans import ConfigurationPlan, Plans
 from mass_nn.planning.plans_compatibility import plans_differences, pool_channel_layouts
 from mass_nn.registry import NETWORKS
 from mass_nn.schema import to_dict
-from mass_nn.memory_reuse import MemoryReuse, keep_freed_memory
 from mass_nn.threads import ThreadGovernor
 from mass_nn.training.distributed import (DistributedContext, any_rank, init_distributed, mean_over_ranks,
                                           parameter_checksums)
