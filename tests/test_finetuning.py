@@ -117,6 +117,12 @@ def test_in_context_predict_saves_and_reuses_the_encoding(pretrained, tmp_path, 
     first = read_image(tmp_path / "a" / f"{query}.nii.gz", dtype=np.int16)[0]
     np.testing.assert_array_equal(first, read_image(tmp_path / "b" / f"{query}.nii.gz", dtype=np.int16)[0])
     assert set(np.unique(first)) <= {0, 1, 7}
+    # the release's rule for overlapping labels: the same claimed voxels, each to its most probable label
+    assert predict_main([*args, "-o", str(tmp_path / "p"), "--embedding", str(tmp_path / "refs.pt"),
+                         "--label-fusion", "most_probable"]) == 0
+    most_probable = read_image(tmp_path / "p" / f"{query}.nii.gz", dtype=np.int16)[0]
+    np.testing.assert_array_equal(most_probable > 0, first > 0)
+    assert set(np.unique(most_probable)) <= {0, 1, 7}
 
     # reference-calibrated thresholds: saved with the encoding, reused from it; an old encoding has none
     assert predict_main([*args, "-o", str(tmp_path / "f"), *refs, "--labels", "1", "7", "--calibrated-threshold",
@@ -161,8 +167,8 @@ def test_fewshot_runner_writes_table_and_figure_and_resumes(pretrained, tmp_path
         ("in_context", 1, 0), ("in_context", 1, 1), ("in_context", 2, 0), ("in_context", 2, 1)]
     assert "| MASS in-context |" in (out / "results.md").read_text() and (out / "examples.png").is_file()
     shots_0 = json.loads((out / "in_context" / "2shot_seed0" / "shots.json").read_text())["training_cases"]
-    shots_1 = json.loads((out / "in_context" / "1shot_seed0" / "shots.json").read_text())["training_cases"]
-    assert shots_1 == shots_0[:1]
+    shots_1 = json.loads((out / "in_context" / "1shot_seed0" / "shots.json").read_text())
+    assert shots_1["training_cases"] == shots_0[:1] and shots_1["label_fusion"] == "smallest_volume"
     stamp = (out / "in_context" / "1shot_seed0" / "summary.json").stat().st_mtime_ns
     assert fewshot_main(args) == 0  # resumes: finished runs are read back
     assert (out / "in_context" / "1shot_seed0" / "summary.json").stat().st_mtime_ns == stamp

@@ -98,6 +98,37 @@ def test_label_map_takes_the_most_probable_label_above_threshold_and_largest_com
     assert (largest[..., 9] == 0).all() and (largest[..., 0:2] == 3).all()
 
 
+def test_smallest_volume_fusion_keeps_labels_that_a_body_wide_claim_would_erase():
+    probabilities = torch.zeros(3, 4, 4, 12)
+    probabilities[0] = 0.9  # label 3 claims every voxel (a reference the network did not understand)
+    probabilities[1, :, :, 2:8] = 0.6  # label 7: a block
+    probabilities[2, :, :, 4:6] = 0.55  # label 9: nested inside label 7's block
+    most_probable = probabilities_to_label_map(probabilities, [3, 7, 9], fusion="most_probable")
+    assert (most_probable == 3).all()
+    smallest = probabilities_to_label_map(probabilities, [3, 7, 9], fusion="smallest_volume")
+    assert (smallest[..., 4:6] == 9).all() and (smallest[..., 2:4] == 7).all() and (smallest[..., 6:8] == 7).all()
+    assert (smallest[..., :2] == 3).all() and (smallest[..., 8:] == 3).all()
+    # unclaimed voxels stay background, equal claims go to the first label
+    probabilities[0] = 0.1
+    probabilities[2, :, :, 2:8] = 0.55  # now as large as label 7's claim
+    tied = probabilities_to_label_map(probabilities, [3, 7, 9], fusion="smallest_volume")
+    assert (tied[..., 2:8] == 7).all() and (tied[..., :2] == 0).all()
+    with pytest.raises(ValueError, match="label fusion 'largest'"):
+        probabilities_to_label_map(probabilities, [3, 7, 9], fusion="largest")
+
+
+def test_predictor_fuses_by_smallest_volume_in_context_and_by_probability_with_fixed_classes(tiny_network):
+    from types import SimpleNamespace
+    from mass_nn.inference.predictor import InferenceSettings, SegmentationPredictor
+    plans = SimpleNamespace(configuration=lambda name: SimpleNamespace(patch_size_zyx=[32, 32, 32]))
+    embedding = [torch.randn(1, 2, 11, c) for c in tiny_network.config.prior_channels()]
+    assert SegmentationPredictor(tiny_network, embedding, [1, 2], plans, "3d").label_fusion == "smallest_volume"
+    assert SegmentationPredictor(tiny_network, None, [1, 2], plans, "3d").label_fusion == "most_probable"
+    chosen = InferenceSettings(label_fusion="most_probable")
+    assert SegmentationPredictor(tiny_network, embedding, [1, 2], plans, "3d", settings=chosen).label_fusion \
+        == "most_probable"
+
+
 def test_shot_selection_is_seeded_nested_and_checked():
     cases = [f"case_{i:02d}" for i in range(12)]
     assert select_shots(cases, 5, seed=3) == select_shots(list(reversed(cases)), 5, seed=3)

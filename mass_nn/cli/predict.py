@@ -15,6 +15,7 @@ from pathlib import Path
 
 from mass_nn.cli.common import add_common_arguments, run_cli
 from mass_nn.errors import MassError
+from mass_nn.inference.label_maps import LABEL_FUSIONS
 from mass_nn.io.atomic import prepare_output_folder
 
 
@@ -42,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="in context: each label's threshold read off its references instead of --threshold "
                               "(saved with --save-embedding, reused with --embedding)")
     options.add_argument("--largest-component", action="store_true", help="keep each label's largest component")
+    options.add_argument("--label-fusion", choices=LABEL_FUSIONS,
+                         help="a voxel several labels claim goes to the label with the smallest claim in the case "
+                              "(smallest_volume) or to the most probable one (default: smallest_volume in context, "
+                              "most_probable with -m)")
     options.add_argument("--max-labels-per-forward", type=int, default=0,
                          help="split the labels into chunks of this size (default: all at once)")
     options.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: %(default)s")
@@ -64,7 +69,7 @@ def _predictor(args):
     from mass_nn.inference import model_loading
     from mass_nn.inference.predictor import InferenceSettings
     settings = InferenceSettings(overlap=args.overlap, blend=args.blend, threshold=args.threshold,
-                                 keep_largest_component=args.largest_component,
+                                 keep_largest_component=args.largest_component, label_fusion=args.label_fusion,
                                  max_labels_per_forward=args.max_labels_per_forward)
     device = _device(args.device)
     references = bool(args.reference_image or args.reference_mask)

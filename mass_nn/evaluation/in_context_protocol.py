@@ -40,7 +40,8 @@ def in_context_evaluation(checkpoint: Path, dataset: str, paths: MassPaths, shot
     write_json_atomic({"dataset": data.source.dataset_name, "checkpoint": str(checkpoint), "shots": shots,
                        "seed": seed, "training_cases": shot_cases, "classes": data.classes,
                        "classes_without_reference": sorted(set(data.classes) - set(present)),
-                       "thresholds": dict(zip(present, predictor.thresholds or [0.5] * len(present)))},
+                       "thresholds": dict(zip(present, predictor.thresholds or [0.5] * len(present))),
+                       "label_fusion": predictor.label_fusion},
                       Path(out_folder) / "shots.json")
     test_cases = data.raw_cases(data.labelled_cases("test"))
     return predict_and_score(predictor, test_cases, data.classes, out_folder, hd95)

@@ -32,6 +32,9 @@ class InferenceSettings:
     blend: str = "gaussian"
     threshold: float = 0.5  # used for every label unless per-label thresholds are set on the predictor
     keep_largest_component: bool = False
+    # voxels claimed by several labels (label_maps.py); None: smallest_volume in context, most_probable for a
+    # fixed-class network (measured in documentation/in_context_segmentation.md, "Overlapping labels")
+    label_fusion: str | None = None
     max_labels_per_forward: int = 0  # 0: all labels in one pass (labels interact in the decoder, see the docs)
     windows_per_batch: int = 1
 
@@ -72,7 +75,14 @@ class SegmentationPredictor:
         s = self.settings
         threshold = self.thresholds if self.thresholds is not None else s.threshold
         return probabilities_to_label_map(self.probabilities(data), self.label_values, threshold,
-                                          s.keep_largest_component)
+                                          s.keep_largest_component, self.label_fusion)
+
+    @property
+    def label_fusion(self) -> str:
+        """How voxels claimed by several labels are resolved (the settings' choice, else the mode's default)."""
+        if self.settings.label_fusion is not None:
+            return self.settings.label_fusion
+        return "most_probable" if self.task_embedding is None else "smallest_volume"
 
     def preprocess(self, case: CaseFiles) -> PreprocessedCase:
         expected = len(self.plans.channels)
