@@ -101,6 +101,20 @@ def comparison_rows(curve) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def label_fusion_note(curve) -> str:
+    """How the in-context label maps of the comparison resolved overlapping labels (runs written before the rule
+    was recorded used the most probable label)."""
+    shots_files = [path for key in TITLES
+                   for path in (curve.workspace / "compare" / key).glob("*in_context*/1shot_seed*/shots.json")]
+    rules = {read_json(path).get("label_fusion", "most_probable") for path in shots_files}
+    if not rules:
+        return ""
+    return (" In-context label maps give a voxel several structures claim to "
+            + " / ".join("the smallest claim" if r == "smallest_volume" else "the most probable structure"
+                         for r in sorted(rules))
+            + " (documentation/in_context_segmentation.md#overlapping-labels).")
+
+
 RUN_NOTES = {"_gpu": ", on a GPU", "_cpu_batch16": ", batch 16"}
 
 
@@ -175,7 +189,8 @@ def report_markdown(curve, figures: list[Path], relative_to: Path) -> str:
              markdown_table(structure_header, per_structure), "",
              f"Test patients, 1-shot, full volumes in their own geometry, mean Dice (%) over the structures, mean "
              f"(std) over {len(b.seeds)} shot choices; finetuning {b.finetune_epochs * b.finetune_iters_per_epoch} "
-             f"steps for both finetuned rows.", "", markdown_table(compare_header, compare_rows), ""]
+             f"steps for both finetuned rows." + label_fusion_note(curve), "",
+             markdown_table(compare_header, compare_rows), ""]
     lines += [" ".join(f"![{p.stem}]({p.relative_to(relative_to).as_posix()})" for p in figures), ""]
     return "\n".join(lines)
 
