@@ -18,6 +18,8 @@ from pathlib import Path
 from mass_nn.io.artifact_layout import checkpoint_path
 from mass_nn.io.atomic import read_json, write_json_atomic
 from mass_nn.paths import MassPaths
+from mass_nn.training.finetune.classification.trainer import probe_run_tag
+from mass_nn.training.run_folder import run_folder
 
 logger = logging.getLogger(__name__)
 
@@ -84,10 +86,8 @@ def classification_job(method: str, dataset: str, plans_name: str, checkpoint: P
     """Frozen-encoder classification probe (attention pooling on the deepest features) of a pretrained method;
     without a checkpoint (scratch) the whole encoder is trained, as the paper's "full training" row."""
     tag = f"repl_{method}"
-    run = "pretrained" if checkpoint is not None else "scratch"
-    full = "" if checkpoint is not None else "_full"
-    folder = paths.results / dataset / (f"ClassificationProbe__{plans_name}__{CONFIGURATION}__"
-                                        f"{run}_frac{fraction:g}_seed{seed}{full}_{tag}")
+    folder = run_folder(paths.results, dataset, "ClassificationProbe", plans_name, CONFIGURATION,
+                        probe_run_tag(checkpoint, fraction, seed, checkpoint is None, tag))
     argv = [*_cli("train"), "FINETUNE", "-d", dataset, "-tr", "ClassificationProbe", "-c", CONFIGURATION,
             "-p", plans_name, "--train-fraction", str(fraction), "--seed", str(seed), "--epochs", str(epochs),
             "--tag", tag, "--continue", *path_flags(paths)]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections import Counter
 from typing import ClassVar
@@ -48,6 +49,17 @@ INITIALISATION_FILE = "encoder_initialisation.json"
 FEATURE_CHUNK = 64  # cached feature maps moved to the device at a time during validation
 
 
+def probe_run_tag(pretrained: str | os.PathLike | None, train_fraction: float | None, seed: int,
+                  finetune_encoder: bool, tag: str = "") -> str:
+    """<pretrained-<checkpoint id>|scratch>_frac<F>_seed<S>[_full][_<--tag>]: runs that differ in these never
+    share a folder."""
+    start = f"pretrained-{checkpoint_identity(pretrained)}" if pretrained else "scratch"
+    parts = [start, f"frac{1.0 if train_fraction is None else train_fraction:g}", f"seed{seed}"]
+    if finetune_encoder:
+        parts.append("full")
+    return "_".join(parts + ([tag] if tag else []))
+
+
 class ClassificationProbe(Trainer):
     """Attention-pooling classifier on the deepest encoder features; frozen encoder unless finetune_encoder."""
 
@@ -77,15 +89,8 @@ class ClassificationProbe(Trainer):
         return not self.settings.finetune_encoder
 
     def run_tag(self) -> str:
-        """<pretrained-<checkpoint id>|scratch>_frac<F>_seed<S>[_full][_<--tag>]: runs that differ in these never
-        share a folder."""
         o = self.options
-        fraction = o.train_fraction if o.train_fraction is not None else 1.0
-        start = f"pretrained-{checkpoint_identity(o.pretrained)}" if o.pretrained else "scratch"
-        parts = [start, f"frac{fraction:g}", f"seed{o.seed}"]
-        if o.extra.get("finetune_encoder") is True:
-            parts.append("full")
-        return "_".join(parts + ([o.tag] if o.tag else []))
+        return probe_run_tag(o.pretrained, o.train_fraction, o.seed, o.extra.get("finetune_encoder") is True, o.tag)
 
     # ----------------------------------------------------------------- data
     def resolve_data(self) -> None:
