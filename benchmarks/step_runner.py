@@ -9,11 +9,14 @@ Usage: python benchmarks/step_runner.py SPEC.json  (SPEC: see `main`); prints on
 """
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import json
 import statistics
 import sys
 import tempfile
 import time
+import typing
 from pathlib import Path
 
 
@@ -87,8 +90,6 @@ def time_in_context_query(spec: dict) -> list[float]:
 
 def _keep_known_fields(kind, value):
     """`value` (JSON) without the keys that the dataclass `kind` (or the dataclasses nested in it) does not have."""
-    import dataclasses
-    import typing
     if dataclasses.is_dataclass(kind) and isinstance(value, dict):
         hints = typing.get_type_hints(kind)
         names = {f.name for f in dataclasses.fields(kind)}
@@ -113,7 +114,6 @@ def plans_this_tree_reads(plans: dict) -> dict:
 
 def _first_class(name: str, modules: tuple[str, ...]):
     """Class `name` from the first of `modules` (the places it lived in over the commits) that this tree has."""
-    import importlib
     for module in modules:
         try:
             return getattr(importlib.import_module(module), name)

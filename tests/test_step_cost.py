@@ -3,7 +3,6 @@ a step adding up to the whole, and the side-by-side runner refusing to time the 
 from __future__ import annotations
 
 import json
-
 from pathlib import Path
 
 import pytest
