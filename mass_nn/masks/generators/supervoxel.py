@@ -46,8 +46,8 @@ class SupervoxelGenerator(MaskGenerator):
                  min_volume_mm3: float = 1000.0, max_volume_fraction: float = 0.5,
                  seed_spacing_mm: float = 12.0, gradient_sigma_mm: float = 1.5, max_merge_rounds: int = 300,
                  min_border_gradient: float = 2.0,
-                 band_levels: int = 6, band_smoothing_mm: float = 1.0, band_opening: str = "both",
-                 max_working_voxels: int = 3_000_000):
+                 band_levels: int = 8, band_smoothing_mm: float = 1.0, band_min_smoothing_voxels: float = 0.5,
+                 band_opening: str = "both", max_working_voxels: int = 3_000_000):
         if band_opening not in OPENINGS:
             raise MassError(f"supervoxel: band_opening must be one of {sorted(OPENINGS)}, got {band_opening!r}")
         if not 0.0 <= band_fraction <= 1.0 or not 0.0 < nms_iou <= 1.0:
@@ -56,6 +56,9 @@ class SupervoxelGenerator(MaskGenerator):
         if min(max_masks, max_merge_rounds, max_working_voxels) < 1 or band_levels < 2:
             raise MassError("supervoxel: max_masks, max_merge_rounds and max_working_voxels must be >= 1 and "
                             "band_levels >= 2")
+        if min(band_smoothing_mm, band_min_smoothing_voxels) < 0:
+            raise MassError(f"supervoxel: band_smoothing_mm and band_min_smoothing_voxels must be >= 0, got "
+                            f"{band_smoothing_mm} and {band_min_smoothing_voxels}")
         self.max_masks = int(max_masks)
         self.band_fraction = float(band_fraction)
         self.nms_iou = float(nms_iou)
@@ -67,6 +70,7 @@ class SupervoxelGenerator(MaskGenerator):
         self.min_border_gradient = float(min_border_gradient)
         self.band_levels = int(band_levels)
         self.band_smoothing_mm = float(band_smoothing_mm)
+        self.band_min_smoothing_voxels = float(band_min_smoothing_voxels)
         self.band_opening = band_opening
         self.max_working_voxels = int(max_working_voxels)
 
@@ -76,7 +80,8 @@ class SupervoxelGenerator(MaskGenerator):
                 "seed_spacing_mm": self.seed_spacing_mm, "gradient_sigma_mm": self.gradient_sigma_mm,
                 "max_merge_rounds": self.max_merge_rounds, "min_border_gradient": self.min_border_gradient,
                 "band_levels": self.band_levels,
-                "band_smoothing_mm": self.band_smoothing_mm, "band_opening": self.band_opening,
+                "band_smoothing_mm": self.band_smoothing_mm,
+                "band_min_smoothing_voxels": self.band_min_smoothing_voxels, "band_opening": self.band_opening,
                 "max_working_voxels": self.max_working_voxels}
 
     def generate(self, case: CaseInput) -> list[MaskProposal]:
@@ -116,6 +121,7 @@ class SupervoxelGenerator(MaskGenerator):
         if budget <= 0:
             return []
         settings = BandSettings(levels=self.band_levels, smoothing_mm=self.band_smoothing_mm,
+                                min_smoothing_voxels=self.band_min_smoothing_voxels,
                                 openings=OPENINGS[self.band_opening], min_voxels=min_voxels, max_voxels=max_voxels,
                                 keep=BAND_CANDIDATES_PER_MASK * budget)
         components = select_components(band_components(windowed, spacing, settings), self.nms_iou, budget)
