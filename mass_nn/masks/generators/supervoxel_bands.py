@@ -46,10 +46,11 @@ def band_components(windowed: np.ndarray, spacing_zyx_mm, settings: BandSettings
     most stable first (ties keep the earlier window, opening, band and label, so the result is deterministic)."""
     kept: list[tuple] = []  # min-heap of (stability, -sequence, component)
     sequence = 0
+    label_buffers: list[np.ndarray] = []  # label images no longer needed, reused by the next bands
     for window, channel in enumerate(windowed):
         bins = _quantise(channel, spacing_zyx_mm, settings)
         for opened in settings.openings:
-            for band, labels, sizes, stability in _scored_bands(bins, opened, settings):
+            for band, labels, sizes, stability in _scored_bands(bins, opened, settings, label_buffers):
                 regions = None
                 for label in _eligible_labels(sizes, settings).tolist():
                     sequence += 1
@@ -91,10 +92,14 @@ def _eligible_labels(sizes: np.ndarray, settings: BandSettings) -> np.ndarray:
     return np.flatnonzero(eligible)
 
 
-def _scored_bands(bins: np.ndarray, opened: bool, settings: BandSettings):
+def _scored_bands(bins: np.ndarray, opened: bool, settings: BandSettings, label_buffers: list[np.ndarray]):
     """Yield (band, labels, sizes, stability) for every band of one quantised window, widest bands first, so
-    each band is scored against the two one-bin-wider bands labelled just before it."""
+    each band is scored against the two one-bin-wider bands labelled just before it. Label images are written
+    into arrays taken from `label_buffers` and given back once the bands one bin narrower are done with them
+    (a yielded image stays valid until then), so that a window needs about 2 x levels arrays of the volume's
+    size instead of one fresh array per band."""
     levels = settings.levels
+    voxel_index = np.arange(bins.size)  # made once: _parent_sizes needs it for every band
     wider: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
     for width in range(levels - 1, 0, -1):
         current = {}
@@ -103,15 +108,18 @@ def _scored_bands(bins: np.ndarray, opened: bool, settings: BandSettings):
             mask = (bins >= band[0]) & (bins < band[1])
             if opened:
                 mask = open_6_connected(mask)
-            labels, count = ndimage.label(mask, output=np.int64)  # int64: bincount and indexing need no cast
+            labels = label_buffers.pop() if label_buffers else np.empty(bins.shape, np.int64)  # int64: no casts
+            count = ndimage.label(mask, output=labels)
             sizes = np.bincount(labels.ravel(), minlength=count + 1)
             parents = [wider[p] for p in ((lower - 1, band[1]), (lower, band[1] + 1)) if p in wider]
-            yield band, labels, sizes, sizes / np.maximum(_parent_sizes(labels, sizes, parents), 1.0)
+            yield band, labels, sizes, sizes / np.maximum(_parent_sizes(labels, sizes, parents, voxel_index), 1.0)
             current[band] = (labels, sizes)
+        label_buffers.extend(labels for labels, _ in wider.values())
         wider = current
+    label_buffers.extend(labels for labels, _ in wider.values())
 
 
-def _parent_sizes(labels: np.ndarray, sizes: np.ndarray, parents) -> np.ndarray:
+def _parent_sizes(labels: np.ndarray, sizes: np.ndarray, parents, voxel_index: np.ndarray) -> np.ndarray:
     """Per label, the size of the largest component containing it among the wider bands `parents` (the
     whole volume for the widest bands, which have none)."""
     flat = labels.ravel()
@@ -120,7 +128,7 @@ def _parent_sizes(labels: np.ndarray, sizes: np.ndarray, parents) -> np.ndarray:
     # any one voxel of each component (which one a repeated index keeps does not matter: components nest, so
     # every voxel of a component lies in the same parent component); a scatter is cheaper than np.flatnonzero
     representative = np.zeros(sizes.size, dtype=np.int64)
-    representative[flat] = np.arange(flat.size)
+    representative[flat] = voxel_index
     return np.max([p_sizes[p_labels.ravel()[representative]] for p_labels, p_sizes in parents], axis=0).astype(float)
 
 
