@@ -1,12 +1,14 @@
-"""The `supervoxel` generator of this tree against the one of a named earlier commit, same volumes, same run.
+"""The `supervoxel` generator of this tree against the ones of named earlier commits, same volumes, same run.
 
-Issue 17 asks for weight-free masks that beat SLIC "no slower than today". The earlier commit is checked out
+Issue 17 asks for weight-free masks that beat SLIC "no slower than today". Each earlier commit is checked out
 into a temporary worktree; each side's generator (with its own defaults) runs on the same windowed volumes of
-benchmarks/mask_quality_weight_free.py in a fresh process (benchmarks/supervoxel_side_runner.py), the sides
-alternating round by round so that drifts of the machine's speed hit both alike. Per volume the median over
-rounds is kept; the number to read is the ratio of the totals, earlier / current (> 1: this tree is faster).
+benchmarks/mask_quality_weight_free.py in a fresh process (benchmarks/supervoxel_side_runner.py), the order of
+the sides rotating round by round so that drifts of the machine's speed hit all alike. Per volume the median
+over rounds is kept; the numbers to read are the ratios of the totals, earlier / this tree (> 1: this tree is
+faster).
 
-Usage: python benchmarks/supervoxel_speed.py [--commit 28473d9] [--rounds 2] [--shared ../shared/data] [--no-write]
+Usage: python benchmarks/supervoxel_speed.py [--commits b2effa3 28473d9] [--rounds 3] [--shared ../shared/data]
+       [--no-write]
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +33,10 @@ from benchmarks.step_comparison import commit_worktree  # noqa: E402
 
 SECTION = "supervoxel_speed"
 RUNNER = REPO / "benchmarks" / "supervoxel_side_runner.py"
-# the generator before the band source's faster opening, 8 grey levels and half-voxel smoothing floor
-REFERENCE_COMMIT = "28473d9"
+REFERENCE_COMMITS = {
+    "b2effa3": "the generator when issue 17 was filed",
+    "28473d9": "before the band source's faster opening, 8 grey levels and half-voxel smoothing floor",
+}
 
 
 def save_cases(shared: Path, folder: Path) -> dict[str, tuple[int, ...]]:
@@ -56,47 +61,59 @@ def run_side(source: Path, cases: Path) -> dict[str, float]:
     return json.loads(result.stdout.strip().splitlines()[-1])["seconds"]
 
 
-def table(shapes: dict, earlier: dict[str, list[float]], current: dict[str, list[float]], commit: str) -> str:
-    lines = [f"| volume | grid (voxels) | {commit} s | this tree s | ratio |", "|---|---|---|---|---|"]
+def table(shapes: dict, seconds: dict[str, dict[str, list[float]]]) -> str:
+    """Per volume the median seconds of every side; the last column block: earlier / this tree."""
+    sides = list(seconds)  # the earlier commits, then "this tree"
+    earlier = sides[:-1]
+    lines = ["| volume | grid (voxels) | " + " | ".join(f"{side} s" for side in sides) + " | "
+             + " | ".join(f"{side} / this tree" for side in earlier) + " |",
+             "|---|---|" + "---|" * (len(sides) + len(earlier))]
+    median = {side: {name: statistics.median(values) for name, values in per_case.items()}
+              for side, per_case in seconds.items()}
     for name, shape in shapes.items():
-        e, c = statistics.median(earlier[name]), statistics.median(current[name])
-        lines.append(f"| {name} | {'x'.join(map(str, shape))} | {e:.2f} | {c:.2f} | {e / c:.2f} |")
-    total_e = sum(statistics.median(v) for v in earlier.values())
-    total_c = sum(statistics.median(v) for v in current.values())
-    lines.append(f"| **all {len(shapes)}** | | **{total_e:.1f}** | **{total_c:.1f}** | **{total_e / total_c:.2f}** |")
+        cells = [f"{median[side][name]:.2f}" for side in sides]
+        cells += [f"{median[side][name] / median[sides[-1]][name]:.2f}" for side in earlier]
+        lines.append(f"| {name} | {'x'.join(map(str, shape))} | " + " | ".join(cells) + " |")
+    totals = {side: sum(median[side].values()) for side in sides}
+    cells = [f"**{totals[side]:.1f}**" for side in sides] + [f"**{totals[side] / totals[sides[-1]]:.2f}**"
+                                                              for side in earlier]
+    lines.append(f"| **all {len(shapes)}** | | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--commit", default=REFERENCE_COMMIT)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--commits", nargs="+", default=list(REFERENCE_COMMITS))
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--shared", default=str(REPO.parent / "shared" / "data"))
     parser.add_argument("--page", default=str(REPO / "documentation" / "benchmarks.md"))
     parser.add_argument("--no-write", action="store_true", help="print the table, leave the page alone")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="supervoxel_speed_") as work, commit_worktree(args.commit) as tree:
-        cases = Path(work)
+    with ExitStack() as stack:
+        cases = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="supervoxel_speed_")))
+        sources = {commit: stack.enter_context(commit_worktree(commit)) for commit in args.commits}
+        sources["this tree"] = REPO
         shapes = save_cases(Path(args.shared), cases)
-        earlier: dict[str, list[float]] = {name: [] for name in shapes}
-        current: dict[str, list[float]] = {name: [] for name in shapes}
+        seconds = {side: {name: [] for name in shapes} for side in sources}
         for round_index in range(args.rounds):
-            order = [(tree, earlier), (REPO, current)]
-            for source, seconds in order if round_index % 2 == 0 else order[::-1]:
-                for name, value in run_side(source, cases).items():
-                    seconds[name].append(value)
-                print(f"round {round_index + 1}: {source} done", flush=True)
+            order = list(sources)
+            order = order[round_index % len(order):] + order[:round_index % len(order)]
+            for side in order:
+                for name, value in run_side(sources[side], cases).items():
+                    seconds[side][name].append(value)
+                print(f"round {round_index + 1}: {side} done", flush=True)
     body = "\n".join([
-        "## Weight-free generator time against an earlier commit (issue 17: no slower)",
+        "## Weight-free generator time against earlier commits (issue 17: no slower)",
         "",
-        f"The `supervoxel` generator of this tree and of commit {args.commit} (each with its own defaults) on the "
-        "windowed volumes of the quality benchmark above, each side in a fresh process with one thread, the sides "
-        f"alternating over {args.rounds} rounds; seconds are the median over rounds of the generator call. "
-        "Ratio = earlier / this tree (> 1: this tree is faster).",
+        "The `supervoxel` generator of this tree and of earlier commits (each with its own defaults: "
+        + "; ".join(f"{c}: {REFERENCE_COMMITS.get(c, 'named on the command line')}" for c in args.commits)
+        + ") on the windowed volumes of the quality benchmark above, each side in a fresh process with one thread, "
+        f"the order of the sides rotating over {args.rounds} rounds; seconds are the median over rounds of the "
+        "generator call. Ratio = earlier / this tree (> 1: this tree is faster).",
         "",
         f"Machine: {machine_description()}; produced by `python benchmarks/supervoxel_speed.py`.",
         "",
-        table(shapes, earlier, current, args.commit),
+        table(shapes, seconds),
     ])
     print(body)
     if not args.no_write:
