@@ -1,6 +1,6 @@
-"""Where a run lives: MASS_results/<Dataset>/<Trainer>__<plans>__<configuration>[__<tag>]/, and the identity of
-a source checkpoint, which every run and result folder built from a checkpoint carries in its name (so the
-results of checkpoint A are never reused as checkpoint B's)."""
+"""Where a run lives: MASS_results/<Dataset>/<Trainer>__<plans>__<configuration>[__<tag>]/, the identity of a source
+checkpoint, which every run and result folder built from a checkpoint carries in its name (so the results of
+checkpoint A are never reused as checkpoint B's), and the tags of finetuning and probe runs built from it."""
 from __future__ import annotations
 
 import functools
@@ -44,3 +44,22 @@ def _content_digest(resolved: str, size: int, mtime_ns: int) -> str:
         for block in iter(lambda: handle.read(1 << 22), b""):
             digest.update(block)
     return digest.hexdigest()[:CHECKPOINT_ID_LENGTH]
+
+
+def finetune_run_tag(pretrained: str | os.PathLike | None, shots: int | None, seed: int, tag: str = "") -> str:
+    """The run folder tag of a finetuning run: initialisation (the source checkpoint's identity), shots and seed,
+    then the user's --tag."""
+    start = f"pretrained-{checkpoint_identity(pretrained)}" if pretrained else "scratch"
+    base = f"{start}_{'all' if shots is None else shots}shot_seed{seed}"
+    return f"{base}__{tag}" if tag else base
+
+
+def probe_run_tag(pretrained: str | os.PathLike | None, train_fraction: float | None, seed: int,
+                  finetune_encoder: bool, tag: str = "") -> str:
+    """<pretrained-<checkpoint id>|scratch>_frac<F>_seed<S>[_full][_<--tag>]: runs that differ in these never
+    share a folder."""
+    start = f"pretrained-{checkpoint_identity(pretrained)}" if pretrained else "scratch"
+    parts = [start, f"frac{1.0 if train_fraction is None else train_fraction:g}", f"seed{seed}"]
+    if finetune_encoder:
+        parts.append("full")
+    return "_".join(parts + ([tag] if tag else []))

@@ -1,12 +1,13 @@
 """Connected components of intensity bands, the supervoxel generator's source of small, crisply bounded
 structures (ribs, vessels, lesions) that supervoxels are too coarse for.
 
-Each window is lightly smoothed (at least half a voxel along every axis) and quantised into `levels` equal grey-level bins. Every contiguous range of
-bins [lo, hi) is a band; its 6-connected components (optionally after a binary opening, which cuts thin bridges
-between touching structures) are candidates. A component is scored by its stability: its size divided by the
-size of the larger of the components containing it in the two bands one bin wider. An object separated
-from its surroundings by an intensity gap keeps its size (stability near 1); a patch of a smooth ramp or of a
-larger region grows (stability near 0). This is the maximally-stable-extremal-region idea applied to bands.
+Each window is lightly smoothed (by at least half a voxel along every axis) and quantised into `levels` equal
+grey-level bins. Every contiguous range of bins [lo, hi) is a band; its 6-connected components (optionally after
+a binary opening, which cuts thin bridges between touching structures) are candidates. A component is scored
+by its stability: its size divided by the size of the larger of the components containing it in the two bands
+one bin wider. An object separated from its surroundings by an intensity gap keeps its size (stability near
+1); a patch of a smooth ramp or of a larger region grows (stability near 0). This is the
+maximally-stable-extremal-region idea applied to bands.
 """
 from __future__ import annotations
 

@@ -9,7 +9,6 @@ k shot cases, averaged per class (the release's initialisation).
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -28,7 +27,7 @@ from mass_nn.parallel import default_num_processes
 from mass_nn.training.data.labelled_patch_loader import make_labelled_loader
 from mass_nn.training.finetune.segmentation_scores import dice_on_preprocessed, evaluate_on_raw_cases
 from mass_nn.training.losses import SegmentationLoss
-from mass_nn.training.run_folder import checkpoint_identity
+from mass_nn.training.run_folder import finetune_run_tag
 from mass_nn.training.trainer import Trainer
 from mass_nn.training.trainer_settings import check_range
 
@@ -50,14 +49,6 @@ class FinetuneSettings:
         check_range("weight_decay", self.weight_decay, 0.0, float("inf"))
         if self.max_val_cases < 1:
             raise MassError(f"setting max_val_cases={self.max_val_cases}: expected a positive integer")
-
-
-def finetune_run_tag(pretrained: str | os.PathLike | None, shots: int | None, seed: int, tag: str = "") -> str:
-    """The run folder tag of a finetuning run: initialisation (the source checkpoint's identity), shots and seed,
-    then the user's --tag."""
-    start = f"pretrained-{checkpoint_identity(pretrained)}" if pretrained else "scratch"
-    base = f"{start}_{'all' if shots is None else shots}shot_seed{seed}"
-    return f"{base}__{tag}" if tag else base
 
 
 class SegmentationFinetuner(Trainer):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections import Counter
 from typing import ClassVar
@@ -39,7 +38,7 @@ from mass_nn.training.finetune.classification.inputs import load_case_input, map
 from mass_nn.training.finetune.classification.loss import ClassificationLoss, probabilities
 from mass_nn.training.finetune.classification.report import auc_defined, score_probabilities, write_test_results
 from mass_nn.training.finetune.classification.settings import DEFAULT_BATCH_SIZE, ClassificationSettings
-from mass_nn.training.run_folder import checkpoint_identity
+from mass_nn.training.run_folder import probe_run_tag
 from mass_nn.training.trainer import Trainer
 
 logger = logging.getLogger(__name__)
@@ -47,17 +46,6 @@ logger = logging.getLogger(__name__)
 TRAINING_CASES_FILE = "training_cases.json"
 INITIALISATION_FILE = "encoder_initialisation.json"
 FEATURE_CHUNK = 64  # cached feature maps moved to the device at a time during validation
-
-
-def probe_run_tag(pretrained: str | os.PathLike | None, train_fraction: float | None, seed: int,
-                  finetune_encoder: bool, tag: str = "") -> str:
-    """<pretrained-<checkpoint id>|scratch>_frac<F>_seed<S>[_full][_<--tag>]: runs that differ in these never
-    share a folder."""
-    start = f"pretrained-{checkpoint_identity(pretrained)}" if pretrained else "scratch"
-    parts = [start, f"frac{1.0 if train_fraction is None else train_fraction:g}", f"seed{seed}"]
-    if finetune_encoder:
-        parts.append("full")
-    return "_".join(parts + ([tag] if tag else []))
 
 
 class ClassificationProbe(Trainer):
