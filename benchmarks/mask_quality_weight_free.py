@@ -25,7 +25,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.measure import machine_description, replace_section  # noqa: E402
+from benchmarks.measure import machine_description, publish_section  # noqa: E402
 from mass_nn.masks.generators.supervoxel import SupervoxelGenerator  # noqa: E402
 from mass_nn.masks.postprocess import deduplicate, drop_small  # noqa: E402
 from mass_nn.masks.proposal import CaseInput, MaskProposal  # noqa: E402
@@ -218,9 +218,7 @@ def main(argv=None) -> int:
         "",
         reading(rows),
     ])
-    print(body)
-    if not args.no_write:
-        replace_section(Path(args.page), SECTION, body)
+    publish_section(Path(args.page), SECTION, body, write=not args.no_write)
     return 0
 
 

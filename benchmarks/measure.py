@@ -86,3 +86,10 @@ def replace_section(page: Path, name: str, body: str) -> None:
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     page.write_text(text)
+
+
+def publish_section(page: Path, name: str, body: str, write: bool = True) -> None:
+    """Print a benchmark's section and, unless `write` is False (the scripts' --no-write), put it on `page`."""
+    print(body)
+    if write:
+        replace_section(Path(page), name, body)

@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.mask_quality_weight_free import VOLUMES, read_volume, windowed_volume  # noqa: E402
-from benchmarks.measure import machine_description, replace_section  # noqa: E402
+from benchmarks.measure import machine_description, publish_section  # noqa: E402
 from benchmarks.step_comparison import commit_worktree  # noqa: E402
 
 SECTION = "supervoxel_speed"
@@ -115,9 +115,7 @@ def main(argv=None) -> int:
         "",
         table(shapes, seconds),
     ])
-    print(body)
-    if not args.no_write:
-        replace_section(Path(args.page), SECTION, body)
+    publish_section(Path(args.page), SECTION, body, write=not args.no_write)
     return 0
 
 
