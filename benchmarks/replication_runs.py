@@ -18,8 +18,7 @@ from pathlib import Path
 from mass_nn.io.artifact_layout import checkpoint_path
 from mass_nn.io.atomic import read_json, write_json_atomic
 from mass_nn.paths import MassPaths
-from mass_nn.training.run_folder import probe_run_tag
-from mass_nn.training.run_folder import run_folder
+from mass_nn.training.run_folder import probe_run_tag, run_folder
 
 logger = logging.getLogger(__name__)
 

@@ -18,9 +18,8 @@ from mass_nn.io.atomic import atomic_path, read_json, write_json_atomic
 from mass_nn.io.dataset_json import find_dataset_name
 from mass_nn.model.checkpoint import load_checkpoint
 from mass_nn.paths import MassPaths
-from mass_nn.training.run_folder import finetune_run_tag
 from mass_nn.training.options import TrainingOptions
-from mass_nn.training.run_folder import run_folder
+from mass_nn.training.run_folder import finetune_run_tag, run_folder
 from mass_nn.training.run_training import run_training
 
 logger = logging.getLogger(__name__)

@@ -49,8 +49,7 @@ def _content_digest(resolved: str, size: int, mtime_ns: int) -> str:
 def finetune_run_tag(pretrained: str | os.PathLike | None, shots: int | None, seed: int, tag: str = "") -> str:
     """The run folder tag of a finetuning run: initialisation (the source checkpoint's identity), shots and seed,
     then the user's --tag."""
-    start = f"pretrained-{checkpoint_identity(pretrained)}" if pretrained else "scratch"
-    base = f"{start}_{'all' if shots is None else shots}shot_seed{seed}"
+    base = f"{_initialisation(pretrained)}_{'all' if shots is None else shots}shot_seed{seed}"
     return f"{base}__{tag}" if tag else base
 
 
@@ -58,8 +57,12 @@ def probe_run_tag(pretrained: str | os.PathLike | None, train_fraction: float | 
                   finetune_encoder: bool, tag: str = "") -> str:
     """<pretrained-<checkpoint id>|scratch>_frac<F>_seed<S>[_full][_<--tag>]: runs that differ in these never
     share a folder."""
-    start = f"pretrained-{checkpoint_identity(pretrained)}" if pretrained else "scratch"
-    parts = [start, f"frac{1.0 if train_fraction is None else train_fraction:g}", f"seed{seed}"]
+    parts = [_initialisation(pretrained), f"frac{1.0 if train_fraction is None else train_fraction:g}", f"seed{seed}"]
     if finetune_encoder:
         parts.append("full")
     return "_".join(parts + ([tag] if tag else []))
+
+
+def _initialisation(pretrained: str | os.PathLike | None) -> str:
+    """The first part of a downstream run's tag: pretrained-<source checkpoint identity>, or scratch."""
+    return f"pretrained-{checkpoint_identity(pretrained)}" if pretrained else "scratch"
