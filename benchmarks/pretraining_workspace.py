@@ -36,11 +36,13 @@ def ensure_shared(shared: Path, paths: MassPaths) -> int | None:
 def preprocess_and_generate_masks(dataset_id: int, paths: MassPaths, preset: str = "cpu_only") -> None:
     """Plan with `preset`, preprocess (3d_cpu) and generate supervoxel masks; both stages skip what is done."""
     from mass_nn.masks.generate import MaskGenerationOptions, generate_masks
+    from mass_nn.planning.planner_settings import load_preset
     from mass_nn.preprocessing.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess
     plan_and_preprocess(dataset_id, paths, PlanAndPreprocessOptions(preset=preset, num_processes=2,
                                                                     progress=False))
     generate_masks(dataset_id, paths, MaskGenerationOptions(generator="supervoxel", configuration=CONFIGURATION,
-                                                            num_processes=2, progress=False))
+                                                            plans_name=load_preset(preset)[1], num_processes=2,
+                                                            progress=False))
 
 
 def build_trainer(dataset_id: int, paths: MassPaths, steps: int, trainer_name: str = TRAINER,

@@ -19,6 +19,7 @@ from mass_nn.cli.common import add_common_arguments, add_path_arguments, paths_f
 from mass_nn.errors import MassError
 from mass_nn.training.optim.lr_scaling import LR_SCALING_RULES
 from mass_nn.training.options import TrainingOptions
+from mass_nn.training.precision import PRECISIONS
 
 
 def _parse_setting(text: str) -> tuple[str, object]:
@@ -55,6 +56,10 @@ def _add_run_arguments(p, default_trainer: str, defaults: str) -> None:
                                                "workers and cores busy with other programs, re-checked while "
                                                "training; documentation/pretraining.md)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: %(default)s")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="arithmetic of the training step: auto is bf16 autocast on CUDA and fp32 on CPU; "
+                        "bf16 on a CPU pays off only with native bf16 (AVX-512 BF16, AMX; "
+                        "documentation/pretraining.md) (default: %(default)s)")
     p.add_argument("--val-every", type=int, default=1, help="validate every N epochs (default: %(default)s)")
     p.add_argument("-s", "--setting", action="append", type=_parse_setting, default=[], metavar="KEY=VALUE",
                    help="trainer-specific setting (repeatable), e.g. -s num_tasks=8")
@@ -112,6 +117,7 @@ def options_from_args(args) -> TrainingOptions:
                            lr_scaling=args.lr_scaling,
                            seed=args.seed, tag=args.tag, continue_training=args.continue_training,
                            num_workers=args.num_workers, threads=args.threads, device=args.device,
+                           precision=args.precision,
                            val_every=args.val_every, grad_clip=args.grad_clip,
                            extra=dict(args.setting), **{key: getattr(args, key) for key in mode_specific})
 

@@ -29,6 +29,32 @@ def resize_trilinear(x: Tensor, size: tuple[int, int, int] | list[int]) -> Tenso
     return resized.to(x.dtype)
 
 
+def small_map_safe_conv3d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0,
+                          dilation=1, groups: int = 1) -> Tensor:
+    """F.conv3d, computed in fp32 under CPU autocast when the kernel is larger than x along an axis.
+
+    With torch 2.14 (oneDNN), the bf16 weight gradient of a 3×3×3, padding-1 convolution of a map two voxels deep
+    is wrong: relative error about 1, often inf, NaN or 10³⁴, in every draw (measured on 2-deep maps of 1-16² in-plane
+    voxels and 16-256 channels; the output, the input gradient, strided convolutions and every map at least 3 deep
+    match fp32 within bf16 rounding). Such maps are a ResUNet's deepest level on small patches (a 32³ patch at
+    stride 16). Their convolutions cost next to nothing, so fp32 there costs nothing measurable. CUDA and fp32 runs
+    are untouched.
+    """
+    if x.device.type == "cpu" and torch.is_autocast_enabled("cpu") and any(
+            side < kernel for side, kernel in zip(x.shape[2:], weight.shape[2:])):
+        with autocast_disabled(x.device):
+            return F.conv3d(x.float(), weight.float(), None if bias is None else bias.float(), stride, padding,
+                            dilation, groups)
+    return F.conv3d(x, weight, bias, stride, padding, dilation, groups)
+
+
+class SmallMapSafeConv3d(nn.Conv3d):
+    """nn.Conv3d (zero padding) through `small_map_safe_conv3d`: same parameters, same state dict."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return small_map_safe_conv3d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
 class PreActConv3d(nn.Sequential):
     """InstanceNorm3d(affine=False) → ReLU → Conv3d(kernel, padding kernel // 2, no bias)."""
 
@@ -37,7 +63,8 @@ class PreActConv3d(nn.Sequential):
         super().__init__(
             nn.InstanceNorm3d(in_channels, eps=eps),
             nn.ReLU(),
-            nn.Conv3d(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2, bias=False),
+            SmallMapSafeConv3d(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2,
+                               bias=False),
         )
 
 
@@ -63,8 +90,8 @@ class ResBlock3d(nn.Module):
         # channel, one pass over the input instead of two (measured 1.5x faster at full resolution on CPU)
         normed = self.conv1[1](self.conv1[0](x))
         first, projection = self.conv1[2], self.shortcut[2]
-        joint = F.conv3d(normed, torch.cat([first.weight, projection.weight]), stride=first.stride,
-                         padding=first.padding)
+        joint = small_map_safe_conv3d(normed, torch.cat([first.weight, projection.weight]), stride=first.stride,
+                                      padding=first.padding)
         hidden, shortcut = joint.split(first.out_channels, dim=1)
         return self.conv2(hidden) + shortcut
 

@@ -37,6 +37,7 @@ class TrainingOptions:
     num_workers: int | None = None
     threads: int | None = None  # torch intra-op threads; None: chosen and adjusted by mass_nn.threads
     device: str = "auto"
+    precision: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on CPU), "fp32" or "bf16" (precision.py)
     masks: str | None = None  # mask generator whose banks to train on; None: the only one present
     val_dataset: list[str] | None = None  # labelled datasets for in-context validation
     val_every: int = 1

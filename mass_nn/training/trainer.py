@@ -11,7 +11,6 @@ import copy
 import logging
 import math
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import ClassVar
 
@@ -42,6 +41,7 @@ from mass_nn.training.optim.lamb import Lamb
 from mass_nn.training.optim.lr_scaling import scaled_learning_rate
 from mass_nn.training.optim.schedules import build_lr_scheduler
 from mass_nn.training.options import TrainingOptions, load_run_config, merge_for_continue, save_run_config
+from mass_nn.training.precision import describe_precision, step_autocast
 from mass_nn.training.progress_plot import write_progress_plot
 from mass_nn.training.run_folder import run_folder
 from mass_nn.training.stop_signal import StopRequest
@@ -141,10 +141,8 @@ class Trainer:
         return self.context.device
 
     def autocast(self):
-        """bf16 autocast on CUDA; full precision elsewhere (CPU bf16 is slow and not what the paper used)."""
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return nullcontext()
+        """The context of the step's forward pass and loss: bf16 autocast or none, as --precision chose."""
+        return step_autocast(self.options.precision, self.device)
 
     @property
     def total_steps(self) -> int:
@@ -187,7 +185,8 @@ class Trainer:
             if self.context.is_main:
                 if self._start_message:
                     logger.info("%s", self._start_message)
-                logger.info("%s; %s", self.thread_governor.plan.describe(), self.memory_reuse.describe())
+                logger.info("%s; %s; %s", self.thread_governor.plan.describe(), self.memory_reuse.describe(),
+                            describe_precision(self.options.precision, self.device))
                 o = self.options
                 scaling = "" if self.lr_reference_batch is None or o.lr_scaling == "none" else \
                     f" ({o.lr_scaling} scaling of {self.default_lr:g} at global batch {self.lr_reference_batch})"
