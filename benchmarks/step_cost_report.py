@@ -28,16 +28,20 @@ from mass_nn.io.artifact_layout import checkpoint_path
 from mass_nn.paths import MassPaths
 from mass_nn.preprocessing.blosc2_storage import open_array
 from mass_nn.training.data.pretraining_loader import batch_to_device
+from mass_nn.training.precision import cpu_has_native_bf16
 
 SECTION = "pretraining_step_cost"
 REPOSITORY = Path(__file__).resolve().parents[1]
 EARLIER_COMMIT = "a3d41a4"
 BASELINES = ("MAEPretrainer", "S3DPretrainer", "SimCLRPretrainer", "ModelsGenesisPretrainer", "HiEndMAEPretrainer",
              "MiMPretrainer")
-# name on the page -> (plans preset, batch size; None: the plans'). The 48³ patch at batch 16 is the step of the CPU
-# curve's batch-16 budget (replication_cpu and cpu_in_context share the patch; only the spacing differs).
-CONFIGURATIONS = {"3d_cpu": ("cpu_only", None), "replication_cpu": ("replication_cpu", None),
-                  "48³ at batch 16": ("replication_cpu", 16)}
+# name on the page -> (plans preset, batch size (None: the plans'), precision of the current side (None: fp32)).
+# The 48³ patch at batch 16 is the step of the CPU curve's batch-16 budget (replication_cpu and cpu_in_context
+# share the patch; only the spacing differs). The bf16 rows (`mass_train --precision bf16`) are measured only on a
+# CPU with native bf16; the earlier side runs fp32, the only arithmetic it has on CPU.
+CONFIGURATIONS = {"3d_cpu": ("cpu_only", None, None), "replication_cpu": ("replication_cpu", None, None),
+                  "48³ at batch 16": ("replication_cpu", 16, None),
+                  "3d_cpu, bf16": ("cpu_only", None, "bf16"), "48³ at batch 16, bf16": ("replication_cpu", 16, "bf16")}
 MEMORY_REUSE_CONFIGURATION = "48³ at batch 16"
 
 
@@ -99,8 +103,8 @@ def _trainer_batches(trainer, count: int) -> list:
 def measure_configuration(name: str, work: Path, earlier: Path, budget: StepBudget, threads: int,
                           profile_parts: bool) -> ConfigurationCost:
     """FLOPs, parts and the side-by-side step of MASSPretrainer on the phantom planned with `name`'s preset."""
-    preset, batch_size = CONFIGURATIONS[name]
-    paths = _workspace(work, preset if batch_size else name)
+    preset, batch_size, precision = CONFIGURATIONS[name]
+    paths = _workspace(work, "3d_cpu" if preset == "cpu_only" else preset)
     dataset = ensure_phantom(paths)
     preprocess_and_generate_masks(dataset, paths, preset=preset)
     trainer = build_trainer(dataset, paths, budget.steps, batch_size=batch_size)
@@ -111,8 +115,9 @@ def measure_configuration(name: str, work: Path, earlier: Path, budget: StepBudg
     trainer.train_step(batches[0])
     flops = count_flops(lambda: trainer.train_step(batches[1]))
     spec = _spec("train_step", paths, dataset, "MASSPretrainer", budget.steps, threads, batches=str(batch_file),
-                 batch_size=batch_size)
-    comparison = compare(f"MASSPretrainer step, {name}", spec, earlier, work, budget.rounds)
+                 batch_size=batch_size, precision=precision)
+    comparison = compare(f"MASSPretrainer step, {name}", spec, earlier, work, budget.rounds,
+                         earlier_changes={"precision": None})
     settings = trainer.sampler_settings
     result = ConfigurationCost(name, tuple(settings.patch_size_zyx), trainer.options.batch_size, settings.num_tasks,
                                sum(p.numel() for p in trainer.network.parameters()), flops, comparison)
@@ -276,6 +281,11 @@ def reading(peak: PeakEstimate, configurations: list[ConfigurationCost], baselin
     sentences = []
     for c in configurations:
         share = c.flops / statistics.median(c.comparison.current) / peak.flops
+        if CONFIGURATIONS[c.name][2] == "bf16":
+            sentences.append(f"{c.name} (opt-in `--precision bf16`, CPUs with native bf16): "
+                             f"{c.comparison.ratio:.2f}× the steps/s of {EARLIER_COMMIT} in fp32, {100 * share:.0f} % "
+                             f"of the fp32 peak")
+            continue
         if CONFIGURATIONS[c.name][1] is not None:  # not one of the issue's configurations: no target to judge
             sentences.append(f"{c.name}: {c.comparison.ratio:.2f}× the steps/s of {EARLIER_COMMIT}, "
                              f"{100 * share:.0f} % of peak")
@@ -302,7 +312,8 @@ def run_step_cost(work: Path, quick: bool) -> str:
     threads = torch.get_num_threads()
     peak, sgemm = peak_fp32_flops(), measured_sgemm_flops()
     print(f"peak {peak.formula()}; sgemm {sgemm / 1e9:.0f} GFLOP/s", flush=True)
-    names = ["3d_cpu"] if quick else list(CONFIGURATIONS)
+    names = ["3d_cpu"] if quick else [name for name, (_, _, precision) in CONFIGURATIONS.items()
+                                      if precision != "bf16" or cpu_has_native_bf16()]
     with commit_worktree(EARLIER_COMMIT) as earlier:
         configurations = [measure_configuration(name, work, earlier, budget, threads, profile_parts=name == "3d_cpu")
                           for name in names]

@@ -31,7 +31,8 @@ def _timed(function, repeats: int) -> list[float]:
 
 def time_train_steps(spec: dict) -> list[float]:
     """Seconds of `spec["steps"]` train_step calls of spec["trainer"] on the saved batches, after two untimed
-    warm-up steps; the weights, optimiser and batch-level randomness are seeded identically on both sides."""
+    warm-up steps; the weights, optimiser and batch-level randomness are seeded identically on both sides.
+    spec["precision"] (trees with mass_train --precision only) sets the step's arithmetic."""
     import torch
     from mass_nn.paths import MassPaths
     from mass_nn.registry import TRAINERS
@@ -42,7 +43,8 @@ def time_train_steps(spec: dict) -> list[float]:
     paths = MassPaths(**{key: Path(value) for key, value in roots.items()})
     options = TrainingOptions(mode="PRETRAIN", datasets=[str(spec["dataset"])], trainer=spec["trainer"],
                               configuration=spec["configuration"], epochs=1, iters_per_epoch=spec["steps"] + 2,
-                              device="cpu", num_workers=0, batch_size=spec.get("batch_size"))
+                              device="cpu", num_workers=0, batch_size=spec.get("batch_size"),
+                              **({"precision": spec["precision"]} if spec.get("precision") else {}))
     trainer = TRAINERS.get(spec["trainer"])(options, paths)
     trainer.resolve_data()
     trainer.fill_defaults()
