@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,6 +32,11 @@ TRAINER = "MASSCPUPretrainer"
 # the recipe's distant query views are left out here: on the phantom's 500 steps they lowered the demo's table
 # (in context 4.5 vs 6.8 %, finetuned 0.1 vs 5.4 %; documentation/in_context_ablations.md, the demo section)
 DEMO_SETTINGS = {"distant_query": 0.0}
+# pretraining length: 500 steps (10 epochs) was a lottery ticket (1.6-6.8 % in context over five runs), 1,000 steps
+# gave 9.7 % (2 cores) and 8.2 % (one core) against 0.6 % untrained (documentation/in_context_ablations.md, the
+# demo section); the budget buys what fits, between the two, so that the demo stays within about ten minutes on
+# slower processors
+MIN_EPOCHS, MAX_EPOCHS, TIMING_STEPS = 10, 20, 4
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-cases", type=int, default=12, help="phantom training cases (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="phantom seed (default: %(default)s)")
     parser.add_argument("-np", "--num-processes", type=int, default=default_num_processes())
-    parser.add_argument("--epochs", type=int, default=10, help="pretraining epochs (default: %(default)s)")
+    parser.add_argument("--epochs", type=int, help=f"pretraining epochs (default: as many as fit in "
+                                                   f"--pretrain-minutes on this machine, {MIN_EPOCHS}-{MAX_EPOCHS}, "
+                                                   f"timed on {2 * TIMING_STEPS} steps first)")
+    parser.add_argument("--pretrain-minutes", type=float, default=5.0,
+                        help="time budget of the pretraining steps that sizes --epochs (default: %(default)s)")
     parser.add_argument("--iters-per-epoch", type=int, default=50,
                         help="pretraining steps per epoch (default: %(default)s)")
     parser.add_argument("--finetune-epochs", type=int, default=3,
@@ -88,6 +98,9 @@ def _run(args) -> int:
     print(f"      {masks['masks']} masks for {masks['cases']} cases in {masks['seconds']:.1f} s; against the phantom "
           f"labels: Best {quality['best']:.1f}, Avg {quality['avg']:.1f}, %>40 {quality['percent_above_40']:.1f}; "
           f"previews in {masks['folder']}/previews")
+    print(f"[4/5] MASS pretraining on the masks ({TRAINER}, the CPU recipe without distant query views)")
+    if args.epochs is None:
+        args.epochs = _budgeted_epochs(paths, args, plans_name)
     run_folder = _pretrain(paths, args, plans_name)
     if run_folder is None:
         print("demo stopped during pretraining; run mass_demo again to resume where it stopped")
@@ -150,17 +163,47 @@ def _percent(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}"
 
 
+def epochs_for_budget(step_seconds: float, iters_per_epoch: int, budget_minutes: float) -> int:
+    """The whole epochs of `iters_per_epoch` steps that fit in the budget, clamped to MIN_EPOCHS..MAX_EPOCHS."""
+    fitting = int(60 * budget_minutes // (step_seconds * iters_per_epoch))
+    return max(MIN_EPOCHS, min(MAX_EPOCHS, fitting))
+
+
+def _pretraining_options(plans_name: str, epochs: int, iters_per_epoch: int, **changes):
+    from mass_nn.training.options import TrainingOptions
+    return TrainingOptions(mode="PRETRAIN", datasets=[str(DEMO_DATASET_ID)], trainer=TRAINER, configuration="3d_cpu",
+                           plans_name=plans_name, epochs=epochs, iters_per_epoch=iters_per_epoch, device="cpu",
+                           extra=dict(DEMO_SETTINGS), **changes)
+
+
+def _budgeted_epochs(paths: MassPaths, args, plans_name: str) -> int:
+    """The epochs of a run already started in this workspace (so that it resumes), else the budget's: the
+    mean step time of a throw-away run's second epoch of TIMING_STEPS steps, the first being warm-up."""
+    from mass_nn.training.metrics_log import read_metrics
+    from mass_nn.training.options import load_run_config
+    from mass_nn.training.run_folder import run_folder
+    from mass_nn.training.run_training import run_training
+    started = run_folder(paths.results, f"Dataset{DEMO_DATASET_ID}_PhantomCT", TRAINER, plans_name, "3d_cpu")
+    if (started / "run_config.json").is_file():
+        return load_run_config(started).epochs
+    print(f"      timing {2 * TIMING_STEPS} pretraining steps to fit the run into {args.pretrain_minutes:g} minutes")
+    paths.results.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="step_timing_", dir=paths.results) as scratch:
+        timing_paths = MassPaths(raw=paths.raw, preprocessed=paths.preprocessed, results=Path(scratch))
+        options = _pretraining_options(plans_name, 2, TIMING_STEPS, val_every=2, val_batches=1)
+        step_seconds = read_metrics(run_training(options, timing_paths)["output_folder"])[-1]["step_seconds"]
+    epochs = epochs_for_budget(step_seconds, args.iters_per_epoch, args.pretrain_minutes)
+    print(f"      {step_seconds:.2f} s per step: {epochs} epochs fit the budget ({MIN_EPOCHS}-{MAX_EPOCHS} allowed)")
+    return epochs
+
+
 def _pretrain(paths: MassPaths, args, plans_name: str) -> Path | None:
     """Pretrain (or resume pretraining); the run folder, or None when a stop signal ended it early."""
     from mass_nn.training.metrics_log import read_metrics
-    from mass_nn.training.options import TrainingOptions
     from mass_nn.training.run_training import run_training
-    print(f"[4/5] MASS pretraining on the masks ({TRAINER}, the CPU recipe without distant query views): "
-          f"{args.epochs} epochs x {args.iters_per_epoch} steps")
-    options = TrainingOptions(mode="PRETRAIN", datasets=[str(DEMO_DATASET_ID)], trainer=TRAINER,
-                              configuration="3d_cpu", plans_name=plans_name, epochs=args.epochs,
-                              iters_per_epoch=args.iters_per_epoch, device="cpu",
-                              val_dataset=[str(DEMO_DATASET_ID)], continue_training=True, extra=dict(DEMO_SETTINGS))
+    print(f"      {args.epochs} epochs x {args.iters_per_epoch} steps")
+    options = _pretraining_options(plans_name, args.epochs, args.iters_per_epoch,
+                                   val_dataset=[str(DEMO_DATASET_ID)], continue_training=True)
     summary = run_training(options, paths)
     records = read_metrics(summary["output_folder"])
     for record in records:
