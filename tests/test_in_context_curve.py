@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.in_context_learning_curve import (CPU_BATCH16, FULL, GPU, QUICK, LearningCurve, _few_per_source,
-                                                  main)
+from benchmarks.in_context_learning_curve import (CPU_BATCH16, CPU_BATCH16_BF16, FULL, GPU, QUICK, LearningCurve,
+                                                  _few_per_source, main)
 from tests.conftest import requires_shared_data, shared_data_dir
 
 
@@ -38,6 +38,19 @@ def test_batch16_budget_is_the_gpu_batch_and_lr_in_its_own_workspace_and_exclude
     LearningCurve(tmp_path, tmp_path, FULL, None).run([], redo=False)
     with pytest.raises(SystemExit, match="holds runs of budget"):
         LearningCurve(tmp_path, tmp_path, CPU_BATCH16, None).run([], redo=False)
+
+
+def test_bf16_budget_is_the_batch16_budget_in_bf16_only_with_batch16(tmp_path):
+    assert CPU_BATCH16_BF16.precision == "bf16" and CPU_BATCH16.precision is None
+    assert {**vars(CPU_BATCH16_BF16), "name": "", "precision": None} == {**vars(CPU_BATCH16), "name": "",
+                                                                          "precision": None}
+    with pytest.raises(SystemExit, match="--bf16 goes with --batch16"):
+        main(["--bf16", "--workspace", str(tmp_path), "--stages", "report"])
+    curve = LearningCurve(tmp_path, tmp_path, CPU_BATCH16_BF16, None)
+    curve.save_state({"finished": [], "budget": None, "datasets": {"pool": "712", "chaos_mr": "705",
+                                                                  "mscmrseg": "706"}})
+    assert curve.pretraining_options().precision == "bf16"
+    assert LearningCurve(tmp_path, tmp_path, CPU_BATCH16, None).pretraining_options().precision == "auto"
 
 
 def test_quick_pool_keeps_the_first_cases_of_every_source():
