@@ -2,9 +2,9 @@
 
 - "auto": bf16 autocast on CUDA, as the paper trained; fp32 on CPU.
 - "bf16": bf16 autocast on any device. On a CPU it pays off only where the processor computes bf16 natively
-  (AVX-512 BF16 or AMX): on a 2-core AVX-512 BF16 EPYC the 3d_cpu MASS step is about a quarter faster
-  (documentation/pretraining.md#bf16-on-cpu); elsewhere oneDNN emulates bf16 and the step gets slower, which the
-  log line says.
+  (AVX-512 BF16 or AMX): on a 2-core AVX-512 BF16 EPYC the 3d_cpu MASS step is 1.14-1.21× faster, with loss
+  curves within the spread of two fp32 seeds (documentation/pretraining.md#bf16-on-cpu); elsewhere oneDNN
+  emulates bf16 and the step gets slower, which the log line says.
 - "fp32": no autocast anywhere.
 Under autocast the losses, the task encoder's pooling and the trilinear resizes still compute in fp32, and so do
 the convolutions whose kernel is larger than their input (mass_nn.networks.conv_blocks.SmallMapSafeConv3d).
