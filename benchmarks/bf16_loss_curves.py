@@ -121,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         workload = WORKLOADS[name]
         preprocess_and_generate_masks(dataset_id, paths, preset=workload.preset)
         runs = {side: train(workload, *side, args.epochs, args.iters, paths, dataset_id) for side in SIDES}
-        workload_rows_, reading = workload_rows(workload, runs)
-        rows += workload_rows_
+        table_rows, reading = workload_rows(workload, runs)
+        rows += table_rows
         readings.append(reading)
     native = {True: "has native bf16 (avx512_bf16 / amx_bf16)", False: "has no native bf16",
               None: "did not report its flags"}[cpu_has_native_bf16()]

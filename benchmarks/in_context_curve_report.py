@@ -115,11 +115,13 @@ def label_fusion_note(curve) -> str:
             + " (documentation/in_context_segmentation.md#overlapping-labels).")
 
 
+# the budgets with a section of their own (suffix of the section and figure names) and their note in figure titles
 RUN_NOTES = {"_gpu": ", on a GPU", "_cpu_batch16": ", batch 16", "_cpu_batch16_bf16": ", batch 16, bf16"}
 
 
 def _suffix(curve) -> str:
-    return f"_{curve.budget.name}" if curve.budget.name in ("gpu", "cpu_batch16", "cpu_batch16_bf16") else ""
+    suffix = f"_{curve.budget.name}"
+    return suffix if suffix in RUN_NOTES else ""
 
 
 def _figures(curve, out: Path, records: list[dict], dataset_names: dict[str, str]) -> list[Path]:
@@ -176,8 +178,8 @@ def report_markdown(curve, figures: list[Path], relative_to: Path) -> str:
         title = "## In-context learning curve on organ-level MR (the CPU recipe at batch 16, bf16)"
         command = ("`python benchmarks/in_context_learning_curve.py --batch16 --bf16 --reuse-datasets-from "
                    "benchmarks/_work/in_context_curve_cpu_batch16`: the batch-16 run above (same pool, masks, "
-                   "trainer, steps, val references) with bf16 autocast (`--precision bf16`, documentation/pretraining.md#bf16-on-cpu) on "
-                   + machine_description() + ", with memory reuse on.")
+                   "trainer, steps, val references) with bf16 autocast (`--precision bf16`, "
+                   "documentation/pretraining.md#bf16-on-cpu) on " + machine_description() + ", with memory reuse on.")
     else:
         title = "## In-context learning curve on organ-level MR (CPU recipe)"
         command = f"`python benchmarks/in_context_learning_curve.py` ({machine_description()})."

@@ -34,9 +34,9 @@ def small_map_safe_conv3d(x: Tensor, weight: Tensor, bias: Tensor | None = None,
     """F.conv3d, computed in fp32 under CPU autocast when the kernel is larger than x along an axis.
 
     With torch 2.14 (oneDNN), the bf16 weight gradient of a 3×3×3, padding-1 convolution of a map two voxels deep
-    is wrong: relative error about 1, often inf, NaN or 10³⁴, in every draw (measured on 2-deep maps of 1-16² in-plane
-    voxels and 16-256 channels; the output, the input gradient, strided convolutions and every map at least 3 deep
-    match fp32 within bf16 rounding). Such maps are a ResUNet's deepest level on small patches (a 32³ patch at
+    is wrong: relative error about 1, often inf, NaN or 10³⁴, in every draw (measured on 2-deep maps of 1-16²
+    in-plane voxels and 16-256 channels; the output, the input gradient, strided convolutions and every map at
+    least 3 deep match fp32 within bf16 rounding). Such maps are a ResUNet's deepest level on small patches (a 32³ patch at
     stride 16). Their convolutions cost next to nothing, so fp32 there costs nothing measurable. CUDA and fp32 runs
     are untouched.
     """
