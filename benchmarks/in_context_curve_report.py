@@ -176,10 +176,11 @@ def report_markdown(curve, figures: list[Path], relative_to: Path) -> str:
                    + ", with memory reuse on (documentation/pretraining.md#memory-reuse).")
     elif b.name == "cpu_batch16_bf16":
         title = "## In-context learning curve on organ-level MR (the CPU recipe at batch 16, bf16)"
-        command = ("`python benchmarks/in_context_learning_curve.py --batch16 --bf16 --reuse-datasets-from "
-                   "benchmarks/_work/in_context_curve_cpu_batch16`: the batch-16 run above (same pool, masks, "
-                   "trainer, steps, val references) with bf16 autocast (`--precision bf16`, "
-                   "documentation/pretraining.md#bf16-on-cpu) on " + machine_description() + ", with memory reuse on.")
+        command = ("`python benchmarks/in_context_learning_curve.py --batch16 --bf16`: the batch-16 recipe above "
+                   "(same pool, trainer, batch, lr and val references) with bf16 autocast (`--precision bf16`, "
+                   "documentation/pretraining.md#bf16-on-cpu) and the steps that fit in the same hour at the "
+                   "bf16 step, its own datasets and weight-free masks from the current generator, on "
+                   + machine_description() + ", with memory reuse on.")
     else:
         title = "## In-context learning curve on organ-level MR (CPU recipe)"
         command = f"`python benchmarks/in_context_learning_curve.py` ({machine_description()})."
