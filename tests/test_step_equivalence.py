@@ -13,8 +13,9 @@ from torch import nn
 from mass_nn.networks.conv_blocks import ResBlock3d
 from mass_nn.networks.in_context.config import InContextNetworkConfig
 from mass_nn.networks.in_context.in_context_model import InContextSegmenter
-from mass_nn.networks.in_context.shared_kernel_conv import shared_kernel_conv3d, shared_kernel_weight_gradient
-from mass_nn.networks.in_context.task_encoder import MaskMerge
+from mass_nn.networks.in_context.shared_kernel_conv import (shared_kernel_conv3d, shared_kernel_weight_gradient,
+                                                           shared_maps_conv3d)
+from mass_nn.networks.in_context.task_encoder import MaskMerge, TaskEncoder
 from mass_nn.training.optim.lamb import Lamb
 from tests.step_reference import step_record
 
@@ -58,6 +59,41 @@ def test_shared_kernel_weight_gradient_in_float32_at_training_size():
 def test_shared_kernel_conv_rejects_wrong_shapes():
     with pytest.raises(ValueError, match=r"maps \[N, D, H, W\] and a kernel \[3, 3, 3\]"):
         shared_kernel_conv3d(torch.zeros(1, 2, 4, 4, 4), torch.zeros(3, 3, 3))
+
+
+def test_shared_maps_conv_equals_one_convolution_per_kernel_with_same_gradients():
+    torch.manual_seed(5)
+    maps = torch.randn(4, 5, 6, 7, dtype=torch.float64, requires_grad=True)
+    kernels = torch.randn(3, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    upstreams = [torch.randn(4, 5, 6, 7, dtype=torch.float64) for _ in range(3)]
+    outputs = shared_maps_conv3d(maps, kernels)
+    expected = [F.conv3d(maps.unsqueeze(1), kernel.reshape(1, 1, 3, 3, 3), padding=1).squeeze(1) for kernel in kernels]
+    assert len(outputs) == 3
+    assert all(torch.allclose(a, e, rtol=1e-12, atol=1e-12) for a, e in zip(outputs, expected))
+    actual_grads = torch.autograd.grad(outputs, (maps, kernels), upstreams)
+    expected_grads = torch.autograd.grad(expected, (maps, kernels), upstreams)
+    for a, e in zip(actual_grads, expected_grads):
+        assert torch.allclose(a, e, rtol=1e-10, atol=1e-10)
+    small_maps, small_kernels = maps[:2, :3, :4, :3].detach().requires_grad_(), kernels[:2].detach().requires_grad_()
+    assert torch.autograd.gradcheck(lambda m, k: shared_maps_conv3d(m, k), (small_maps, small_kernels))
+
+
+def test_task_encoder_with_shared_mask_path_equals_its_stages_one_by_one():
+    torch.manual_seed(6)
+    config = InContextNetworkConfig(in_channels=1, channels=[4, 8, 16, 32], num_blocks=[1, 1, 1],
+                                    input_size_zyx=[16, 16, 16], num_queries=2, task_depth=1, head_dim=8)
+    encoder = TaskEncoder(config)
+    features = [torch.randn(2, c, s, s, s) for c, s in zip(config.prior_channels(), (2, 4, 8))]
+    masks = (torch.rand(2, 3, 16, 16, 16) > 0.7).float()
+    upstreams = [torch.randn(2, 3, 3, c) for c in config.prior_channels()]
+    torch.autograd.backward(encoder(features, masks), upstreams)
+    shared_grads = _grads(encoder)
+    encoder.zero_grad()
+    one_by_one = [stage(level, masks) for stage, level in zip(encoder.stages, features)]
+    torch.autograd.backward(one_by_one, upstreams)
+    for shared, single in zip(encoder(features, masks), one_by_one):
+        assert _close(shared, single.detach())
+    assert all(_close(a, e) for a, e in zip(shared_grads, _grads(encoder)))
 
 
 @pytest.mark.parametrize("in_channels,out_channels,stride", [(6, 4, 1), (4, 4, 1), (3, 5, 2)])

@@ -1,12 +1,15 @@
-"""One 3×3×3 kernel applied to many single-channel maps, with a fast weight gradient.
+"""3×3×3 kernels applied to many single-channel maps, with a fast weight gradient.
 
-The task encoder's mask merge convolves B·K one-channel maps with the same 3×3×3 kernel. As a depthwise (grouped)
-convolution the forward pass is fast on CPU, but the weight gradient of a depthwise convolution is one of
-oneDNN's slow paths (about 150 ms for 26 maps of 64×48×48, against 18 ms for the forward). The weight gradient
-is only 27 numbers: gradient[a, b, c] = Σ grad_out[n, z, y, x] · maps[n, z + a - 1, y + b - 1, x + c - 1]. With
-both volumes zero-padded by one voxel and flattened, each of the 27 sums is a single dot product between the
-padded gradient and the padded maps shifted by a constant offset (a shift never crosses into the next map,
-because the gradient is zero on every padding voxel). That is what the backward here computes, in fp32 or wider.
+The task encoder's mask merge convolves B·K one-channel maps with the same 3×3×3 kernel, once per prior stage,
+and the maps (the normalised task masks) are the same in every stage. As a depthwise (grouped) convolution the
+forward pass is fast on CPU, but the weight gradient of a depthwise convolution is one of oneDNN's slow paths
+(about 150 ms for 26 maps of 64×48×48, against 18 ms for the forward). The weight gradient is only 27 numbers per
+kernel: gradient[a, b, c] = Σ grad_out[n, z, y, x] · maps[n, z + a - 1, y + b - 1, x + c - 1]. With both volumes
+zero-padded by one voxel and flattened, each of the 27 sums is a single dot product between the padded gradient
+and the padded maps shifted by a constant offset (a shift never crosses into the next map, because the gradient
+is zero on every padding voxel). With S kernels on the same maps, the S gradients of one offset are one
+matrix-vector product, so the maps are padded once and read 27 times instead of 27·S times. That is what the
+backward here computes, in fp32 or wider.
 """
 from __future__ import annotations
 
@@ -15,13 +18,37 @@ import torch.nn.functional as F
 from torch import Tensor
 
 KERNEL = 3
+PADDING = (1, 1) * 3
 
 
-def _grouped_conv(maps: Tensor, kernel: Tensor) -> Tensor:
-    """maps [N, D, H, W] each convolved (padding 1) with kernel [3, 3, 3] → [N, D, H, W]."""
+def _grouped_conv(maps: Tensor, kernel: Tensor, padding: int = KERNEL // 2) -> Tensor:
+    """maps [N, D, H, W] each convolved with kernel [3, 3, 3] → [N, D', H', W'] (D' = D + 2·padding - 2)."""
     count = maps.shape[0]
     weight = kernel.to(maps.dtype).reshape(1, 1, KERNEL, KERNEL, KERNEL).expand(count, 1, KERNEL, KERNEL, KERNEL)
-    return F.conv3d(maps.unsqueeze(0), weight, padding=KERNEL // 2, groups=count).squeeze(0)
+    return F.conv3d(maps.unsqueeze(0), weight, padding=padding, groups=count).squeeze(0)
+
+
+def _offsets(padded_shape: torch.Size) -> list[int]:
+    """Flat offsets of the 27 kernel taps in padded maps [N, D + 2, H + 2, W + 2], in the kernel's (a, b, c)
+    order."""
+    height, width = padded_shape[2], padded_shape[3]
+    return [(dz * height + dy) * width + dx for dz in (-1, 0, 1) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+
+
+def _weight_gradients(padded_maps: Tensor, padded_grads: Tensor) -> Tensor:
+    """padded maps [N, D+2, H+2, W+2] and padded gradients [S, N, D+2, H+2, W+2] (zero on the padding), both in
+    the summing dtype → the S kernel gradients [S, 3, 3, 3]."""
+    flat_maps, flat_grads = padded_maps.reshape(-1), padded_grads.reshape(padded_grads.shape[0], -1)
+    length = flat_maps.numel()
+    gradients = flat_grads.new_empty(KERNEL ** 3, flat_grads.shape[0])
+    for index, offset in enumerate(_offsets(padded_maps.shape)):
+        start, stop = max(0, -offset), length - max(0, offset)
+        gradients[index] = torch.mv(flat_grads[:, start:stop], flat_maps[start + offset:stop + offset])
+    return gradients.t().reshape(-1, KERNEL, KERNEL, KERNEL)
+
+
+def _summing_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.promote_types(dtype, torch.float32)  # bf16 maps are summed in fp32, fp64 stays fp64
 
 
 def shared_kernel_weight_gradient(maps: Tensor, grad_out: Tensor) -> Tensor:
@@ -30,39 +57,44 @@ def shared_kernel_weight_gradient(maps: Tensor, grad_out: Tensor) -> Tensor:
     maps and grad_out are [N, D, H, W]. Equal to the weight gradient of the grouped convolution up to float
     rounding (the sums run in a different order).
     """
-    dtype = torch.promote_types(maps.dtype, torch.float32)  # bf16 maps are summed in fp32, fp64 stays fp64
-    padded_grad = F.pad(grad_out.to(dtype), (1, 1) * 3).reshape(-1)
-    padded_maps = F.pad(maps.to(dtype), (1, 1) * 3).reshape(-1)
-    height, width = maps.shape[2] + 2, maps.shape[3] + 2
-    length = padded_grad.numel()
-    gradient = padded_grad.new_empty(KERNEL ** 3)
-    index = 0
-    for dz in (-1, 0, 1):
-        for dy in (-1, 0, 1):
-            for dx in (-1, 0, 1):
-                offset = (dz * height + dy) * width + dx
-                start, stop = max(0, -offset), length - max(0, offset)
-                gradient[index] = torch.dot(padded_grad[start:stop], padded_maps[start + offset:stop + offset])
-                index += 1
-    return gradient.reshape(KERNEL, KERNEL, KERNEL)
+    dtype = _summing_dtype(maps.dtype)
+    return _weight_gradients(F.pad(maps.to(dtype), PADDING), F.pad(grad_out.to(dtype), PADDING).unsqueeze(0))[0]
 
 
-class _SharedKernelConv3d(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, maps: Tensor, kernel: Tensor) -> Tensor:
-        ctx.save_for_backward(maps, kernel)
-        return _grouped_conv(maps, kernel)
+class _SharedMapsConv3d(torch.autograd.Function):
+    """maps [N, D, H, W] and kernels [S, 3, 3, 3] → S outputs [N, D, H, W], one per kernel."""
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor):
-        maps, kernel = ctx.saved_tensors
-        grad_maps = grad_kernel = None
+    def forward(ctx, maps: Tensor, kernels: Tensor) -> tuple[Tensor, ...]:
+        padded = F.pad(maps, PADDING)
+        ctx.save_for_backward(padded, kernels)
+        return tuple(_grouped_conv(padded, kernel, padding=0) for kernel in kernels)
+
+    @staticmethod
+    def backward(ctx, *grad_outs: Tensor | None):
+        padded, kernels = ctx.saved_tensors
+        grad_maps = grad_kernels = None
         if ctx.needs_input_grad[0]:
             # the adjoint of a same-padded correlation is the correlation with the kernel flipped in every axis
-            grad_maps = _grouped_conv(grad_out.contiguous(), kernel.flip(0, 1, 2))
+            grad_maps = sum(_grouped_conv(grad.contiguous(), kernel.flip(0, 1, 2))
+                            for grad, kernel in zip(grad_outs, kernels) if grad is not None)
         if ctx.needs_input_grad[1]:
-            grad_kernel = shared_kernel_weight_gradient(maps, grad_out).to(kernel.dtype)
-        return grad_maps, grad_kernel
+            dtype = _summing_dtype(padded.dtype)
+            padded_grads = padded.new_zeros((len(kernels), *padded.shape), dtype=dtype)
+            for grad, padded_grad in zip(grad_outs, padded_grads):
+                if grad is not None:
+                    padded_grad[:, 1:-1, 1:-1, 1:-1] = grad
+            grad_kernels = _weight_gradients(padded.to(dtype), padded_grads).to(kernels.dtype)
+        return grad_maps, grad_kernels
+
+
+def shared_maps_conv3d(maps: Tensor, kernels: Tensor) -> tuple[Tensor, ...]:
+    """Convolve (cross-correlate, padding 1, no bias) each of the maps [N, D, H, W] with each of the kernels
+    [S, 3, 3, 3]; returns S tensors [N, D, H, W], the i-th from kernel i. Differentiable in both arguments."""
+    if maps.dim() != 4 or kernels.dim() != 4 or tuple(kernels.shape[1:]) != (KERNEL,) * 3 or not len(kernels):
+        raise ValueError(f"expected maps [N, D, H, W] and kernels [S, 3, 3, 3], got {list(maps.shape)} and "
+                         f"{list(kernels.shape)}")
+    return _SharedMapsConv3d.apply(maps.contiguous(), kernels)
 
 
 def shared_kernel_conv3d(maps: Tensor, kernel: Tensor) -> Tensor:
@@ -71,4 +103,4 @@ def shared_kernel_conv3d(maps: Tensor, kernel: Tensor) -> Tensor:
     if maps.dim() != 4 or tuple(kernel.shape) != (KERNEL,) * 3:
         raise ValueError(f"expected maps [N, D, H, W] and a kernel [3, 3, 3], got {list(maps.shape)} and "
                          f"{list(kernel.shape)}")
-    return _SharedKernelConv3d.apply(maps.contiguous(), kernel)
+    return shared_maps_conv3d(maps, kernel.unsqueeze(0))[0]

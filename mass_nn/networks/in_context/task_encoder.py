@@ -17,7 +17,7 @@ from mass_nn.networks.attention import TaskQueryBlock
 from mass_nn.networks.conv_blocks import autocast_disabled, resize_trilinear
 from mass_nn.networks.in_context.config import InContextNetworkConfig
 from mass_nn.networks.in_context.pixel_shuffle import pixel_shuffle_3d, pixel_unshuffle_3d, scale_triple
-from mass_nn.networks.in_context.shared_kernel_conv import shared_kernel_conv3d
+from mass_nn.networks.in_context.shared_kernel_conv import shared_kernel_conv3d, shared_maps_conv3d
 
 TaskEmbedding = list[Tensor]
 
@@ -78,6 +78,15 @@ def _pre_act_conv(in_channels: int, out_channels: int, kernel_size: int, eps: fl
                          nn.Conv3d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=True))
 
 
+def merge_dtype(masks: Tensor, features: Tensor) -> torch.dtype:
+    """The dtype of a mask merge: autocast's where it is on for the masks' device (the merge's shared map comes
+    out of a convolution), else the features'."""
+    device_type = masks.device.type
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return features.dtype
+
+
 class MaskMerge(nn.Module):
     """Per task, IN → ReLU → Conv3d(2 → 1, 3×3×3, bias) of the two-channel map [shared map; task mask].
 
@@ -85,7 +94,9 @@ class MaskMerge(nn.Module):
     broadcast over the K tasks instead of being copied K times: same result, K× less work and memory for it, and
     no gradient computation for the mask channel. Both parts are `shared_kernel_conv3d` calls: a depthwise
     (grouped) convolution forward, which CPU kernels run several times faster than a batch of 1-channel maps, and a
-    weight gradient of 27 dot products instead of oneDNN's slow depthwise weight gradient.
+    weight gradient of 27 dot products instead of oneDNN's slow depthwise weight gradient. The mask part depends
+    on the masks and this merge's mask kernel only, so a task encoder computes it for all its stages at once
+    (`mask_parts`) and passes it in.
     """
 
     def __init__(self, eps: float = 1e-4):
@@ -93,16 +104,28 @@ class MaskMerge(nn.Module):
         self.eps = eps
         self.conv = nn.Conv3d(2, 1, 3, padding=1, bias=True)
 
-    def forward(self, shared: Tensor, masks: Tensor) -> Tensor:
-        """shared [B, 1, D, H, W], masks [B, K, D, H, W] → merged [B·K, 1, D, H, W]."""
-        kernels = self.conv.weight[0]
-        shared_part = shared_kernel_conv3d(self._norm_act(shared).flatten(0, 1), kernels[0]) + self.conv.bias
-        normed = self._norm_act(masks.to(shared.dtype))  # per (b, k) map, like a per-task instance norm
-        mask_part = shared_kernel_conv3d(normed.flatten(0, 1), kernels[1]).reshape(masks.shape)
-        return (mask_part + shared_part.unsqueeze(1)).reshape(-1, 1, *masks.shape[2:])
+    def forward(self, shared: Tensor, masks: Tensor, mask_part: Tensor | None = None) -> Tensor:
+        """shared [B, 1, D, H, W], masks [B, K, D, H, W] → merged [B·K, 1, D, H, W]; mask_part: this merge's
+        `mask_parts` of the same masks, when already computed."""
+        shared_part = shared_kernel_conv3d(self._norm_act(shared).flatten(0, 1), self.conv.weight[0, 0])
+        if mask_part is None:
+            mask_part = mask_parts([self], masks, shared.dtype)[0]
+        return (mask_part + (shared_part + self.conv.bias).unsqueeze(1)).reshape(-1, 1, *masks.shape[2:])
 
     def _norm_act(self, x: Tensor) -> Tensor:
         return F.relu(F.instance_norm(x, eps=self.eps))
+
+
+def mask_parts(merges: list[MaskMerge], masks: Tensor, dtype: torch.dtype) -> list[Tensor]:
+    """Each merge's convolution of the instance-normalised, rectified task masks [B, K, D, H, W] (in `dtype`)
+    with its mask kernel, one [B, K, D, H, W] tensor per merge. The masks are normalised and padded once for all
+    merges, and the kernels' weight gradients share one pass over them (`shared_maps_conv3d`)."""
+    epsilons = {merge.eps for merge in merges}
+    if len(epsilons) != 1:
+        raise ValueError(f"mask merges with different InstanceNorm eps {sorted(epsilons)} cannot share their masks")
+    normed = F.relu(F.instance_norm(masks.to(dtype), eps=epsilons.pop()))  # per (b, k) map: a per-task norm
+    parts = shared_maps_conv3d(normed.flatten(0, 1), torch.stack([merge.conv.weight[0, 1] for merge in merges]))
+    return [part.reshape(masks.shape) for part in parts]
 
 
 class TaskEncoderStage(nn.Module):
@@ -133,12 +156,13 @@ class TaskEncoderStage(nn.Module):
         self.blocks = nn.ModuleList(TaskQueryBlock(dim, head_dim, mlp_ratio) for _ in range(depth))
         self.norm_post = nn.LayerNorm(dim)
 
-    def forward(self, features: Tensor, masks: Tensor) -> Tensor:
-        """features [B, C, d, h, w], masks [B, K, d·s, h·s, w·s] → task embedding [B, K, num_queries + 1, C]."""
+    def forward(self, features: Tensor, masks: Tensor, mask_part: Tensor | None = None) -> Tensor:
+        """features [B, C, d, h, w], masks [B, K, d·s, h·s, w·s] → task embedding [B, K, num_queries + 1, C];
+        mask_part: this stage's `mask_parts` of the masks, when the caller computed them (see `MaskMerge`)."""
         self.check_sizes(features, masks)
         batch, num_tasks = masks.shape[:2]
         tokens = self.initial_tokens(self.foreground_tokens(features, masks))
-        context = self.context_tokens(features, masks)
+        context = self.context_tokens(features, masks, mask_part)
         for block in self.blocks:
             tokens = block(tokens, context)
         tokens = self.norm_post(tokens)
@@ -163,11 +187,11 @@ class TaskEncoderStage(nn.Module):
         """Masked mean features per task, [B, K, C], before any LayerNorm (zero for an empty mask)."""
         return foreground_pool(features, masks, self.foreground_pool)
 
-    def context_tokens(self, features: Tensor, masks: Tensor) -> Tensor:
+    def context_tokens(self, features: Tensor, masks: Tensor, mask_part: Tensor | None = None) -> Tensor:
         """Reference features fused with each task's mask: [B·K, d·h·w, C]."""
         batch, num_tasks, depth, height, width = masks.shape
         shuffled = pixel_shuffle_3d(self.expand(features), self.scale)
-        merged = self.merge(shuffled, masks) + self.positional_map[:, :, :depth, :height, :width]
+        merged = self.merge(shuffled, masks, mask_part) + self.positional_map[:, :, :depth, :height, :width]
         squeezed = self.squeeze(pixel_unshuffle_3d(merged, self.scale))
         fused = squeezed.unflatten(0, (batch, num_tasks)) + features.unsqueeze(1)
         return fused.flatten(3).transpose(-1, -2).flatten(0, 1)
@@ -197,4 +221,7 @@ class TaskEncoder(nn.Module):
         → task embedding: one [B, K, num_queries + 1, C_i] tensor per stage."""
         if len(features) < len(self.stages):
             raise ValueError(f"need at least {len(self.stages)} feature levels, got {len(features)}")
-        return [stage(level, masks) for stage, level in zip(self.stages, features)]
+        for stage, level in zip(self.stages, features):
+            stage.check_sizes(level, masks)
+        parts = mask_parts([stage.merge for stage in self.stages], masks, merge_dtype(masks, features[0]))
+        return [stage(level, masks, part) for stage, level, part in zip(self.stages, features, parts)]
