@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mass_nn.networks.attention import attend, multi_head_attention
 from mass_nn.networks.conv_blocks import ResBlock3d
 from mass_nn.networks.in_context.config import InContextNetworkConfig
 from mass_nn.networks.in_context.in_context_model import InContextSegmenter
@@ -170,3 +171,21 @@ def test_whole_step_matches_the_record_of_commit_a3d41a4():
     for name, value in expected["weight_change_norms"].items():
         assert actual["weight_change_norms"][name] == pytest.approx(value, rel=1e-3, abs=1e-9), name
     assert actual["ema_sum"] == pytest.approx(expected["ema_sum"], rel=1e-6)
+
+
+@pytest.mark.parametrize("cross", [False, True])
+def test_attend_equals_the_multihead_attention_module_with_same_gradients(cross):
+    torch.manual_seed(7)
+    module = multi_head_attention(16, 8).double()
+    query = torch.randn(3, 5, 16, dtype=torch.float64, requires_grad=True)
+    context = torch.randn(3, 7, 16, dtype=torch.float64, requires_grad=True) if cross else None
+    keys = context if cross else query
+    upstream = torch.randn(3, 5, 16, dtype=torch.float64)
+    inputs = (query, context) if cross else (query,)
+    expected = module(query, keys, keys, need_weights=False)[0]
+    expected_grads = torch.autograd.grad(expected, [*inputs, *module.parameters()], upstream)
+    actual = attend(module, query, context)
+    actual_grads = torch.autograd.grad(actual, [*inputs, *module.parameters()], upstream)
+    assert torch.allclose(actual, expected, rtol=1e-10, atol=1e-12)
+    for a, e in zip(actual_grads, expected_grads):
+        assert torch.allclose(a, e, rtol=1e-10, atol=1e-12)

@@ -6,6 +6,7 @@ eps 1e-4; cross-attention normalises queries and keys with two separate LayerNor
 """
 from __future__ import annotations
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 PRE_NORM_EPS = 1e-4
@@ -16,6 +17,26 @@ def multi_head_attention(dim: int, head_dim: int) -> nn.MultiheadAttention:
     if dim % head_dim:
         raise ValueError(f"attention width {dim} is not divisible by head_dim {head_dim}")
     return nn.MultiheadAttention(dim, dim // head_dim, dropout=0.0, bias=True, batch_first=True)
+
+
+def attend(attention: nn.MultiheadAttention, query: Tensor, context: Tensor | None = None) -> Tensor:
+    """`attention(query, context, context, need_weights=False)[0]` for batch-first [N, L, C] tokens without masks or
+    dropout (context None: self-attention), with the module's own parameters.
+
+    The module's training path moves the tokens to sequence-first order and back, copying every projection, its
+    packed split and the output; on CPU those copies and the zero-filled gradients of the packed split cost
+    about as much as the attention itself. Here the projections stay batch-first and the heads are strided views,
+    so the only copy is the heads' output before the output projection.
+    """
+    dim, heads = attention.embed_dim, attention.num_heads
+    weight, bias = attention.in_proj_weight, attention.in_proj_bias
+    if context is None:
+        q, k, v = F.linear(query, weight, bias).chunk(3, dim=-1)
+    else:
+        q = F.linear(query, weight[:dim], bias[:dim])
+        k, v = F.linear(context, weight[dim:], bias[dim:]).chunk(2, dim=-1)
+    q, k, v = (t.unflatten(-1, (heads, dim // heads)).transpose(1, 2) for t in (q, k, v))
+    return attention.out_proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2))
 
 
 class FeedForward(nn.Sequential):
@@ -48,8 +69,7 @@ class PreNormSelfAttention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """[N, L, C] → [N, L, C]."""
-        normed = self.norm(x)
-        return x + self.attention(normed, normed, normed, need_weights=False)[0]
+        return x + attend(self.attention, self.norm(x))
 
 
 class PreNormCrossAttention(nn.Module):
@@ -63,8 +83,7 @@ class PreNormCrossAttention(nn.Module):
 
     def forward(self, x: Tensor, context: Tensor) -> Tensor:
         """x [N, L, C] attends to context [N, M, C]; returns [N, L, C]."""
-        context = self.norm_context(context)
-        return x + self.attention(self.norm_query(x), context, context, need_weights=False)[0]
+        return x + attend(self.attention, self.norm_query(x), self.norm_context(context))
 
 
 class TaskQueryBlock(nn.Module):

@@ -47,6 +47,14 @@ def _weight_gradients(padded_maps: Tensor, padded_grads: Tensor) -> Tensor:
     return gradients.t().reshape(-1, KERNEL, KERNEL, KERNEL)
 
 
+def _zero_border(volumes: Tensor) -> Tensor:
+    """Zero the one-voxel border of the last three axes in place (the interior is written next); returns it."""
+    for axis in (-3, -2, -1):
+        volumes.select(axis, 0).zero_()
+        volumes.select(axis, -1).zero_()
+    return volumes
+
+
 def _summing_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)  # bf16 maps are summed in fp32, fp64 stays fp64
 
@@ -80,10 +88,9 @@ class _SharedMapsConv3d(torch.autograd.Function):
                             for grad, kernel in zip(grad_outs, kernels) if grad is not None)
         if ctx.needs_input_grad[1]:
             dtype = _summing_dtype(padded.dtype)
-            padded_grads = padded.new_zeros((len(kernels), *padded.shape), dtype=dtype)
+            padded_grads = _zero_border(padded.new_empty((len(kernels), *padded.shape), dtype=dtype))
             for grad, padded_grad in zip(grad_outs, padded_grads):
-                if grad is not None:
-                    padded_grad[:, 1:-1, 1:-1, 1:-1] = grad
+                padded_grad[:, 1:-1, 1:-1, 1:-1] = 0.0 if grad is None else grad
             grad_kernels = _weight_gradients(padded.to(dtype), padded_grads).to(kernels.dtype)
         return grad_maps, grad_kernels
 

@@ -46,7 +46,9 @@ def trilinear_upsample_adjoint(volumes: Tensor, low_size: tuple[int, ...] | list
     ⟨upsample(z), volumes⟩ = ⟨z, adjoint(volumes)⟩ for every z of size low_size.
     """
     out = volumes.float()
-    for axis, low in zip(range(2, 5), low_size):
+    # the contiguous last axis first: its product needs no copy of the full-size volumes and shrinks them before
+    # the strided axes are moved
+    for axis, low in reversed(list(zip(range(2, 5), low_size))):
         matrix = trilinear_interpolation_matrix(low, out.shape[axis], out.device)
         out = (out.movedim(axis, -1) @ matrix).movedim(-1, axis)
     return out
