@@ -21,11 +21,11 @@ KERNEL = 3
 PADDING = (1, 1) * 3
 
 
-def _grouped_conv(maps: Tensor, kernel: Tensor, padding: int = KERNEL // 2) -> Tensor:
-    """maps [N, D, H, W] each convolved with kernel [3, 3, 3] → [N, D', H', W'] (D' = D + 2·padding - 2)."""
+def _grouped_conv(maps: Tensor, kernel: Tensor) -> Tensor:
+    """maps [N, D, H, W] each convolved (padding 1) with kernel [3, 3, 3] → [N, D, H, W]."""
     count = maps.shape[0]
     weight = kernel.to(maps.dtype).reshape(1, 1, KERNEL, KERNEL, KERNEL).expand(count, 1, KERNEL, KERNEL, KERNEL)
-    return F.conv3d(maps.unsqueeze(0), weight, padding=padding, groups=count).squeeze(0)
+    return F.conv3d(maps.unsqueeze(0), weight, padding=KERNEL // 2, groups=count).squeeze(0)
 
 
 def _offsets(padded_shape: torch.Size) -> list[int]:
@@ -74,24 +74,24 @@ class _SharedMapsConv3d(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, maps: Tensor, kernels: Tensor) -> tuple[Tensor, ...]:
-        padded = F.pad(maps, PADDING)
-        ctx.save_for_backward(padded, kernels)
-        return tuple(_grouped_conv(padded, kernel, padding=0) for kernel in kernels)
+        ctx.save_for_backward(maps, kernels)
+        return tuple(_grouped_conv(maps, kernel) for kernel in kernels)
 
     @staticmethod
     def backward(ctx, *grad_outs: Tensor | None):
-        padded, kernels = ctx.saved_tensors
+        maps, kernels = ctx.saved_tensors
         grad_maps = grad_kernels = None
         if ctx.needs_input_grad[0]:
             # the adjoint of a same-padded correlation is the correlation with the kernel flipped in every axis
             grad_maps = sum(_grouped_conv(grad.contiguous(), kernel.flip(0, 1, 2))
                             for grad, kernel in zip(grad_outs, kernels) if grad is not None)
         if ctx.needs_input_grad[1]:
-            dtype = _summing_dtype(padded.dtype)
-            padded_grads = _zero_border(padded.new_empty((len(kernels), *padded.shape), dtype=dtype))
+            dtype = _summing_dtype(maps.dtype)
+            padded_maps = F.pad(maps.to(dtype), PADDING)
+            padded_grads = _zero_border(padded_maps.new_empty((len(kernels), *padded_maps.shape)))
             for grad, padded_grad in zip(grad_outs, padded_grads):
                 padded_grad[:, 1:-1, 1:-1, 1:-1] = 0.0 if grad is None else grad
-            grad_kernels = _weight_gradients(padded.to(dtype), padded_grads).to(kernels.dtype)
+            grad_kernels = _weight_gradients(padded_maps, padded_grads).to(kernels.dtype)
         return grad_maps, grad_kernels
 
 

@@ -109,10 +109,14 @@ class MaskMerge(nn.Module):
     def forward(self, shared: Tensor, masks: Tensor, mask_part: Tensor | None = None) -> Tensor:
         """shared [B, 1, D, H, W], masks [B, K, D, H, W] → merged [B·K, 1, D, H, W]; mask_part: this merge's
         `mask_parts` of the same masks, when already computed."""
-        shared_part = shared_kernel_conv3d(self._norm_act(shared).flatten(0, 1), self.conv.weight[0, 0])
         if mask_part is None:
             mask_part = mask_parts([self], masks, shared.dtype)[0]
-        return (mask_part + (shared_part + self.conv.bias).unsqueeze(1)).reshape(-1, 1, *masks.shape[2:])
+        return (mask_part + self.shared_part(shared)).reshape(-1, 1, *masks.shape[2:])
+
+    def shared_part(self, shared: Tensor) -> Tensor:
+        """The shared map's half of the merge plus the bias, once per image: [B, 1, D, H, W] → [B, 1, D, H, W]."""
+        return shared_kernel_conv3d(self._norm_act(shared).flatten(0, 1), self.conv.weight[0, 0]).unsqueeze(1) \
+            + self.conv.bias
 
     def _norm_act(self, x: Tensor) -> Tensor:
         return F.relu(F.instance_norm(x, eps=self.eps))
@@ -193,8 +197,15 @@ class TaskEncoderStage(nn.Module):
         """Reference features fused with each task's mask: [B·K, d·h·w, C]."""
         batch, num_tasks, depth, height, width = masks.shape
         shuffled = pixel_shuffle_3d(self.expand(features), self.scale)
-        merged = self.merge(shuffled, masks, mask_part) + self.positional_map[:, :, :depth, :height, :width]
-        squeezed = self.squeeze(pixel_unshuffle_3d(merged, self.scale))
+        if mask_part is None:
+            mask_part = mask_parts([self.merge], masks, shuffled.dtype)[0]
+        # merge → + positional map → pixel-unshuffle, with the per-image terms (shared half, bias, positional map)
+        # unshuffled once per image and added after the per-task half is unshuffled: unshuffling is a
+        # permutation, so the sum is the same, without two passes over B·K full-resolution maps
+        per_image = self.merge.shared_part(shuffled) + self.positional_map[:, :, :depth, :height, :width]
+        per_task = pixel_unshuffle_3d(mask_part, self.scale).unflatten(1, (num_tasks, -1))
+        merged = per_task + pixel_unshuffle_3d(per_image, self.scale).unsqueeze(1)
+        squeezed = self.squeeze(merged.flatten(0, 1))
         fused = squeezed.unflatten(0, (batch, num_tasks)) + features.unsqueeze(1)
         return fused.flatten(3).transpose(-1, -2).flatten(0, 1)
 
