@@ -40,10 +40,12 @@ def test_batch16_budget_is_the_gpu_batch_and_lr_in_its_own_workspace_and_exclude
         LearningCurve(tmp_path, tmp_path, CPU_BATCH16, None).run([], redo=False)
 
 
-def test_bf16_budget_is_the_batch16_budget_in_bf16_only_with_batch16(tmp_path):
+def test_bf16_budget_is_the_batch16_budget_in_bf16_for_more_steps_only_with_batch16(tmp_path):
     assert CPU_BATCH16_BF16.precision == "bf16" and CPU_BATCH16.precision is None
-    assert {**vars(CPU_BATCH16_BF16), "name": "", "precision": None} == {**vars(CPU_BATCH16), "name": "",
-                                                                          "precision": None}
+    assert CPU_BATCH16_BF16.pretrain_steps == 780 > CPU_BATCH16.pretrain_steps == 600
+    differing = ("name", "precision", "pretrain_epochs")
+    assert ({k: v for k, v in vars(CPU_BATCH16_BF16).items() if k not in differing}
+            == {k: v for k, v in vars(CPU_BATCH16).items() if k not in differing})
     with pytest.raises(SystemExit, match="--bf16 goes with --batch16"):
         main(["--bf16", "--workspace", str(tmp_path), "--stages", "report"])
     curve = LearningCurve(tmp_path, tmp_path, CPU_BATCH16_BF16, None)
