@@ -14,8 +14,7 @@ from mass_nn.networks.attention import attend, multi_head_attention
 from mass_nn.networks.conv_blocks import ResBlock3d
 from mass_nn.networks.in_context.config import InContextNetworkConfig
 from mass_nn.networks.in_context.in_context_model import InContextSegmenter
-from mass_nn.networks.in_context.shared_kernel_conv import (shared_kernel_conv3d, shared_kernel_weight_gradient,
-                                                           shared_maps_conv3d)
+from mass_nn.networks.in_context.shared_kernel_conv import shared_kernel_conv3d, shared_maps_conv3d
 from mass_nn.networks.in_context.task_encoder import MaskMerge, TaskEncoder
 from mass_nn.training.optim.lamb import Lamb
 from tests.step_reference import step_record
@@ -54,7 +53,9 @@ def test_shared_kernel_weight_gradient_in_float32_at_training_size():
     maps, grad_out = torch.relu(torch.randn(6, 32, 24, 24)), torch.randn(6, 32, 24, 24)
     kernel = torch.zeros(1, 1, 3, 3, 3, requires_grad=True)
     F.conv3d(maps.unsqueeze(1), kernel, padding=1).backward(grad_out.unsqueeze(1))
-    assert _close(shared_kernel_weight_gradient(maps, grad_out), kernel.grad[0, 0], rtol=1e-5)
+    shared_kernel = torch.zeros(3, 3, 3, requires_grad=True)
+    shared_kernel_conv3d(maps, shared_kernel).backward(grad_out)
+    assert _close(shared_kernel.grad, kernel.grad[0, 0], rtol=1e-5)
 
 
 def test_shared_kernel_conv_rejects_wrong_shapes():

@@ -59,16 +59,6 @@ def _summing_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)  # bf16 maps are summed in fp32, fp64 stays fp64
 
 
-def shared_kernel_weight_gradient(maps: Tensor, grad_out: Tensor) -> Tensor:
-    """The [3, 3, 3] gradient of Σ grad_out · conv(maps, kernel) with respect to the kernel, in fp32 or wider.
-
-    maps and grad_out are [N, D, H, W]. Equal to the weight gradient of the grouped convolution up to float
-    rounding (the sums run in a different order).
-    """
-    dtype = _summing_dtype(maps.dtype)
-    return _weight_gradients(F.pad(maps.to(dtype), PADDING), F.pad(grad_out.to(dtype), PADDING).unsqueeze(0))[0]
-
-
 class _SharedMapsConv3d(torch.autograd.Function):
     """maps [N, D, H, W] and kernels [S, 3, 3, 3] → S outputs [N, D, H, W], one per kernel."""
 
@@ -78,19 +68,19 @@ class _SharedMapsConv3d(torch.autograd.Function):
         return tuple(_grouped_conv(maps, kernel) for kernel in kernels)
 
     @staticmethod
-    def backward(ctx, *grad_outs: Tensor | None):
+    def backward(ctx, *grad_outs: Tensor):  # autograd passes zeros for an output without gradient
         maps, kernels = ctx.saved_tensors
         grad_maps = grad_kernels = None
         if ctx.needs_input_grad[0]:
             # the adjoint of a same-padded correlation is the correlation with the kernel flipped in every axis
             grad_maps = sum(_grouped_conv(grad.contiguous(), kernel.flip(0, 1, 2))
-                            for grad, kernel in zip(grad_outs, kernels) if grad is not None)
+                            for grad, kernel in zip(grad_outs, kernels))
         if ctx.needs_input_grad[1]:
             dtype = _summing_dtype(maps.dtype)
             padded_maps = F.pad(maps.to(dtype), PADDING)
             padded_grads = _zero_border(padded_maps.new_empty((len(kernels), *padded_maps.shape)))
             for grad, padded_grad in zip(grad_outs, padded_grads):
-                padded_grad[:, 1:-1, 1:-1, 1:-1] = 0.0 if grad is None else grad
+                padded_grad[:, 1:-1, 1:-1, 1:-1] = grad
             grad_kernels = _weight_gradients(padded_maps, padded_grads).to(kernels.dtype)
         return grad_maps, grad_kernels
 

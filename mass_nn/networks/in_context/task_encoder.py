@@ -97,8 +97,8 @@ class MaskMerge(nn.Module):
     no gradient computation for the mask channel. Both parts are `shared_kernel_conv3d` calls: a depthwise
     (grouped) convolution forward, which CPU kernels run several times faster than a batch of 1-channel maps, and a
     weight gradient of 27 dot products instead of oneDNN's slow depthwise weight gradient. The mask part depends
-    on the masks and this merge's mask kernel only, so a task encoder computes it for all its stages at once
-    (`mask_parts`) and passes it in.
+    on the masks and this merge's mask kernel only, so a task encoder stage takes its two halves apart
+    (`shared_part` here, `mask_parts` for all stages at once) instead of calling this module.
     """
 
     def __init__(self, eps: float = 1e-4):
@@ -106,11 +106,9 @@ class MaskMerge(nn.Module):
         self.eps = eps
         self.conv = nn.Conv3d(2, 1, 3, padding=1, bias=True)
 
-    def forward(self, shared: Tensor, masks: Tensor, mask_part: Tensor | None = None) -> Tensor:
-        """shared [B, 1, D, H, W], masks [B, K, D, H, W] → merged [B·K, 1, D, H, W]; mask_part: this merge's
-        `mask_parts` of the same masks, when already computed."""
-        if mask_part is None:
-            mask_part = mask_parts([self], masks, shared.dtype)[0]
+    def forward(self, shared: Tensor, masks: Tensor) -> Tensor:
+        """shared [B, 1, D, H, W], masks [B, K, D, H, W] → merged [B·K, 1, D, H, W]."""
+        mask_part = mask_parts([self], masks, shared.dtype)[0]
         return (mask_part + self.shared_part(shared)).reshape(-1, 1, *masks.shape[2:])
 
     def shared_part(self, shared: Tensor) -> Tensor:
