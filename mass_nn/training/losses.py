@@ -2,16 +2,19 @@
 (batch, task) channel and then averaged over channels, optionally weighted to drop padding channels.
 
 All per-channel functions take logits and a binary target of shape [B, K, *spatial] and return [B, K]. They
-compute in fp32 with autocast disabled: sums over 128^3 voxels lose too much precision in bf16.
+compute in fp32 with autocast disabled: sums over 128^3 voxels lose too much precision in bf16. Every term is a
+function of four per-channel sums (channel_statistics.py), computed once per loss call.
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from mass_nn.training.channel_statistics import channel_statistics
 
 TVERSKY_ALPHA_RANGE = (0.2, 0.8)
 DICE_LOSSES = ("adaptive_tversky", "soft_dice")
+TVERSKY_EPS, SOFT_DICE_SMOOTH = 1e-6, 1e-5
 
 
 def _as_fp32_pair(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
@@ -23,47 +26,46 @@ def _as_fp32_pair(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     return logits.float(), target.to(dtype=torch.float32)
 
 
-def _confusion_sums(probs: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Soft TP, FP, FN summed over space, each [B, K]."""
-    probs, target = probs.flatten(2), target.flatten(2)
-    tp = (probs * target).sum(-1)
-    fp = (probs * (1.0 - target)).sum(-1)
-    fn = ((1.0 - probs) * target).sum(-1)
-    return tp, fp, fn
+def _statistics(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Soft TP, FP, FN and mean BCE per channel, each [B, K], in fp32."""
+    with torch.autocast(device_type=logits.device.type, enabled=False):
+        return channel_statistics(*_as_fp32_pair(logits, target))
 
 
-def adaptive_tversky_loss(logits: Tensor, target: Tensor, eps: float = 1e-6) -> Tensor:
+def _tversky(tp: Tensor, fp: Tensor, fn: Tensor, eps: float) -> Tensor:
+    errors = fp + fn
+    # where() on both the denominator and the result keeps 0/0 from producing NaN values or gradients
+    safe_errors = torch.where(errors > 0, errors, torch.ones_like(errors))
+    alpha = torch.where(errors > 0, fp / safe_errors, torch.full_like(errors, 0.5))
+    alpha = alpha.clamp(*TVERSKY_ALPHA_RANGE)
+    return 1.0 - tp / (tp + alpha * fp + (1.0 - alpha) * fn + eps)
+
+
+def _soft_dice(tp: Tensor, fp: Tensor, fn: Tensor, smooth: float) -> Tensor:
+    # sum p + sum t = 2 TP + FP + FN
+    return 1.0 - (2.0 * tp + smooth) / (2.0 * tp + fp + fn + smooth)
+
+
+def adaptive_tversky_loss(logits: Tensor, target: Tensor, eps: float = TVERSKY_EPS) -> Tensor:
     """Per-channel adaptive Tversky loss 1 - TP / (TP + a*FP + (1-a)*FN + eps), shape [B, K].
 
     a = FP / (FP + FN) clamped to [0.2, 0.8], with gradients flowing through a (as in MASS): the term leans
     on whichever error kind dominates. When FP + FN is 0 (a perfect prediction) a is 0.5. An empty target
     channel has TP = FN = 0, so its loss is exactly 1 with zero gradient; only BCE trains such channels.
     """
-    with torch.autocast(device_type=logits.device.type, enabled=False):
-        logits, target = _as_fp32_pair(logits, target)
-        tp, fp, fn = _confusion_sums(torch.sigmoid(logits), target)
-        errors = fp + fn
-        # where() on both the denominator and the result keeps 0/0 from producing NaN values or gradients
-        safe_errors = torch.where(errors > 0, errors, torch.ones_like(errors))
-        alpha = torch.where(errors > 0, fp / safe_errors, torch.full_like(errors, 0.5))
-        alpha = alpha.clamp(*TVERSKY_ALPHA_RANGE)
-        return 1.0 - tp / (tp + alpha * fp + (1.0 - alpha) * fn + eps)
+    tp, fp, fn, _ = _statistics(logits, target)
+    return _tversky(tp, fp, fn, eps)
 
 
-def soft_dice_loss(logits: Tensor, target: Tensor, smooth: float = 1e-5) -> Tensor:
+def soft_dice_loss(logits: Tensor, target: Tensor, smooth: float = SOFT_DICE_SMOOTH) -> Tensor:
     """Per-channel soft Dice loss 1 - (2 TP + smooth) / (sum p + sum t + smooth), shape [B, K]."""
-    with torch.autocast(device_type=logits.device.type, enabled=False):
-        logits, target = _as_fp32_pair(logits, target)
-        probs, target = torch.sigmoid(logits).flatten(2), target.flatten(2)
-        intersection = (probs * target).sum(-1)
-        return 1.0 - (2.0 * intersection + smooth) / (probs.sum(-1) + target.sum(-1) + smooth)
+    tp, fp, fn, _ = _statistics(logits, target)
+    return _soft_dice(tp, fp, fn, smooth)
 
 
 def bce_loss(logits: Tensor, target: Tensor) -> Tensor:
     """Per-channel mean binary cross-entropy with logits, shape [B, K]."""
-    with torch.autocast(device_type=logits.device.type, enabled=False):
-        logits, target = _as_fp32_pair(logits, target)
-        return F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(2).mean(-1)
+    return _statistics(logits, target)[3]
 
 
 def weighted_channel_mean(per_channel: Tensor, weights: Tensor) -> Tensor:
@@ -89,15 +91,15 @@ class SegmentationLoss(nn.Module):
         self.dice = dice
         self.dice_weight = float(dice_weight)
         self.bce_weight = float(bce_weight)
-        self._dice_fn = adaptive_tversky_loss if dice == "adaptive_tversky" else soft_dice_loss
 
     def forward(self, logits: Tensor, target: Tensor,
                 task_weights: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
         """Return (total loss, {"dice_loss": mean Dice-type term, "bce_loss": mean BCE term}) for logits/target
         [B, K, *spatial]. `task_weights` [B, K] weights each channel; 0 marks a padding channel to ignore.
         """
-        dice = self._dice_fn(logits, target)
-        bce = bce_loss(logits, target)
+        tp, fp, fn, bce = _statistics(logits, target)
+        dice = (_tversky(tp, fp, fn, TVERSKY_EPS) if self.dice == "adaptive_tversky"
+                else _soft_dice(tp, fp, fn, SOFT_DICE_SMOOTH))
         if task_weights is None:
             weights = torch.ones_like(dice)
         else:
