@@ -1,6 +1,6 @@
 """The training step's arithmetic (mass_train --precision): the choice per device, the CPU flag probe, the log
-line, the fp32 fallback of convolutions whose kernel is larger than their input, and a bf16 autocast step on CPU
-that computes the fp32 step's loss and gradients within bf16 rounding."""
+line, the fp32 fallback of convolutions whose kernel is larger than their input, attention in fp32 under CPU
+autocast, and a bf16 autocast step on CPU that computes the fp32 step's loss and gradients within bf16 rounding."""
 from __future__ import annotations
 
 import pytest
@@ -9,6 +9,8 @@ import torch.nn.functional as F
 
 from mass_nn.cli.train import build_parser, options_from_args
 from mass_nn.errors import MassError
+from mass_nn.networks import attention as attention_module
+from mass_nn.networks.attention import attend, multi_head_attention
 from mass_nn.networks.conv_blocks import ResBlock3d, SmallMapSafeConv3d
 from mass_nn.networks.in_context.config import InContextNetworkConfig
 from mass_nn.networks.in_context.in_context_model import InContextSegmenter
@@ -122,3 +124,25 @@ def test_a_bf16_step_on_cpu_matches_the_fp32_loss_and_gradients_within_bf16_roun
     deepest = [_relative_error(bf16_grads[i], fp32_grads[i]) for i, name in enumerate(names)
                if name.startswith("encoder.stages.3.") and name.endswith(".weight")]
     assert deepest and max(deepest) < 0.6, deepest
+
+
+def test_attention_under_cpu_autocast_runs_in_fp32_and_returns_bf16(monkeypatch):
+    torch.manual_seed(3)
+    module = multi_head_attention(64, 32)
+    query, context = torch.randn(2, 11, 64), torch.randn(2, 300, 64)
+    expected = attend(module, query, context)
+    seen = []
+    plain = F.scaled_dot_product_attention
+
+    def spy(q, k, v, *args, **kwargs):
+        seen.append((q.dtype, k.dtype, v.dtype))
+        return plain(q, k, v, *args, **kwargs)
+
+    monkeypatch.setattr(attention_module.F, "scaled_dot_product_attention", spy)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        actual = attend(module, query, context)
+    assert seen == [(torch.float32,) * 3]
+    assert actual.dtype == torch.bfloat16
+    assert _relative_error(actual, expected) < 2e-2
+    actual.float().sum().backward()
+    assert module.in_proj_weight.grad is not None and torch.isfinite(module.in_proj_weight.grad).all()

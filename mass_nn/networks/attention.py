@@ -6,6 +6,7 @@ eps 1e-4; cross-attention normalises queries and keys with two separate LayerNor
 """
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -27,6 +28,10 @@ def attend(attention: nn.MultiheadAttention, query: Tensor, context: Tensor | No
     packed split and the output; on CPU those copies and the zero-filled gradients of the packed split cost
     about as much as the attention itself. Here the projections stay batch-first and the heads are strided views,
     so the only copy is the heads' output before the output projection.
+
+    Under CPU autocast the attention itself runs in fp32: at these token counts (11-2,304 tokens, 32 channels per
+    head) the CPU's bf16 attention kernels take 1.1-9x the time of fp32 ones, forward and backward (documentation/
+    pretraining.md, "What makes a step cheaper"), and the tensors are small enough that the casts cost nothing.
     """
     dim, heads = attention.embed_dim, attention.num_heads
     weight, bias = attention.in_proj_weight, attention.in_proj_bias
@@ -36,7 +41,15 @@ def attend(attention: nn.MultiheadAttention, query: Tensor, context: Tensor | No
         q = F.linear(query, weight[:dim], bias[:dim])
         k, v = F.linear(context, weight[dim:], bias[dim:]).chunk(2, dim=-1)
     q, k, v = (t.unflatten(-1, (heads, dim // heads)).transpose(1, 2) for t in (q, k, v))
-    return attention.out_proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2))
+    return attention.out_proj(_scaled_dot_product(q, k, v).transpose(1, 2).flatten(2))
+
+
+def _scaled_dot_product(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """softmax(q kᵀ / sqrt(d)) v over [N, heads, L, d] views; in fp32 for low-precision CPU tensors (see attend)."""
+    if q.device.type != "cpu" or q.dtype not in (torch.bfloat16, torch.float16):
+        return F.scaled_dot_product_attention(q, k, v)
+    with torch.autocast(device_type="cpu", enabled=False):
+        return F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(q.dtype)
 
 
 class FeedForward(nn.Sequential):
