@@ -9,9 +9,11 @@ Usage: python benchmarks/step_runner.py SPEC.json  (SPEC: see `main`); prints on
 """
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import importlib
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -124,8 +126,15 @@ def _first_class(name: str, modules: tuple[str, ...]):
     raise ModuleNotFoundError(f"{name} is in none of {modules} of this tree")
 
 
+def _scratch_folder(prefix: str) -> Path:
+    """A new folder under the system's temporary directory, removed when this process exits."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
 def checkpoint_this_tree_reads(path: Path) -> Path:
-    """`path`, or a copy in the working folder whose meta leaves out what this tree's CheckpointMeta, network config
+    """`path`, or a copy in a scratch folder whose meta leaves out what this tree's CheckpointMeta, network config
     and plans do not know (a checkpoint of the current tree read by an earlier commit)."""
     import torch
     meta_class = _first_class("CheckpointMeta", ("mass_nn.model.checkpoint", "mass_nn.training.checkpoint"))
@@ -137,7 +146,7 @@ def checkpoint_this_tree_reads(path: Path) -> Path:
                 "network_config": _keep_known_fields(config_class, meta["network_config"])}
     if readable == meta:
         return path
-    copy = Path(tempfile.mkdtemp(prefix="checkpoint_for_earlier_tree_", dir=".")) / path.name
+    copy = _scratch_folder("checkpoint_for_earlier_tree_") / path.name
     torch.save({**payload, "meta_json": json.dumps(readable)}, copy)
     return copy.resolve()
 
@@ -150,7 +159,7 @@ def roots_this_tree_reads(roots: dict) -> dict:
     readable = {path: plans_this_tree_reads(plans) for path, plans in files.items() if "configurations" in plans}
     if all(readable[path] == files[path] for path in readable):
         return roots
-    shadow = Path(tempfile.mkdtemp(prefix="plans_for_earlier_tree_", dir="."))
+    shadow = _scratch_folder("plans_for_earlier_tree_")
     for dataset in (d for d in preprocessed.iterdir() if d.is_dir()):
         (shadow / dataset.name).mkdir()
         for entry in dataset.iterdir():
