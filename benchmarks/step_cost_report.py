@@ -41,7 +41,8 @@ BASELINES = ("MAEPretrainer", "S3DPretrainer", "SimCLRPretrainer", "ModelsGenesi
 # CPU with native bf16; the earlier side runs fp32, the only arithmetic it has on CPU.
 CONFIGURATIONS = {"3d_cpu": ("cpu_only", None, None), "replication_cpu": ("replication_cpu", None, None),
                   "48³ at batch 16": ("replication_cpu", 16, None),
-                  "3d_cpu, bf16": ("cpu_only", None, "bf16"), "48³ at batch 16, bf16": ("replication_cpu", 16, "bf16")}
+                  "3d_cpu, bf16": ("cpu_only", None, "bf16"), "replication_cpu, bf16": ("replication_cpu", None, "bf16"),
+                  "48³ at batch 16, bf16": ("replication_cpu", 16, "bf16")}
 MEMORY_REUSE_CONFIGURATION = "48³ at batch 16"
 
 
@@ -282,9 +283,11 @@ def reading(peak: PeakEstimate, configurations: list[ConfigurationCost], baselin
     for c in configurations:
         share = c.flops / statistics.median(c.comparison.current) / peak.flops
         if CONFIGURATIONS[c.name][2] == "bf16":
+            target = ("" if CONFIGURATIONS[c.name][1] is not None
+                      else f", which {_verdict(c.comparison.ratio, 2.0)} the 2× target in bf16")
             sentences.append(f"{c.name} (opt-in `--precision bf16`, CPUs with native bf16): "
-                             f"{c.comparison.ratio:.2f}× the steps/s of {EARLIER_COMMIT} in fp32, {100 * share:.0f} % "
-                             f"of the fp32 peak")
+                             f"{c.comparison.ratio:.2f}× the steps/s of {EARLIER_COMMIT} in fp32{target}, "
+                             f"{100 * share:.0f} % of the fp32 peak")
             continue
         if CONFIGURATIONS[c.name][1] is not None:  # not one of the issue's configurations: no target to judge
             sentences.append(f"{c.name}: {c.comparison.ratio:.2f}× the steps/s of {EARLIER_COMMIT}, "
