@@ -29,9 +29,37 @@ def resize_trilinear(x: Tensor, size: tuple[int, int, int] | list[int]) -> Tenso
     return resized.to(x.dtype)
 
 
+# oneDNN's CPU convolution with at most 8 input channels (the ResUNet's full-resolution level) is 2-3x faster
+# forward + backward when its tensors are channels-last (NDHWC) instead of NCDHW, even counting the two layout
+# copies: measured on 2-core AVX-512 EPYC, bf16 and fp32, 8 -> 8 and 8 -> 1 channels at 64x48x48 (batch 2) and
+# 48^3 (batch 16). With more channels it ranges from 0.8x to 1.9x, so those stay as they are
+# (benchmarks/conv_layout.py measures both layouts per convolution of the network).
+CHANNELS_LAST_MAX_IN_CHANNELS = 8
+CHANNELS_LAST_MAX_OUT_CHANNELS = 16
+
+
+def uses_channels_last(x: Tensor, weight: Tensor, groups: int = 1) -> bool:
+    """Whether `conv3d` runs this convolution channels-last: dense CPU convolutions with a narrow input."""
+    return (x.device.type == "cpu" and groups == 1 and x.shape[1] <= CHANNELS_LAST_MAX_IN_CHANNELS
+            and weight.shape[0] <= CHANNELS_LAST_MAX_OUT_CHANNELS)
+
+
+def conv3d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0, dilation=1,
+           groups: int = 1) -> Tensor:
+    """F.conv3d with the same result (up to summation order) in the memory layout oneDNN runs fastest for it;
+    input and output are NCDHW-contiguous either way."""
+    if not uses_channels_last(x, weight, groups):
+        return F.conv3d(x, weight, bias, stride, padding, dilation, groups)
+    # under autocast the cast to its dtype and the layout change are one copy instead of two
+    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+    layout = torch.channels_last_3d
+    return F.conv3d(x.to(dtype=dtype, memory_format=layout), weight.to(dtype=dtype, memory_format=layout), bias,
+                    stride, padding, dilation, groups).contiguous()
+
+
 def small_map_safe_conv3d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0,
                           dilation=1, groups: int = 1) -> Tensor:
-    """F.conv3d, computed in fp32 under CPU autocast when the kernel is larger than x along an axis.
+    """`conv3d`, computed in fp32 under CPU autocast when the kernel is larger than x along an axis.
 
     With torch 2.14 (oneDNN), the bf16 weight gradient of a 3×3×3, padding-1 convolution of a map two voxels deep
     is wrong: relative error about 1, often inf, NaN or 10³⁴, in every draw (measured on 2-deep maps of 1-16²
@@ -43,9 +71,9 @@ def small_map_safe_conv3d(x: Tensor, weight: Tensor, bias: Tensor | None = None,
     if x.device.type == "cpu" and torch.is_autocast_enabled("cpu") and any(
             side < kernel for side, kernel in zip(x.shape[2:], weight.shape[2:])):
         with autocast_disabled(x.device):
-            return F.conv3d(x.float(), weight.float(), None if bias is None else bias.float(), stride, padding,
-                            dilation, groups)
-    return F.conv3d(x, weight, bias, stride, padding, dilation, groups)
+            return conv3d(x.float(), weight.float(), None if bias is None else bias.float(), stride, padding,
+                          dilation, groups)
+    return conv3d(x, weight, bias, stride, padding, dilation, groups)
 
 
 class SmallMapSafeConv3d(nn.Conv3d):

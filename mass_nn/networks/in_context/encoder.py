@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from mass_nn.networks.conv_blocks import ResBlock3d, res_blocks
+from mass_nn.networks.conv_blocks import ResBlock3d, SmallMapSafeConv3d, res_blocks
 from mass_nn.networks.in_context.config import MIN_SIZE, SIZE_DIVISOR, InContextNetworkConfig
 
 
@@ -19,14 +19,14 @@ def check_spatial_size(x: Tensor, name: str = "input", divisors=(SIZE_DIVISOR,) 
 
 
 class ResUNetEncoder(nn.Module):
-    """Stem Conv3d(in → c0, 3, no bias) + ResBlock3d(c0), then four stages MaxPool3d(2) → num_blocks[i] residual
+    """Stem Conv3d(in → c0, 3, no bias; through `conv3d`, as every convolution of the ResUNet) + ResBlock3d(c0), then four stages MaxPool3d(2) → num_blocks[i] residual
     blocks (c_{i} → c_{i+1}). Returns the five feature maps deepest first."""
 
     def __init__(self, config: InContextNetworkConfig):
         super().__init__()
         channels, eps = config.channels, config.norm_eps
         self.stem = nn.Sequential(
-            nn.Conv3d(config.in_channels, channels[0], 3, padding=1, bias=False),
+            SmallMapSafeConv3d(config.in_channels, channels[0], 3, padding=1, bias=False),
             ResBlock3d(channels[0], channels[0], eps=eps),
         )
         self.stages = nn.ModuleList(

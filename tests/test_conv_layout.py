@@ -1,0 +1,98 @@
+"""Narrow CPU convolutions run channels-last (mass_nn/networks/conv_blocks.py: `conv3d`): the layout reaches oneDNN,
+only the narrow ones take it, and values and gradients are those of F.conv3d in fp32 and under bf16 autocast."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from mass_nn.networks import conv_blocks
+from mass_nn.networks.conv_blocks import ResBlock3d, conv3d, uses_channels_last
+from mass_nn.training.precision import step_autocast
+
+CPU = torch.device("cpu")
+
+
+class ConvolutionLayouts(TorchDispatchMode):
+    """Records, for every aten.convolution call, whether its input arrived channels-last."""
+
+    def __init__(self):
+        super().__init__()
+        self.channels_last: list[bool] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten.convolution.default:
+            self.channels_last.append(args[0].dim() == 5 and not args[0].is_contiguous()
+                                      and args[0].is_contiguous(memory_format=torch.channels_last_3d))
+        return func(*args, **(kwargs or {}))
+
+
+def _relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return float((actual.double() - expected.double()).norm() / expected.double().norm())
+
+
+def _output_and_gradients(convolution, inputs, weight, upstream, precision):
+    inputs = inputs.clone().requires_grad_()
+    weight = weight.clone().requires_grad_()
+    with step_autocast(precision, CPU):
+        output = convolution(inputs, weight, padding=1)
+    output.float().backward(upstream)
+    return output.detach(), inputs.grad, weight.grad
+
+
+def test_only_dense_narrow_cpu_convolutions_take_channels_last():
+    narrow, weight8 = torch.zeros(1, 8, 4, 4, 4), torch.zeros(8, 8, 3, 3, 3)
+    assert uses_channels_last(narrow, weight8)
+    assert uses_channels_last(narrow, torch.zeros(16, 8, 3, 3, 3))
+    assert not uses_channels_last(narrow, torch.zeros(32, 8, 3, 3, 3))  # wide output: measured no faster
+    assert not uses_channels_last(torch.zeros(1, 16, 4, 4, 4), torch.zeros(8, 16, 3, 3, 3))
+    assert not uses_channels_last(narrow, torch.zeros(8, 1, 3, 3, 3), groups=8)
+    assert not uses_channels_last(torch.zeros(1, 8, 4, 4, 4, device="meta"), weight8.to("meta"))
+
+
+@pytest.mark.parametrize("in_channels, out_channels, expect_channels_last", [(8, 8, True), (8, 16, True),
+                                                                              (4, 8, True), (16, 16, False)])
+def test_the_layout_reaches_the_convolution_and_comes_back_ncdhw(in_channels, out_channels, expect_channels_last):
+    inputs, weight = torch.randn(2, in_channels, 6, 5, 4), torch.randn(out_channels, in_channels, 3, 3, 3)
+    with ConvolutionLayouts() as layouts:
+        output = conv3d(inputs, weight, padding=1)
+    assert layouts.channels_last == [expect_channels_last]
+    assert output.is_contiguous() and output.shape == (2, out_channels, 6, 5, 4)
+
+
+@pytest.mark.parametrize("precision, tolerance", [("fp32", 1e-5), ("bf16", 1e-2)])
+def test_channels_last_computes_what_f_conv3d_computes(precision, tolerance):
+    torch.manual_seed(0)
+    inputs, weight = torch.randn(2, 8, 10, 9, 8), torch.randn(16, 8, 3, 3, 3)
+    upstream = torch.randn(2, 16, 10, 9, 8)
+    ours = _output_and_gradients(conv3d, inputs, weight, upstream, precision)
+    plain = _output_and_gradients(F.conv3d, inputs, weight, upstream, precision)
+    assert ours[0].dtype == plain[0].dtype == (torch.bfloat16 if precision == "bf16" else torch.float32)
+    assert ours[1].dtype == ours[2].dtype == torch.float32  # gradients of the fp32 leaves, as before
+    for mine, reference in zip(ours, plain):
+        assert _relative_error(mine.float(), reference.float()) < tolerance
+
+
+def test_a_full_resolution_res_block_is_unchanged_by_the_layout(monkeypatch):
+    torch.manual_seed(0)
+    block = ResBlock3d(8, 8)
+    inputs, upstream = torch.randn(2, 8, 8, 8, 8), torch.randn(2, 8, 8, 8, 8)
+
+    def run():
+        block.zero_grad()
+        x = inputs.clone().requires_grad_()
+        with ConvolutionLayouts() as layouts:
+            output = block(x)
+            output.backward(upstream)
+        return output.detach(), x.grad, [p.grad.clone() for p in block.parameters()], layouts.channels_last
+
+    output, input_grad, weight_grads, layouts = run()
+    assert layouts and all(layouts)
+    monkeypatch.setattr(conv_blocks, "CHANNELS_LAST_MAX_IN_CHANNELS", 0)
+    plain_output, plain_input_grad, plain_weight_grads, plain_layouts = run()
+    assert plain_layouts and not any(plain_layouts)
+    assert _relative_error(output, plain_output) < 1e-5
+    assert _relative_error(input_grad, plain_input_grad) < 1e-5
+    for mine, reference in zip(weight_grads, plain_weight_grads):
+        assert _relative_error(mine, reference) < 1e-5
