@@ -1,5 +1,7 @@
-"""Narrow CPU convolutions run channels-last (mass_nn/networks/conv_blocks.py: `conv3d`): the layout reaches oneDNN,
-only the narrow ones take it, and values and gradients are those of F.conv3d in fp32 and under bf16 autocast."""
+"""How `conv3d` (mass_nn/networks/conv_blocks.py) runs a CPU convolution: narrow ones channels-last (the layout
+reaches oneDNN, only the narrow ones take it, values and gradients are those of F.conv3d in fp32 and under bf16
+autocast), and fp32 convolutions of one image without autograd straight through oneDNN instead of torch's
+reference kernel (same values; not when a gradient is recorded or autocast is on)."""
 from __future__ import annotations
 
 import pytest
@@ -8,20 +10,24 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from mass_nn.networks import conv_blocks
-from mass_nn.networks.conv_blocks import ResBlock3d, conv3d, uses_channels_last
+from mass_nn.networks.conv_blocks import ResBlock3d, bypasses_reference_kernel, conv3d, uses_channels_last
 from mass_nn.training.precision import step_autocast
 
 CPU = torch.device("cpu")
 
 
 class ConvolutionLayouts(TorchDispatchMode):
-    """Records, for every aten.convolution call, whether its input arrived channels-last."""
+    """Records, for every aten.convolution call, whether its input arrived channels-last, and which
+    convolution operators were called."""
 
     def __init__(self):
         super().__init__()
         self.channels_last: list[bool] = []
+        self.operators: list[str] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if "convolution" in func.__name__:
+            self.operators.append(func.__name__.split(".")[0])
         if func is torch.ops.aten.convolution.default:
             self.channels_last.append(args[0].dim() == 5 and not args[0].is_contiguous()
                                       and args[0].is_contiguous(memory_format=torch.channels_last_3d))
@@ -96,3 +102,26 @@ def test_a_full_resolution_res_block_is_unchanged_by_the_layout(monkeypatch):
     assert _relative_error(input_grad, plain_input_grad) < 1e-5
     for mine, reference in zip(weight_grads, plain_weight_grads):
         assert _relative_error(mine, reference) < 1e-5
+
+
+def test_one_image_without_autograd_goes_straight_to_onednn():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv3d(8, 16, 3, padding=1, bias=True)
+    image = torch.randn(1, 8, 12, 10, 8)
+    expected = F.conv3d(image, conv.weight, conv.bias, padding=1).detach()
+    with torch.no_grad(), ConvolutionLayouts() as recorded:
+        assert bypasses_reference_kernel(image, conv.weight)
+        output = conv3d(image, conv.weight, conv.bias, padding=(1, 1, 1))
+    assert recorded.operators == ["mkldnn_convolution"]
+    assert output.is_contiguous() and _relative_error(output, expected) < 1e-5
+
+
+@pytest.mark.parametrize("case", ["autograd", "batch of two", "bf16 autocast", "float64"])
+def test_the_direct_onednn_call_only_where_torch_would_take_its_reference_kernel(case):
+    weight = torch.randn(8, 8, 3, 3, 3, requires_grad=case == "autograd")
+    image = torch.randn(2 if case == "batch of two" else 1, 8, 6, 6, 6,
+                        dtype=torch.float64 if case == "float64" else torch.float32)
+    if case == "float64":
+        weight = weight.double()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=case == "bf16 autocast"):
+        assert not bypasses_reference_kernel(image, weight)
