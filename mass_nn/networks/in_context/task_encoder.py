@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mass_nn.networks.attention import TaskQueryBlock
-from mass_nn.networks.conv_blocks import autocast_disabled, resize_trilinear
+from mass_nn.networks.conv_blocks import SmallMapSafeConv3d, autocast_disabled, resize_trilinear
 from mass_nn.networks.in_context.config import InContextNetworkConfig
 from mass_nn.networks.in_context.pixel_shuffle import pixel_shuffle_3d, pixel_unshuffle_3d, scale_triple
 from mass_nn.networks.in_context.shared_kernel_conv import shared_kernel_conv3d, shared_maps_conv3d
@@ -75,9 +75,11 @@ def foreground_pool(features: Tensor, masks: Tensor, method: str = "adjoint") ->
 
 
 def _pre_act_conv(in_channels: int, out_channels: int, kernel_size: int, eps: float) -> nn.Sequential:
-    """InstanceNorm → ReLU → Conv3d with bias (the task encoder's convs, unlike the backbone's, have biases)."""
+    """InstanceNorm → ReLU → Conv3d with bias (the task encoder's convs, unlike the backbone's, have biases; through
+    `conv3d`, like the backbone's)."""
     return nn.Sequential(nn.InstanceNorm3d(in_channels, eps=eps), nn.ReLU(),
-                         nn.Conv3d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=True))
+                         SmallMapSafeConv3d(in_channels, out_channels, kernel_size, padding=kernel_size // 2,
+                                            bias=True))
 
 
 def merge_dtype(masks: Tensor, features: Tensor) -> torch.dtype:
