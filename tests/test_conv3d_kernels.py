@@ -125,3 +125,17 @@ def test_the_direct_onednn_call_only_where_torch_would_take_its_reference_kernel
         weight = weight.double()
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=case == "bf16 autocast"):
         assert not bypasses_reference_kernel(image, weight)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_input_gradient_comes_back_ncdhw_in_the_input_dtype(precision):
+    # a channels-last gradient meeting ReLU's NCDHW output made ReLU's backward 20x slower
+    hidden = torch.randn(2, 8, 6, 5, 4, requires_grad=True)
+    weight = torch.randn(8, 8, 3, 3, 3, requires_grad=True)
+    arriving = []
+    with step_autocast(precision, CPU):
+        rectified = F.relu(hidden)
+        rectified.register_hook(lambda grad: arriving.append((grad.dtype, grad.is_contiguous())))
+        output = conv3d(rectified, weight, padding=1)
+    output.float().sum().backward()
+    assert arriving == [(torch.float32, True)]
