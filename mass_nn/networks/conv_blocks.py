@@ -31,7 +31,7 @@ def resize_trilinear(x: Tensor, size: tuple[int, int, int] | list[int]) -> Tenso
 
 # oneDNN's CPU convolution with at most 8 input channels (the ResUNet's full-resolution level) is 2-3x faster
 # forward + backward when its tensors are channels-last (NDHWC) instead of NCDHW, even counting the two layout
-# copies: measured on 2-core AVX-512 EPYC, bf16 and fp32, 8 -> 8 and 8 -> 1 channels at 64x48x48 (batch 2) and
+# copies: measured on 2-core AVX-512 EPYC, bf16 and fp32, 8 -> 8 and 8 -> 16 channels at 64x48x48 (batch 2) and
 # 48^3 (batch 16). With more channels it ranges from 0.8x to 1.9x, so those stay as they are
 # (benchmarks/conv_layout.py measures both layouts per convolution of the network).
 CHANNELS_LAST_MAX_IN_CHANNELS = 8

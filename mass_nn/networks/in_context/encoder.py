@@ -19,8 +19,9 @@ def check_spatial_size(x: Tensor, name: str = "input", divisors=(SIZE_DIVISOR,) 
 
 
 class ResUNetEncoder(nn.Module):
-    """Stem Conv3d(in → c0, 3, no bias; through `conv3d`, like every convolution of the ResUNet) + ResBlock3d(c0), then four stages MaxPool3d(2) → num_blocks[i] residual
-    blocks (c_{i} → c_{i+1}). Returns the five feature maps deepest first."""
+    """Stem Conv3d(in → c0, 3, no bias) + ResBlock3d(c0), then four stages MaxPool3d(2) → num_blocks[i] residual
+    blocks (c_{i} → c_{i+1}). Returns the five feature maps deepest first. Every convolution, the stem's too, runs
+    through `conv_blocks.conv3d`."""
 
     def __init__(self, config: InContextNetworkConfig):
         super().__init__()
