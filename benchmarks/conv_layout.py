@@ -51,7 +51,8 @@ class Convolution:
         out_channels, in_channels, *kernel = self.weight_shape
         batch, _, *size = self.input_shape
         stride = "" if set(self.stride) == {1} else f", stride {self.stride[0]}"
-        return f"{in_channels} → {out_channels}, {'×'.join(map(str, kernel))} on {batch}×{'×'.join(map(str, size))}{stride}"
+        kernel_text, size_text = "×".join(map(str, kernel)), "×".join(map(str, size))
+        return f"{in_channels} → {out_channels}, {kernel_text} on {batch}×{size_text}{stride}"
 
 
 class ConvolutionRecorder(TorchDispatchMode):
