@@ -8,8 +8,8 @@
                                                               # device (bf16 autocast), its own section
     python benchmarks/in_context_learning_curve.py --batch16 [--bf16]  # batch 16 on the CPU for 600 steps (about
                                                               # an hour on 2 AVX-512 cores); --bf16: in bf16, where
-                                                              # the CPU has it natively, 780 steps in the same
-                                                              # hour; each its own section
+                                                              # the CPU has it natively, 1,020 steps in the
+                                                              # same hour; each its own section
 
 Stages (each resumable; re-running the command skips what is finished, an interrupted pretraining continues):
   datasets  raw CHAOS MR (705) and MS-CMRSeg (706) with their fixed patient splits, and the MR pretraining pool
@@ -99,10 +99,10 @@ GPU = CurveBudget("gpu", pretrain_epochs=6, pretrain_iters_per_epoch=150, finetu
 # 7x a batch-2 step instead of 15x, and 600 such steps fit in about an hour on an AVX-512 2-core machine
 CPU_BATCH16 = CurveBudget("cpu_batch16", pretrain_epochs=10, pretrain_iters_per_epoch=60, finetune_epochs=2,
                           finetune_iters_per_epoch=50, seeds=(0, 1, 2), batch_size=16, lr_scaling="none")
-# the same on a CPU with native bf16 (--precision bf16, documentation/pretraining.md#bf16-on-cpu): the step about 1.2x
-# faster, so the hour holds 13 epochs instead of 10 (600 steps in bf16 took 40 min with validation, run 13 of
-# documentation/in_context_ablations.md)
-CPU_BATCH16_BF16 = replace(CPU_BATCH16, name="cpu_batch16_bf16", precision="bf16", pretrain_epochs=13)
+# the same on a CPU with native bf16 (--precision bf16, documentation/pretraining.md#bf16-on-cpu): with the bf16 step
+# and the channels-last narrow convolutions the hour holds 17 epochs (1,020 steps took 52 min with validation on a
+# 2-core AVX-512 EPYC, run 17 of documentation/in_context_ablations.md; 13 epochs before that step)
+CPU_BATCH16_BF16 = replace(CPU_BATCH16, name="cpu_batch16_bf16", precision="bf16", pretrain_epochs=17)
 QUICK = CurveBudget("quick", pretrain_epochs=2, pretrain_iters_per_epoch=2, finetune_epochs=1,
                     finetune_iters_per_epoch=2, seeds=(0,), pool_cases_per_source=2)
 
@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="the GPU budget's batch 16 on the CPU: 600 steps (about an hour on a 2-core AVX-512 "
                              "machine), its own section")
     parser.add_argument("--bf16", action="store_true",
-                        help="with --batch16: pretrain with --precision bf16 (CPUs with native bf16) for 780 steps, "
+                        help="with --batch16: pretrain with --precision bf16 (CPUs with native bf16) for 1,020 steps, "
                              "the hour's worth, its own section")
     parser.add_argument("--reuse-datasets-from", type=Path, metavar="WORKSPACE",
                         help="copy the finished datasets and masks stages of another workspace (same code, same "
