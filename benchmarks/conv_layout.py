@@ -161,7 +161,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-write", action="store_true", help="print the section without updating the page")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
-    threads = len(usable_cores())
+    threads = usable_cores()
     torch.set_num_threads(threads)
     precisions = ["fp32"] + (["bf16"] if cpu_has_native_bf16() else [])
     start = time.perf_counter()
