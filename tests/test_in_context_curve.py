@@ -42,7 +42,7 @@ def test_batch16_budget_is_the_gpu_batch_and_lr_in_its_own_workspace_and_exclude
 
 def test_bf16_budget_is_the_batch16_budget_in_bf16_for_more_steps_only_with_batch16(tmp_path):
     assert CPU_BATCH16_BF16.precision == "bf16" and CPU_BATCH16.precision is None
-    assert CPU_BATCH16_BF16.pretrain_steps == 780 > CPU_BATCH16.pretrain_steps == 600
+    assert CPU_BATCH16_BF16.pretrain_steps == 1020 > CPU_BATCH16.pretrain_steps == 600
     differing = ("name", "precision", "pretrain_epochs")
     assert ({k: v for k, v in vars(CPU_BATCH16_BF16).items() if k not in differing}
             == {k: v for k, v in vars(CPU_BATCH16).items() if k not in differing})
