@@ -14,6 +14,7 @@ the faster layout of each. Layout copies are part of the channels-last side, as 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import time
@@ -21,12 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.measure import machine_description, publish_section  # noqa: E402
+from mass_nn.networks import conv_blocks  # noqa: E402
 from mass_nn.networks.conv_blocks import uses_channels_last  # noqa: E402
 from mass_nn.networks.in_context.config import InContextNetworkConfig  # noqa: E402
 from mass_nn.networks.in_context.in_context_model import InContextSegmenter  # noqa: E402
@@ -83,30 +84,38 @@ def network_convolutions(patch: list[int], batch: int) -> dict[Convolution, int]
     return recorder.counts
 
 
+@contextlib.contextmanager
+def layout_forced(channels_last: bool):
+    """`conv3d` with its channel limits set so that every convolution takes (or none takes) the channels-last path:
+    each side is timed through the network's own code, layout copies and gradient copy included."""
+    saved = conv_blocks.CHANNELS_LAST_MAX_IN_CHANNELS, conv_blocks.CHANNELS_LAST_MAX_OUT_CHANNELS
+    limit = sys.maxsize if channels_last else 0
+    conv_blocks.CHANNELS_LAST_MAX_IN_CHANNELS = conv_blocks.CHANNELS_LAST_MAX_OUT_CHANNELS = limit
+    try:
+        yield
+    finally:
+        conv_blocks.CHANNELS_LAST_MAX_IN_CHANNELS, conv_blocks.CHANNELS_LAST_MAX_OUT_CHANNELS = saved
+
+
 def time_forward_backward(conv: Convolution, channels_last: bool, precision: str, repeats: int) -> float:
     """Median seconds of forward + backward (input and weight gradients) of `conv` in one layout."""
     torch.manual_seed(0)
     x = torch.randn(conv.input_shape, requires_grad=True)
     weight = torch.randn(conv.weight_shape, requires_grad=True)
-    layout = torch.channels_last_3d
 
     def step():
         x.grad = weight.grad = None
         with step_autocast(precision, torch.device("cpu")):
-            if channels_last:
-                dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-                out = F.conv3d(x.to(dtype=dtype, memory_format=layout), weight.to(dtype=dtype, memory_format=layout),
-                               None, conv.stride, conv.padding).contiguous()
-            else:
-                out = F.conv3d(x, weight, None, conv.stride, conv.padding)
+            out = conv_blocks.conv3d(x, weight, None, conv.stride, conv.padding)
         out.float().sum().backward()
 
-    step()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+    with layout_forced(channels_last):
         step()
-        times.append(time.perf_counter() - start)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
@@ -129,9 +138,10 @@ def section(rows: list[dict], precisions: list[str], threads: int, seconds: floa
     lines = ["## Convolution memory layout: NCDHW against channels-last, per convolution of a MASS step", "",
              f"Machine: {machine_description()}; {threads} torch threads. Every dense convolution of one forward pass "
              f"of the in-context network at two training shapes (channels 8-128, one residual block per stage, "
-             f"{NUM_TASKS} tasks), forward + backward timed alone in each layout (median of repeats; the "
-             f"channels-last side includes its two layout copies). `rule`: the layout `conv3d` "
-             f"(mass_nn/networks/conv_blocks.py) gives it. Produced by `python benchmarks/conv_layout.py` in "
+             f"{NUM_TASKS} tasks), forward + backward timed alone in each layout through `conv3d` "
+             f"(mass_nn/networks/conv_blocks.py; median of repeats; the channels-last side includes its layout "
+             f"copies and the gradient's copy back). `rule`: the layout `conv3d` gives it in the network. Produced "
+             f"by `python benchmarks/conv_layout.py` in "
              f"{seconds / 60:.1f} min.", "",
              "| shape | precision | convolution | calls per forward | NCDHW (ms) | channels-last (ms) | "
              "**NCDHW / channels-last** | rule |", "|---|---|---|---|---|---|---|---|"]
