@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.measure import machine_description, publish_section  # noqa: E402
+from benchmarks.step_cost import median_seconds  # noqa: E402
 from mass_nn.networks import conv_blocks  # noqa: E402
 from mass_nn.networks.conv_blocks import uses_channels_last  # noqa: E402
 from mass_nn.networks.in_context.config import InContextNetworkConfig  # noqa: E402
@@ -79,7 +79,9 @@ def network_convolutions(patch: list[int], batch: int) -> dict[Convolution, int]
     network = InContextSegmenter(config)
     images = torch.randn(batch, 1, *patch)
     masks = (torch.rand(batch, NUM_TASKS, *patch) > 0.5).float()
-    with torch.no_grad(), ConvolutionRecorder() as recorder:
+    # with autograd on, as in a training step: without it a batch of one would take conv3d's direct oneDNN call,
+    # which is not an aten.convolution
+    with ConvolutionRecorder() as recorder:
         network(images, images, masks)
     return recorder.counts
 
@@ -110,13 +112,7 @@ def time_forward_backward(conv: Convolution, channels_last: bool, precision: str
         out.float().sum().backward()
 
     with layout_forced(channels_last):
-        step()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        return median_seconds(step, repeats)
 
 
 def measure(precisions: list[str], repeats: int) -> list[dict]:

@@ -74,7 +74,8 @@ def bypasses_reference_kernel(x: Tensor, weight: Tensor) -> bool:
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)))
 
 
-def _triple(value) -> list[int]:
+def as_triple(value) -> list[int]:
+    """A per-axis convolution argument (stride, padding, kernel size, ...) as three ints: [v, v, v] for one."""
     return [int(v) for v in value] if isinstance(value, (tuple, list)) else [int(value)] * 3
 
 
@@ -84,8 +85,8 @@ def conv3d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padd
     oneDNN for one image without autograd (`bypasses_reference_kernel`), channels-last for narrow inputs
     (`uses_channels_last`). Input and output are NCDHW-contiguous either way."""
     if bypasses_reference_kernel(x, weight):
-        return torch.ops.aten.mkldnn_convolution(x.contiguous(), weight.contiguous(), bias, _triple(padding),
-                                                 _triple(stride), _triple(dilation), groups)
+        return torch.ops.aten.mkldnn_convolution(x.contiguous(), weight.contiguous(), bias, as_triple(padding),
+                                                 as_triple(stride), as_triple(dilation), groups)
     if not uses_channels_last(x, weight, groups):
         return F.conv3d(x, weight, bias, stride, padding, dilation, groups)
     # under autocast the cast to its dtype and the layout change are one copy instead of two

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mass_nn.errors import MassError
+from mass_nn.networks.conv_blocks import as_triple
 from mass_nn.networks.network_base import NetworkConfig
 
 RESENC_CLASS = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
@@ -126,7 +127,8 @@ def _architecture_from_kwargs(kwargs: dict, source: str) -> ResEncArchitecture:
     try:
         architecture = ResEncArchitecture(
             features_per_stage=[int(v) for v in per_stage["features_per_stage"]],
-            strides=[_triple(s) for s in kwargs["strides"]], kernel_sizes=[_triple(k) for k in kwargs["kernel_sizes"]],
+            strides=[as_triple(s) for s in kwargs["strides"]],
+            kernel_sizes=[as_triple(k) for k in kwargs["kernel_sizes"]],
             n_blocks_per_stage=[int(v) for v in per_stage["n_blocks_per_stage"]],
             n_conv_per_stage_decoder=[int(v) for v in per_stage["n_conv_per_stage_decoder"]],
             conv_bias=bool(kwargs.get("conv_bias", False)),
@@ -141,7 +143,3 @@ def _architecture_from_kwargs(kwargs: dict, source: str) -> ResEncArchitecture:
     if problems:
         raise MassError(f"{source}: " + "; ".join(problems))
     return architecture
-
-
-def _triple(value) -> list[int]:
-    return [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)] * 3
