@@ -65,9 +65,8 @@ class ModelEMA:
                 ema_tensor.copy_(tensor)
         decay = self.current_decay()
         if averaged_ema:
-            # one fused kernel per op for all tensors instead of two launches per tensor
-            torch._foreach_mul_(averaged_ema, decay)
-            torch._foreach_add_(averaged_ema, averaged_model, alpha=1.0 - decay)
+            # decay·ema + (1 - decay)·model as one multi-tensor interpolation: one pass over the EMA weights
+            torch._foreach_lerp_(averaged_ema, averaged_model, 1.0 - decay)
         self.num_updates += 1
 
     def current_decay(self) -> float:

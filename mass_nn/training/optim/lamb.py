@@ -75,8 +75,8 @@ class Lamb(Optimizer):
         grads = [p.grad for p in params]
         exp_avgs = [self.state[p]["exp_avg"] for p in params]
         exp_avg_sqs = [self.state[p]["exp_avg_sq"] for p in params]
-        torch._foreach_mul_(exp_avgs, beta1)
-        torch._foreach_add_(exp_avgs, grads, alpha=1.0 - beta1)
+        # m + (1 - b1)(g - m) = b1 m + (1 - b1) g in one pass over m instead of two
+        torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)
         torch._foreach_mul_(exp_avg_sqs, beta2)
         torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
 
@@ -90,5 +90,5 @@ class Lamb(Optimizer):
         # tensor ops rather than .item() keep the step free of host-device synchronisation
         usable = (weight_norms > 0) & (update_norms > 0)
         trust_ratios = torch.where(usable, weight_norms / torch.where(usable, update_norms, 1.0), 1.0)
-        torch._foreach_mul_(updates, list((trust_ratios * group["lr"]).unbind()))
-        torch._foreach_sub_(params, updates)
+        # w - lr·trust·u in one pass: each 0-dim step size broadcasts over its tensor
+        torch._foreach_addcmul_(params, updates, list((trust_ratios * -group["lr"]).unbind()))
