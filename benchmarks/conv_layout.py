@@ -1,13 +1,13 @@
 """Each convolution of a MASS training step in both memory layouts: NCDHW against channels-last (NDHWC).
 
-`mass_nn.networks.conv_blocks.conv3d` runs a CPU convolution channels-last when its input has at most
-CHANNELS_LAST_MAX_IN_CHANNELS channels and its output at most CHANNELS_LAST_MAX_OUT_CHANNELS. This benchmark
-checks that rule on the machine at hand (oneDNN picks different kernels on different CPUs): it records the
-dense convolutions of one forward pass of the in-context network at a 3d_cpu shape (channels 8-128, one block per
-stage, 64×48×48 patch, batch 2, 13 tasks) and at the recipe's batch-16 shape (48³), times forward + backward of
-each distinct one in both layouts, in fp32 and under bf16 autocast (on CPUs that compute bf16 natively), and
-prints which layout the rule takes and what all the convolutions cost under NCDHW only, under the rule and under
-the faster layout of each. Layout copies are part of the channels-last side, as in the network.
+`mass_nn.networks.conv_blocks.conv3d` runs a CPU convolution channels-last when `uses_channels_last` says so (by
+its input and output channels and the dtype it computes in). This benchmark checks that rule on the machine at
+hand (oneDNN picks different kernels on different CPUs): it records the dense convolutions of one forward pass of
+the in-context network at a 3d_cpu shape (channels 8-128, one block per stage, 64×48×48 patch, batch 2, 13 tasks)
+and at the recipe's batch-16 shape (48³), times forward + backward of each distinct one in both layouts, in fp32
+and under bf16 autocast (on CPUs that compute bf16 natively), and prints which layout the rule takes and what all
+the convolutions cost under NCDHW only, under the rule and under the faster layout of each. Layout copies are
+part of the channels-last side, as in the network.
 
     python benchmarks/conv_layout.py [--no-write]
 """
@@ -88,15 +88,14 @@ def network_convolutions(patch: list[int], batch: int) -> dict[Convolution, int]
 
 @contextlib.contextmanager
 def layout_forced(channels_last: bool):
-    """`conv3d` with its channel limits set so that every convolution takes (or none takes) the channels-last path:
-    each side is timed through the network's own code, layout copies and gradient copy included."""
-    saved = conv_blocks.CHANNELS_LAST_MAX_IN_CHANNELS, conv_blocks.CHANNELS_LAST_MAX_OUT_CHANNELS
-    limit = sys.maxsize if channels_last else 0
-    conv_blocks.CHANNELS_LAST_MAX_IN_CHANNELS = conv_blocks.CHANNELS_LAST_MAX_OUT_CHANNELS = limit
+    """`conv3d` with every dense convolution forced channels-last (or NCDHW): each side is timed through the
+    network's own code, layout copies and gradient copy included."""
+    saved = conv_blocks.CHANNELS_LAST_FORCED
+    conv_blocks.CHANNELS_LAST_FORCED = channels_last
     try:
         yield
     finally:
-        conv_blocks.CHANNELS_LAST_MAX_IN_CHANNELS, conv_blocks.CHANNELS_LAST_MAX_OUT_CHANNELS = saved
+        conv_blocks.CHANNELS_LAST_FORCED = saved
 
 
 def time_forward_backward(conv: Convolution, channels_last: bool, precision: str, repeats: int) -> float:
@@ -119,8 +118,9 @@ def measure(precisions: list[str], repeats: int) -> list[dict]:
     rows = []
     for workload, (patch, batch) in WORKLOADS.items():
         for conv, count in network_convolutions(patch, batch).items():
-            rule = uses_channels_last(torch.empty(conv.input_shape), torch.empty(conv.weight_shape))
             for precision in precisions:
+                rule = uses_channels_last(torch.empty(conv.input_shape), torch.empty(conv.weight_shape),
+                                          dtype=torch.bfloat16 if precision == "bf16" else torch.float32)
                 ncdhw = time_forward_backward(conv, False, precision, repeats)
                 ndhwc = time_forward_backward(conv, True, precision, repeats)
                 rows.append(dict(workload=workload, conv=conv, count=count, precision=precision, ncdhw=ncdhw,

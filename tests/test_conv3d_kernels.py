@@ -47,24 +47,49 @@ def _output_and_gradients(convolution, inputs, weight, upstream, precision):
     return output.detach(), inputs.grad, weight.grad
 
 
+def _rule(in_channels: int, out_channels: int, dtype: torch.dtype = torch.float32, groups: int = 1,
+          device: str = "cpu") -> bool:
+    return uses_channels_last(torch.zeros(1, in_channels, 4, 4, 4, device=device),
+                              torch.zeros(out_channels, in_channels // groups, 3, 3, 3, device=device), groups, dtype)
+
+
 def test_only_dense_narrow_cpu_convolutions_take_channels_last():
-    narrow, weight8 = torch.zeros(1, 8, 4, 4, 4), torch.zeros(8, 8, 3, 3, 3)
-    assert uses_channels_last(narrow, weight8)
-    assert uses_channels_last(narrow, torch.zeros(16, 8, 3, 3, 3))
-    assert not uses_channels_last(narrow, torch.zeros(32, 8, 3, 3, 3))  # wide output: measured no faster
-    assert not uses_channels_last(torch.zeros(1, 16, 4, 4, 4), torch.zeros(8, 16, 3, 3, 3))
-    assert not uses_channels_last(narrow, torch.zeros(8, 1, 3, 3, 3), groups=8)
-    assert not uses_channels_last(torch.zeros(1, 8, 4, 4, 4, device="meta"), weight8.to("meta"))
+    # both dtypes: 1 or 8 input channels with at most 16 outputs
+    for dtype in (torch.float32, torch.bfloat16):
+        assert _rule(1, 8, dtype) and _rule(8, 8, dtype) and _rule(8, 16, dtype)
+        assert not _rule(16, 16, dtype) and not _rule(32, 32, dtype) and not _rule(48, 32, dtype)
+    # fp32 only: 8 -> 32 and 24 -> 16, measured faster channels-last in fp32 but not in bf16
+    assert _rule(8, 32) and _rule(24, 16)
+    assert not _rule(8, 32, torch.bfloat16) and not _rule(24, 16, torch.bfloat16)
+    assert not _rule(8, 64) and not _rule(24, 64) and not _rule(16, 8)
+    # the dtype defaults to the input's
+    assert uses_channels_last(torch.zeros(1, 24, 4, 4, 4), torch.zeros(16, 24, 3, 3, 3))
+    assert not uses_channels_last(torch.zeros(1, 24, 4, 4, 4, dtype=torch.bfloat16),
+                                  torch.zeros(16, 24, 3, 3, 3, dtype=torch.bfloat16))
+    assert not _rule(8, 8, groups=8)
+    assert not _rule(8, 8, device="meta")
 
 
 @pytest.mark.parametrize("in_channels, out_channels, expect_channels_last", [(8, 8, True), (8, 16, True),
-                                                                              (4, 8, True), (16, 16, False)])
+                                                                              (4, 8, True), (24, 16, True),
+                                                                              (16, 16, False)])
 def test_the_layout_reaches_the_convolution_and_comes_back_ncdhw(in_channels, out_channels, expect_channels_last):
     inputs, weight = torch.randn(2, in_channels, 6, 5, 4), torch.randn(out_channels, in_channels, 3, 3, 3)
     with ConvolutionLayouts() as layouts:
         output = conv3d(inputs, weight, padding=1)
     assert layouts.channels_last == [expect_channels_last]
     assert output.is_contiguous() and output.shape == (2, out_channels, 6, 5, 4)
+
+
+@pytest.mark.parametrize("precision, expect_channels_last", [("fp32", True), ("bf16", False)])
+def test_the_layout_follows_the_dtype_the_convolution_computes_in(precision, expect_channels_last):
+    # 24 -> 16 (the decoder's full-resolution block) is channels-last in fp32 only, also when autocast casts an
+    # fp32 input to bf16
+    inputs, weight = torch.randn(2, 24, 6, 5, 4), torch.randn(16, 24, 3, 3, 3)
+    with step_autocast(precision, CPU), ConvolutionLayouts() as layouts:
+        output = conv3d(inputs, weight, padding=1)
+    assert layouts.channels_last == [expect_channels_last]
+    assert output.is_contiguous() and output.dtype == (torch.bfloat16 if precision == "bf16" else torch.float32)
 
 
 @pytest.mark.parametrize("precision, tolerance", [("fp32", 1e-5), ("bf16", 1e-2)])
@@ -95,7 +120,7 @@ def test_a_full_resolution_res_block_is_unchanged_by_the_layout(monkeypatch):
 
     output, input_grad, weight_grads, layouts = run()
     assert layouts and all(layouts)
-    monkeypatch.setattr(conv_blocks, "CHANNELS_LAST_MAX_IN_CHANNELS", 0)
+    monkeypatch.setattr(conv_blocks, "CHANNELS_LAST_FORCED", False)
     plain_output, plain_input_grad, plain_weight_grads, plain_layouts = run()
     assert plain_layouts and not any(plain_layouts)
     assert _relative_error(output, plain_output) < 1e-5

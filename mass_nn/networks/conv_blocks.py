@@ -29,19 +29,30 @@ def resize_trilinear(x: Tensor, size: tuple[int, int, int] | list[int]) -> Tenso
     return resized.to(x.dtype)
 
 
-# oneDNN's CPU convolution with at most 8 input channels (the ResUNet's full-resolution level) is 2-3x faster
-# forward + backward when its tensors are channels-last (NDHWC) instead of NCDHW, even counting the two layout
-# copies: measured on 2-core AVX-512 EPYC, bf16 and fp32, 8 -> 8 and 8 -> 16 channels at 64x48x48 (batch 2) and
-# 48^3 (batch 16). With more channels it ranges from 0.8x to 1.9x, so those stay as they are
-# (benchmarks/conv_layout.py measures both layouts per convolution of the network).
-CHANNELS_LAST_MAX_IN_CHANNELS = 8
-CHANNELS_LAST_MAX_OUT_CHANNELS = 16
+# Which dense CPU convolutions run channels-last (NDHWC) instead of NCDHW, by the dtype they compute in; from
+# benchmarks/conv_layout.py (forward + backward of every convolution of the network in both layouts, layout copies
+# included) on 2-core EPYCs with AVX-512 + bf16 and with AVX2 only, at 64x48x48 batch 2 and 48^3 batch 16:
+# - 1 and 8 input channels with at most 16 output channels (the full-resolution stem and residual blocks):
+#   channels-last is 1.1-2.4x faster in fp32 and bf16 on both machines;
+# - in fp32 also 8 -> 32 (the fused conv1 + shortcut after the first pooling: 1.10-1.65x) and 24 -> 16 (the
+#   decoder's full-resolution block on the concatenated skip: 1.10-1.42x), which bf16 runs no faster
+#   channels-last (0.91-1.14x);
+# - 16, 32, 48 and more input channels range from 0.6x to 2.5x by machine and shape, and stay NCDHW.
+# In fp32 the faster ones are exactly the input widths that are not a multiple of 16 (oneDNN's NCDHW kernels
+# work on blocks of 16 channels on AVX-512).
+CHANNELS_LAST_FORCED: bool | None = None  # True / False: every dense CPU convolution one way (benchmarks, tests)
 
 
-def uses_channels_last(x: Tensor, weight: Tensor, groups: int = 1) -> bool:
-    """Whether `conv3d` runs this convolution channels-last: dense CPU convolutions with a narrow input."""
-    return (x.device.type == "cpu" and groups == 1 and x.shape[1] <= CHANNELS_LAST_MAX_IN_CHANNELS
-            and weight.shape[0] <= CHANNELS_LAST_MAX_OUT_CHANNELS)
+def uses_channels_last(x: Tensor, weight: Tensor, groups: int = 1, dtype: torch.dtype | None = None) -> bool:
+    """Whether `conv3d` runs this convolution channels-last (dtype: what it computes in, default x's)."""
+    if x.device.type != "cpu" or groups != 1:
+        return False
+    if CHANNELS_LAST_FORCED is not None:
+        return CHANNELS_LAST_FORCED
+    in_channels, out_channels = x.shape[1], weight.shape[0]
+    if (dtype or x.dtype) == torch.float32:
+        return in_channels % 16 != 0 and in_channels <= 24 and out_channels <= 32
+    return in_channels <= 8 and out_channels <= 16
 
 
 class _ToChannelsLast(torch.autograd.Function):
@@ -87,10 +98,10 @@ def conv3d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padd
     if bypasses_reference_kernel(x, weight):
         return torch.ops.aten.mkldnn_convolution(x.contiguous(), weight.contiguous(), bias, as_triple(padding),
                                                  as_triple(stride), as_triple(dilation), groups)
-    if not uses_channels_last(x, weight, groups):
+    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+    if not uses_channels_last(x, weight, groups, dtype):
         return F.conv3d(x, weight, bias, stride, padding, dilation, groups)
     # under autocast the cast to its dtype and the layout change are one copy instead of two
-    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
     layout = torch.channels_last_3d
     return F.conv3d(_ToChannelsLast.apply(x, dtype), weight.to(dtype=dtype, memory_format=layout), bias, stride,
                     padding, dilation, groups).contiguous()
