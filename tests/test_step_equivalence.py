@@ -12,6 +12,7 @@ from torch import nn
 
 from mass_nn.networks.attention import attend, multi_head_attention
 from mass_nn.networks.conv_blocks import ResBlock3d
+from mass_nn.networks.in_context import shared_kernel_conv
 from mass_nn.networks.in_context.config import InContextNetworkConfig
 from mass_nn.networks.in_context.in_context_model import InContextSegmenter
 from mass_nn.networks.in_context.shared_kernel_conv import shared_kernel_conv3d, shared_maps_conv3d
@@ -78,6 +79,20 @@ def test_shared_maps_conv_equals_one_convolution_per_kernel_with_same_gradients(
         assert torch.allclose(a, e, rtol=1e-10, atol=1e-10)
     small_maps, small_kernels = maps[:2, :3, :4, :3].detach().requires_grad_(), kernels[:2].detach().requires_grad_()
     assert torch.autograd.gradcheck(lambda m, k: shared_maps_conv3d(m, k), (small_maps, small_kernels))
+
+
+@pytest.mark.parametrize("block_positions", [37, 500, 10 ** 6])
+def test_shared_maps_weight_gradients_are_the_same_block_by_block(monkeypatch, block_positions):
+    # blocks of 37 positions end inside rows, planes and maps; 10**6 is one block for the whole volume
+    monkeypatch.setattr(shared_kernel_conv, "BLOCK_POSITIONS", block_positions)
+    torch.manual_seed(7)
+    maps = torch.relu(torch.randn(3, 6, 5, 7, dtype=torch.float64))
+    kernels = torch.randn(3, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    upstreams = [torch.randn(3, 6, 5, 7, dtype=torch.float64) for _ in range(3)]
+    actual = torch.autograd.grad(shared_maps_conv3d(maps, kernels), kernels, upstreams)[0]
+    expected = torch.autograd.grad([F.conv3d(maps.unsqueeze(1), kernel.reshape(1, 1, 3, 3, 3), padding=1)
+                                    for kernel in kernels], kernels, [u.unsqueeze(1) for u in upstreams])[0]
+    assert torch.allclose(actual, expected, rtol=1e-12, atol=1e-12)
 
 
 def test_task_encoder_with_shared_mask_path_equals_its_stages_one_by_one():

@@ -7,9 +7,9 @@ forward pass is fast on CPU, but the weight gradient of a depthwise convolution 
 kernel: gradient[a, b, c] = Σ grad_out[n, z, y, x] · maps[n, z + a - 1, y + b - 1, x + c - 1]. With both volumes
 zero-padded by one voxel and flattened, each of the 27 sums is a single dot product between the padded gradient
 and the padded maps shifted by a constant offset (a shift never crosses into the next map, because the gradient
-is zero on every padding voxel). With S kernels on the same maps, the S gradients of one offset are one
-matrix-vector product, so the maps are padded once and read 27 times instead of 27·S times. That is what the
-backward here computes, in fp32 or wider.
+is zero on every padding voxel). With S kernels on the same maps, the S gradients of all 27 offsets are one
+matrix product per block of positions (`_weight_gradients`), so the maps are padded once and each value is read
+once. That is what the backward here computes, in fp32 or wider.
 """
 from __future__ import annotations
 
@@ -28,22 +28,30 @@ def _grouped_conv(maps: Tensor, kernel: Tensor) -> Tensor:
     return F.conv3d(maps.unsqueeze(0), weight, padding=KERNEL // 2, groups=count).squeeze(0)
 
 
-def _offsets(padded_shape: torch.Size) -> list[int]:
-    """Flat offsets of the 27 kernel taps in padded maps [N, D + 2, H + 2, W + 2], in the kernel's (a, b, c)
-    order."""
-    height, width = padded_shape[2], padded_shape[3]
-    return [(dz * height + dy) * width + dx for dz in (-1, 0, 1) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+# Positions per block of the weight gradient: the block's 27 shifted copies of the maps (27 × 16384 fp32 values,
+# 1.7 MiB) stay in cache while one matrix product reads them. Measured on a 2-core AVX2 EPYC against 27
+# matrix-vector products over the whole volumes that it replaced: 1.8x faster for three
+# kernels on 26 maps of 64×48×48, 2.1x on 208 maps of 48³; 4,096 and 65,536 positions were slower.
+BLOCK_POSITIONS = 16384
 
 
 def _weight_gradients(padded_maps: Tensor, padded_grads: Tensor) -> Tensor:
     """padded maps [N, D+2, H+2, W+2] and padded gradients [S, N, D+2, H+2, W+2] (zero on the padding), both in
-    the summing dtype → the S kernel gradients [S, 3, 3, 3]."""
+    the summing dtype → the S kernel gradients [S, 3, 3, 3].
+
+    Block by block of flat positions: the maps shifted by the 27 tap offsets are one strided view of the
+    padded maps (strides (H+2)(W+2), W+2 and 1 over the three kernel axes), copied into a [27, block] matrix and
+    multiplied with the block's gradients, so each value of the volumes is read from memory once instead of 27
+    times. The first and last (H+2)(W+2) + (W+2) + 1 positions lie in the padding, where the gradients are zero,
+    so every shifted view stays inside the maps."""
     flat_maps, flat_grads = padded_maps.reshape(-1), padded_grads.reshape(padded_grads.shape[0], -1)
-    length = flat_maps.numel()
-    gradients = flat_grads.new_empty(KERNEL ** 3, flat_grads.shape[0])
-    for index, offset in enumerate(_offsets(padded_maps.shape)):
-        start, stop = max(0, -offset), length - max(0, offset)
-        gradients[index] = torch.mv(flat_grads[:, start:stop], flat_maps[start + offset:stop + offset])
+    plane, row = padded_maps.shape[2] * padded_maps.shape[3], padded_maps.shape[3]
+    margin = plane + row + 1
+    gradients = flat_grads.new_zeros(KERNEL ** 3, flat_grads.shape[0])
+    for start in range(margin, flat_maps.numel() - margin, BLOCK_POSITIONS):
+        stop = min(start + BLOCK_POSITIONS, flat_maps.numel() - margin)
+        shifted = flat_maps.as_strided((KERNEL, KERNEL, KERNEL, stop - start), (plane, row, 1, 1), start - margin)
+        gradients.addmm_(shifted.reshape(KERNEL ** 3, -1), flat_grads[:, start:stop].t())
     return gradients.t().reshape(-1, KERNEL, KERNEL, KERNEL)
 
 
