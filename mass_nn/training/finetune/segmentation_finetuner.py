@@ -23,7 +23,7 @@ from mass_nn.io.atomic import write_json_atomic
 from mass_nn.model.downstream_network import build_downstream_network, is_in_context_checkpoint
 from mass_nn.model.pretrained import load_pretrained_checkpoint
 from mass_nn.networks.in_context.fixed_class_segmenter import FixedClassSegmenter
-from mass_nn.parallel import default_num_processes
+from mass_nn.threads import default_loader_workers
 from mass_nn.training.data.labelled_patch_loader import make_labelled_loader
 from mass_nn.training.finetune.segmentation_scores import dice_on_preprocessed, evaluate_on_raw_cases
 from mass_nn.training.losses import SegmentationLoss
@@ -79,7 +79,7 @@ class SegmentationFinetuner(Trainer):
         o = self.options
         o.batch_size = o.batch_size or self.configuration_plan.batch_size
         if o.num_workers is None:
-            o.num_workers = max(1, min(4, default_num_processes() - 1))
+            o.num_workers = default_loader_workers(self.device.type)
         if self.freeze_backbone and not o.pretrained:
             raise MassError(f"{self.name} tunes class embeddings of a frozen pretrained network; give --pretrained "
                             f"CHECKPOINT (or use SegmentationFinetuner to train from scratch)")

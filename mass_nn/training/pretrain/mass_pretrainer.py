@@ -17,7 +17,7 @@ from mass_nn.errors import MassError
 from mass_nn.io.artifact_layout import generator_of
 from mass_nn.networks.in_context.config import InContextNetworkConfig
 from mass_nn.networks.in_context.in_context_model import InContextSegmenter
-from mass_nn.threads import default_mass_loader_workers
+from mass_nn.threads import default_loader_workers
 from mass_nn.training.data.augmentation import TwoViewSettings
 from mass_nn.training.data.pretraining_loader import (PretrainingCase, batch_to_device, make_pretraining_loader,
                                                       validate_cases)
@@ -94,7 +94,7 @@ class MASSPretrainer(Trainer):
         o, s = self.options, self.settings
         o.batch_size = o.batch_size or self.configuration_plan.batch_size
         if o.num_workers is None:
-            o.num_workers = default_mass_loader_workers(self.device.type)
+            o.num_workers = default_loader_workers(self.device.type)
         config = self._network_config()
         self.network = InContextSegmenter(config)
         self.loss = SegmentationLoss(dice=o.dice)
