@@ -11,6 +11,8 @@ from pathlib import Path
 
 import psutil
 
+from mass_nn.training.precision import NATIVE_BF16_CPU_FLAGS, cpu_flags
+
 
 @dataclass
 class Measurement:
@@ -66,18 +68,17 @@ def folder_bytes(folder: Path, pattern: str = "*") -> int:
 def machine_description() -> str:
     """Cores, processor model with its widest vector instructions, memory and Python: the facts that move the
     numbers (the same "AMD EPYC" name covers AVX2-only and AVX-512 machines with 4x apart peak FLOP/s)."""
-    cpu, flags = platform.processor() or platform.machine(), set()
+    cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
                 break
     except OSError:
         pass
+    flags = cpu_flags() or set()
     vector = next((name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2")) if flag in flags), None)
-    if vector and flags & {"avx512_bf16", "amx_bf16"}:
+    if vector and flags & set(NATIVE_BF16_CPU_FLAGS):
         vector += " with bf16"
     memory_gib = psutil.virtual_memory().total / 2 ** 30
     return (f"{os.cpu_count()} cores ({cpu}{', ' + vector if vector else ''}), {memory_gib:.0f} GiB RAM, "

@@ -37,13 +37,19 @@ def step_autocast(precision: str, device: torch.device):
     return nullcontext()
 
 
-def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool | None:
-    """True / False from the CPU flags the OS reports; None where it reports none (not Linux)."""
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str] | None:
+    """The CPU flags the OS reports (the first processor's line); None where it reports none (not Linux)."""
     try:
         text = cpuinfo.read_text()
     except OSError:
         return None
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), None)
+    return next((set(line.split(":", 1)[1].split()) for line in text.splitlines() if line.startswith("flags")),
+                None)
+
+
+def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool | None:
+    """True / False from the CPU flags the OS reports; None where it reports none (not Linux)."""
+    flags = cpu_flags(cpuinfo)
     return None if flags is None else any(flag in flags for flag in NATIVE_BF16_CPU_FLAGS)
 
 
