@@ -16,6 +16,8 @@ import numpy as np
 
 def main(argv: list[str]) -> int:
     source, cases = Path(argv[0]).resolve(), Path(argv[1])
+    if not (source / "mass_nn" / "__init__.py").is_file():
+        raise SystemExit(f"{source} has no mass_nn package: give the root of a mass_nn checkout")
     sys.path.insert(0, str(source))
     # which mass_nn this process measures is decided by the path set just above, so it is imported only now
     import mass_nn
