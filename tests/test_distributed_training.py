@@ -18,6 +18,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # about 25 s on 2 cores (two processes): keeps the default run under 10 minutes
 def test_two_process_ddp_stays_in_sync_and_rank0_writes(pretraining_roots):
     paths = pretraining_roots
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",

@@ -201,6 +201,7 @@ def test_fewshot_runner_writes_table_and_figure_and_resumes(pretrained, tmp_path
                           )["thresholds"].values()) == {0.5}
 
 
+@pytest.mark.slow  # about 25 s on 2 cores: keeps the default run under 10 minutes
 def test_fewshot_results_of_one_checkpoint_are_never_reused_for_another(pretrained, tmp_path, capsys):
     """mass_fewshot for checkpoint B after checkpoint A, without --tag or -o: B gets its own runs and folders."""
     paths, checkpoint = pretrained

@@ -192,6 +192,7 @@ def test_resenc_checkpoint_finetunes_and_predicts_in_mass_nn(resenc_checkpoint, 
     assert "encoder.stages.3.blocks.1.conv2.conv.weight" in finetuned_encoder
 
 
+@pytest.mark.slow  # about 18 s on 2 cores: keeps the default run under 10 minutes
 def test_simclr_trains_the_resenc_and_nnunet_loads_its_export(phantom_with_masks, tmp_path, capsys):
     """SimCLR on the same ResEnc: its checkpoint exports like MASS's and finetunes in mass_nn."""
     plans_path = write_nnunet_plans(tmp_path / "nnunet")

@@ -73,6 +73,7 @@ def _stop_at(step: int, monkeypatch):
     monkeypatch.setattr(MASSPretrainer, "compute_loss", compute_loss)
 
 
+@pytest.mark.slow  # about 30 s on 2 cores: keeps the default run under 10 minutes
 def test_sigterm_then_continue_equals_an_uninterrupted_run(pretraining_roots, monkeypatch):
     straight = run_training(options(tag="straight"), pretraining_roots)
     assert not straight["stopped_early"] and straight["global_step"] == 6
