@@ -15,7 +15,8 @@ from mass_nn.networks.in_context.decoder import UpBlock
 from mass_nn.networks.in_context.fusion import FusionStage
 from mass_nn.networks.in_context.in_context_model import InContextSegmenter
 from mass_nn.networks.in_context.pixel_shuffle import PixelShuffle3d, PixelUnshuffle3d
-from mass_nn.networks.in_context.task_encoder import MaskMerge, foreground_pool, trilinear_upsample_adjoint
+from mass_nn.networks.in_context.task_encoder import MaskMerge, foreground_pool
+from mass_nn.networks.trilinear import trilinear_upsample_adjoint
 from mass_nn.networks.in_context.task_ops import (average_task_embeddings, chunk_task_embedding, concat_task_embeddings,
                                        select_tasks)
 from mass_nn.planning.plans import ConfigurationPlan, NetworkPlan

@@ -1,4 +1,4 @@
-"""3D convolutional building blocks of the ResUNet: pre-activation convs, residual blocks, fp32 trilinear resizing.
+"""3D convolutional building blocks of the ResUNet: pre-activation convs, residual blocks, the convolution call.
 
 Every norm is InstanceNorm3d without affine parameters or running statistics and every conv is bias-free, as in the
 released Iris/MASS network; this is what makes the parameter counts match the paper.
@@ -17,16 +17,6 @@ def autocast_disabled(device: torch.device):
     if torch.amp.is_autocast_available(device.type):
         return torch.autocast(device_type=device.type, enabled=False)
     return contextlib.nullcontext()
-
-
-def resize_trilinear(x: Tensor, size: tuple[int, int, int] | list[int]) -> Tensor:
-    """Trilinear (align_corners=True) resize of [B, C, D, H, W] to `size`, computed in fp32, returned in x's dtype.
-
-    Under bf16 autocast the interpolation would otherwise run in bf16, which visibly blurs upsampled features.
-    """
-    with autocast_disabled(x.device):
-        resized = F.interpolate(x.float(), size=tuple(size), mode="trilinear", align_corners=True)
-    return resized.to(x.dtype)
 
 
 # Which dense CPU convolutions run channels-last (NDHWC) instead of NCDHW, by the dtype they compute in; from

@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from mass_nn.networks.conv_blocks import res_blocks, resize_trilinear
+from mass_nn.networks.conv_blocks import res_blocks
 from mass_nn.networks.in_context.config import InContextNetworkConfig
 from mass_nn.networks.in_context.fusion import FusionStage
+from mass_nn.networks.trilinear import resize_trilinear
 
 
 class UpBlock(nn.Module):

@@ -14,44 +14,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mass_nn.networks.attention import TaskQueryBlock
-from mass_nn.networks.conv_blocks import SmallMapSafeConv3d, autocast_disabled, resize_trilinear
+from mass_nn.networks.conv_blocks import SmallMapSafeConv3d, autocast_disabled
 from mass_nn.networks.in_context.config import InContextNetworkConfig
 from mass_nn.networks.in_context.pixel_shuffle import pixel_shuffle_3d, pixel_unshuffle_3d, scale_triple
 from mass_nn.networks.in_context.shared_kernel_conv import shared_kernel_conv3d, shared_maps_conv3d
+from mass_nn.networks.trilinear import resize_trilinear, trilinear_upsample_adjoint
 
 TaskEmbedding = list[Tensor]
-
-
-def trilinear_interpolation_matrix(in_size: int, out_size: int, device: torch.device) -> Tensor:
-    """The [out_size, in_size] fp32 matrix of 1D linear interpolation with align_corners=True.
-
-    Trilinear upsampling is the separable product of three such matrices, one per axis.
-    """
-    scale = (in_size - 1) / (out_size - 1) if out_size > 1 else 0.0
-    positions = torch.arange(out_size, dtype=torch.float32, device=device) * scale
-    lower = positions.floor().long().clamp(max=in_size - 1)
-    upper = (lower + 1).clamp(max=in_size - 1)
-    weight_upper = positions - lower.float()
-    rows = torch.arange(out_size, device=device)
-    matrix = torch.zeros(out_size, in_size, dtype=torch.float32, device=device)
-    matrix.index_put_((rows, lower), 1.0 - weight_upper, accumulate=True)
-    matrix.index_put_((rows, upper), weight_upper, accumulate=True)
-    return matrix
-
-
-def trilinear_upsample_adjoint(volumes: Tensor, low_size: tuple[int, ...] | list[int]) -> Tensor:
-    """Apply the adjoint (transpose) of trilinear align_corners=True upsampling low_size → volumes' size.
-
-    volumes [B, K, D, H, W] → [B, K, d, h, w] in fp32, such that
-    ⟨upsample(z), volumes⟩ = ⟨z, adjoint(volumes)⟩ for every z of size low_size.
-    """
-    out = volumes.float()
-    # the contiguous last axis first: its product needs no copy of the full-size volumes and shrinks them before
-    # the strided axes are moved
-    for axis, low in reversed(list(zip(range(2, 5), low_size))):
-        matrix = trilinear_interpolation_matrix(low, out.shape[axis], out.device)
-        out = (out.movedim(axis, -1) @ matrix).movedim(-1, axis)
-    return out
 
 
 def foreground_pool(features: Tensor, masks: Tensor, method: str = "adjoint") -> Tensor:
