@@ -1,7 +1,8 @@
 """How `conv3d` (mass_nn/networks/conv_blocks.py) runs a CPU convolution: narrow ones channels-last (the layout
 reaches oneDNN, only the narrow ones take it, values and gradients are those of F.conv3d in fp32 and under bf16
 autocast), and fp32 convolutions of one image without autograd straight through oneDNN instead of torch's
-reference kernel (same values; not when a gradient is recorded or autocast is on)."""
+reference kernel (same values; not when a gradient is recorded or autocast is on), and one-channel 3×3×3
+convolutions with their weight gradient from kernel_gradients (same values and gradients as F.conv3d)."""
 from __future__ import annotations
 
 import pytest
@@ -10,7 +11,8 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from mass_nn.networks import conv_blocks
-from mass_nn.networks.conv_blocks import ResBlock3d, bypasses_reference_kernel, conv3d, uses_channels_last
+from mass_nn.networks.conv_blocks import (ResBlock3d, bypasses_reference_kernel, conv3d, uses_channels_last,
+                                         uses_tap_weight_gradient)
 from mass_nn.training.precision import step_autocast
 
 CPU = torch.device("cpu")
@@ -164,3 +166,36 @@ def test_the_input_gradient_comes_back_ncdhw_in_the_input_dtype(precision):
         output = conv3d(rectified, weight, padding=1)
     output.float().sum().backward()
     assert arriving == [(torch.float32, True)]
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_one_channel_convolution_has_the_gradients_of_f_conv3d(with_bias):
+    torch.manual_seed(0)
+    x = torch.randn(3, 1, 9, 8, 7, requires_grad=True)
+    weight = torch.randn(5, 1, 3, 3, 3, requires_grad=True)
+    bias = torch.randn(5, requires_grad=True) if with_bias else None
+    assert uses_tap_weight_gradient(x, weight, 1, 1)
+    upstream = torch.randn(3, 5, 9, 8, 7)
+    inputs = [x, weight] + ([bias] if with_bias else [])
+    out = conv3d(x, weight, bias, 1, 1)
+    grads = torch.autograd.grad(out, inputs, upstream)
+    expected_out = F.conv3d(x.double(), weight.double(), None if bias is None else bias.double(), 1, 1)
+    expected = torch.autograd.grad(expected_out, inputs, upstream.double())
+    assert _relative_error(out.detach(), expected_out.detach()) < 1e-6
+    for grad, reference in zip(grads, expected):
+        assert grad.dtype == torch.float32 and grad.shape == reference.shape
+        assert _relative_error(grad, reference) < 1e-6
+
+
+def test_one_channel_weight_gradient_only_where_it_applies():
+    x, weight = torch.randn(2, 1, 6, 6, 6), torch.randn(4, 1, 3, 3, 3, requires_grad=True)
+    assert uses_tap_weight_gradient(x, weight, 1, 1)
+    assert not uses_tap_weight_gradient(x, weight, 2, 1)  # strided
+    assert not uses_tap_weight_gradient(x, weight, 1, 0)  # unpadded
+    assert not uses_tap_weight_gradient(torch.randn(2, 2, 6, 6, 6), torch.randn(4, 2, 3, 3, 3, requires_grad=True), 1, 1)
+    assert not uses_tap_weight_gradient(x, weight.detach(), 1, 1)  # no weight gradient recorded
+    with torch.no_grad():
+        assert not uses_tap_weight_gradient(x, weight, 1, 1)
+    with step_autocast("bf16", CPU):
+        assert not uses_tap_weight_gradient(x, weight, 1, 1)
+

@@ -12,7 +12,7 @@ from torch import nn
 
 from mass_nn.networks.attention import attend, multi_head_attention
 from mass_nn.networks.conv_blocks import ResBlock3d
-from mass_nn.networks.in_context import shared_kernel_conv
+from mass_nn.networks import kernel_gradients
 from mass_nn.networks.in_context.config import InContextNetworkConfig
 from mass_nn.networks.in_context.in_context_model import InContextSegmenter
 from mass_nn.networks.in_context.shared_kernel_conv import shared_kernel_conv3d, shared_maps_conv3d
@@ -84,7 +84,7 @@ def test_shared_maps_conv_equals_one_convolution_per_kernel_with_same_gradients(
 @pytest.mark.parametrize("block_positions", [37, 500, 10 ** 6])
 def test_shared_maps_weight_gradients_are_the_same_block_by_block(monkeypatch, block_positions):
     # blocks of 37 positions end inside rows, planes and maps; 10**6 is one block for the whole volume
-    monkeypatch.setattr(shared_kernel_conv, "BLOCK_POSITIONS", block_positions)
+    monkeypatch.setattr(kernel_gradients, "BLOCK_POSITIONS", block_positions)
     torch.manual_seed(7)
     maps = torch.relu(torch.randn(3, 6, 5, 7, dtype=torch.float64))
     kernels = torch.randn(3, 3, 3, 3, dtype=torch.float64, requires_grad=True)
