@@ -7,7 +7,7 @@ from pathlib import Path
 
 from mass_nn.datasets.labelled_data import resolve_labelled_dataset, select_shots
 from mass_nn.evaluation.predict_and_score import predict_and_score
-from mass_nn.inference.model_loading import load_in_context_checkpoint
+from mass_nn.inference.model_loading import in_context_network
 from mass_nn.inference.predictor import SegmentationPredictor
 from mass_nn.inference.reference_calibration import calibrate_reference_thresholds
 from mass_nn.inference.reference_encoding import encode_reference_labels
@@ -25,8 +25,8 @@ def in_context_evaluation(checkpoint: Path, dataset: str, paths: MassPaths, shot
     `calibrate_threshold` each class's threshold is read off its reference crops (reference_calibration.py)
     instead of 0.5; the thresholds are saved in shots.json."""
     data = resolve_labelled_dataset(dataset, paths, plans_name, configuration)
-    load_pretrained_checkpoint(checkpoint, data.source.plans, configuration, data.source.dataset_name)
-    network, _, _ = load_in_context_checkpoint(checkpoint, device)
+    loaded = load_pretrained_checkpoint(checkpoint, data.source.plans, configuration, data.source.dataset_name)
+    network = in_context_network(loaded, checkpoint).to(device)
     shot_cases = select_shots(data.labelled_cases("train"), shots, seed)
     references = data.preprocessed_pairs(shot_cases)
     present = data.classes_present(references)

@@ -16,7 +16,7 @@ from mass_nn.inference.task_embedding_file import load_task_embedding, save_task
 from mass_nn.io.artifact_layout import checkpoint_path
 from mass_nn.io.dataset_json import CaseFiles
 from mass_nn.io.image_io import read_geometry
-from mass_nn.model.checkpoint import load_network
+from mass_nn.model.checkpoint import Checkpoint, load_checkpoint, load_network, network_of
 from mass_nn.networks.in_context.fixed_class_segmenter import FixedClassSegmenter
 from mass_nn.networks.in_context.in_context_model import InContextSegmenter
 from mass_nn.planning.plans import Plans
@@ -62,13 +62,20 @@ def predictor_from_checkpoint(path: str | Path, device: str = "cpu", settings: I
 
 def load_in_context_checkpoint(path: str | Path, device: str = "cpu") -> tuple[InContextSegmenter, Plans, str]:
     """(in-context network, its plans, configuration) of a pretrained checkpoint (EMA weights when saved)."""
-    network, checkpoint = load_network(path, map_location=device)
+    checkpoint = load_checkpoint(path, map_location=device)
+    return in_context_network(checkpoint, path), Plans.from_dict(checkpoint.meta.plans), checkpoint.meta.configuration
+
+
+def in_context_network(checkpoint: Checkpoint, path: str | Path) -> InContextSegmenter:
+    """The in-context network of a loaded checkpoint (read from `path`), EMA weights when saved; a network that
+    cannot segment from references raises MassError naming the file."""
+    network = network_of(checkpoint)
     if isinstance(network, FixedClassSegmenter):
         network = network.segmenter
     if not isinstance(network, InContextSegmenter):
         raise MassError(f"{path}: holds a {checkpoint.meta.network_class}, which cannot segment from references; "
                         f"use a MASS checkpoint (MASSPretrainer) or a finetuned run with -m")
-    return network, Plans.from_dict(checkpoint.meta.plans), checkpoint.meta.configuration
+    return network
 
 
 def read_reference(image_path: Path, mask_path: Path, plans: Plans, configuration: str,

@@ -101,12 +101,20 @@ def encoder_state_dict(checkpoint: Checkpoint, prefer_ema: bool = True) -> dict:
     return {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
 
 
+def network_of(checkpoint: Checkpoint, prefer_ema: bool = True):
+    """The checkpoint's network in eval mode with its weights (the EMA copy when saved and preferred), on the
+    device its tensors were loaded to."""
+    network = build_network(checkpoint.meta.network_class, checkpoint.meta.network_config)
+    state = model_state_dict(checkpoint, prefer_ema)
+    network.load_state_dict(state)
+    device = next((tensor.device for tensor in state.values() if isinstance(tensor, torch.Tensor)), None)
+    return (network.to(device) if device is not None else network).eval()
+
+
 def load_network(path: str | Path, prefer_ema: bool = True, map_location: str | torch.device = "cpu"):
     """(network in eval mode with the checkpoint's weights - the EMA copy when saved and preferred -, checkpoint)."""
     checkpoint = load_checkpoint(path, map_location=map_location)
-    network = build_network(checkpoint.meta.network_class, checkpoint.meta.network_config)
-    network.load_state_dict(model_state_dict(checkpoint, prefer_ema))
-    return network.eval(), checkpoint
+    return network_of(checkpoint, prefer_ema), checkpoint
 
 
 def save_untrained_copy(path: str | Path, target: str | Path, seed: int = 0) -> Path:
