@@ -102,13 +102,10 @@ def encoder_state_dict(checkpoint: Checkpoint, prefer_ema: bool = True) -> dict:
 
 
 def network_of(checkpoint: Checkpoint, prefer_ema: bool = True):
-    """The checkpoint's network in eval mode with its weights (the EMA copy when saved and preferred), on the
-    device its tensors were loaded to."""
+    """The checkpoint's network in eval mode with its weights (the EMA copy when saved and preferred)."""
     network = build_network(checkpoint.meta.network_class, checkpoint.meta.network_config)
-    state = model_state_dict(checkpoint, prefer_ema)
-    network.load_state_dict(state)
-    device = next((tensor.device for tensor in state.values() if isinstance(tensor, torch.Tensor)), None)
-    return (network.to(device) if device is not None else network).eval()
+    network.load_state_dict(model_state_dict(checkpoint, prefer_ema))
+    return network.eval()
 
 
 def load_network(path: str | Path, prefer_ema: bool = True, map_location: str | torch.device = "cpu"):

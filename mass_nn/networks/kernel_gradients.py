@@ -57,9 +57,10 @@ def summing_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)  # bf16 maps are summed in fp32, fp64 stays fp64
 
 
-def padded_gradients(maps: Tensor, grads: list[Tensor] | tuple[Tensor, ...]) -> Tensor:
+def padded_gradients(maps: Tensor, grads: Tensor | list[Tensor] | tuple[Tensor, ...]) -> Tensor:
     """The S kernels' gradients [S, 3, 3, 3] from maps [N, D, H, W] and one output gradient [N, D, H, W] per
-    kernel (any strides), summed in fp32 or wider: both are padded once, then `weight_gradients`."""
+    kernel ([S, N, D, H, W] or S tensors, any strides), summed in fp32 or wider: both are padded once, then
+    `weight_gradients`."""
     dtype = summing_dtype(maps.dtype)
     padded_maps = F.pad(maps.to(dtype), PADDING)
     padded_grads = zero_border(padded_maps.new_empty((len(grads), *padded_maps.shape)))
