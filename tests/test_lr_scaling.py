@@ -27,6 +27,7 @@ def _run(paths, **options):
     return json.loads((paths.results / summary["output_folder"] / "run_config.json").read_text())
 
 
+@pytest.mark.slow  # about 16 s on 2 cores: keeps the default run under 10 minutes
 def test_a_run_records_the_global_batch_and_the_scaled_lr(pretraining_roots, caplog):
     caplog.set_level("INFO")
     config = _run(pretraining_roots, tag="scaled")

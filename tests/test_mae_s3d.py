@@ -229,8 +229,10 @@ def _check_segmentation_transfer(paths: MassPaths, checkpoint_path: str, full_ru
     assert len(report.loaded) == len(encoder_state_dict(checkpoint))
 
 
-@pytest.mark.parametrize("trainer, network_class", [("MAEPretrainer", "ReconstructionUNet"),
-                                                    ("S3DPretrainer", "S3DNetwork")])
+@pytest.mark.parametrize("trainer, network_class", [
+    ("MAEPretrainer", "ReconstructionUNet"),
+    # about 17 s on 2 cores (its full run): slow, to keep the default run under 10 minutes
+    pytest.param("S3DPretrainer", "S3DNetwork", marks=pytest.mark.slow)])
 def test_trainer_resumes_exactly_and_its_encoder_transfers(roots, monkeypatch, trainer, network_class):
     straight = run_training(pretrain_options(trainer, tag="straight"), roots)
     _stop_during_first_step(monkeypatch)
