@@ -13,7 +13,6 @@ part of the channels-last side, as in the network.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import sys
 import time
@@ -25,13 +24,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.measure import machine_description, publish_section  # noqa: E402
+from benchmarks.measure import machine_description, publish_section, timing_arguments  # noqa: E402
 from benchmarks.step_cost import median_seconds  # noqa: E402
 from mass_nn.networks import conv_blocks  # noqa: E402
 from mass_nn.networks.conv_blocks import uses_channels_last  # noqa: E402
 from mass_nn.networks.in_context.config import InContextNetworkConfig  # noqa: E402
 from mass_nn.networks.in_context.in_context_model import InContextSegmenter  # noqa: E402
-from mass_nn.threads import usable_cores  # noqa: E402
 from mass_nn.training.precision import cpu_has_native_bf16, step_autocast  # noqa: E402
 
 PAGE = Path(__file__).resolve().parent.parent / "documentation" / "benchmarks.md"
@@ -163,16 +161,11 @@ def section(rows: list[dict], precisions: list[str], threads: int, seconds: floa
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--no-write", action="store_true", help="print the section without updating the page")
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args(argv)
-    threads = usable_cores()
-    torch.set_num_threads(threads)
+    args = timing_arguments(__doc__.splitlines()[0], argv)
     precisions = ["fp32"] + (["bf16"] if cpu_has_native_bf16() else [])
     start = time.perf_counter()
     rows = measure(precisions, args.repeats)
-    publish_section(PAGE, "conv_layout", section(rows, precisions, threads, time.perf_counter() - start),
+    publish_section(PAGE, "conv_layout", section(rows, precisions, args.threads, time.perf_counter() - start),
                     write=not args.no_write)
     return 0
 

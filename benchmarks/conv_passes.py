@@ -10,7 +10,6 @@ same threads: how close the convolutions already run to what this CPU can do, an
 """
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import time
@@ -22,10 +21,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.conv_layout import WORKLOADS, Convolution, network_convolutions  # noqa: E402
-from benchmarks.measure import machine_description, publish_section  # noqa: E402
+from benchmarks.measure import machine_description, publish_section, timing_arguments  # noqa: E402
 from benchmarks.step_cost import measured_sgemm_flops, median_seconds  # noqa: E402
 from mass_nn.networks.conv_blocks import uses_channels_last  # noqa: E402
-from mass_nn.threads import usable_cores  # noqa: E402
 
 PAGE = Path(__file__).resolve().parent.parent / "documentation" / "benchmarks.md"
 WORKLOAD = "3d_cpu, batch 2"
@@ -110,16 +108,11 @@ def section(rows: list[dict], sgemm: float, threads: int, seconds: float) -> str
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--no-write", action="store_true", help="print the section without updating the page")
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args(argv)
-    threads = usable_cores()
-    torch.set_num_threads(threads)
+    args = timing_arguments(__doc__.splitlines()[0], argv)
     start = time.perf_counter()
     sgemm = measured_sgemm_flops()
     rows = measure(args.repeats)
-    publish_section(PAGE, "conv_passes", section(rows, sgemm, threads, time.perf_counter() - start),
+    publish_section(PAGE, "conv_passes", section(rows, sgemm, args.threads, time.perf_counter() - start),
                     write=not args.no_write)
     return 0
 

@@ -1,6 +1,7 @@
 """Run a command and measure its wall time and the peak resident memory of its whole process tree."""
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import subprocess
@@ -10,7 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+import torch
 
+from mass_nn.threads import usable_cores
 from mass_nn.training.precision import NATIVE_BF16_CPU_FLAGS, cpu_flags
 
 
@@ -102,3 +105,16 @@ def publish_section(page: Path, name: str, body: str, write: bool = True) -> Non
     print(body)
     if write:
         replace_section(Path(page), name, body)
+
+
+def timing_arguments(description: str, argv: list[str] | None = None, repeats: int = 5) -> argparse.Namespace:
+    """The arguments of a timing benchmark that publishes one section (--no-write, --repeats); torch's threads are
+    set to the usable cores, recorded as `threads`."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--no-write", action="store_true", help="print the section without updating the page")
+    parser.add_argument("--repeats", type=int, default=repeats)
+    args = parser.parse_args(argv)
+    args.threads = usable_cores()
+    torch.set_num_threads(args.threads)
+    return args
+
