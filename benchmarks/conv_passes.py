@@ -1,10 +1,11 @@
 """The three passes of each convolution of a MASS training step against the machine's SGEMM speed.
 
 A convolution's training cost is three passes of equal FLOP count: the forward, the input gradient and the weight
-gradient. This benchmark times each pass alone (oneDNN through `aten.convolution_backward`'s output mask) for
-every dense convolution of one forward pass of the in-context network at the 3d_cpu shape, in the memory layout
-`conv3d` gives it (`uses_channels_last`, fp32), and sets the rates beside the FLOP/s of one large SGEMM on the
-same threads: how close the convolutions already run to what this CPU can do, and which pass is left behind.
+gradient. This benchmark times each pass alone (oneDNN through `aten.convolution_backward`'s output mask, or the
+block-wise tap sums where the step uses them) for every dense convolution of one forward pass of the in-context
+network at the 3d_cpu shape, in the memory layout `conv3d` gives it (`uses_channels_last`, fp32), and sets the
+rates beside the FLOP/s of one large SGEMM on the same threads: how close the convolutions already run to what
+this CPU can do, and which pass is left behind.
 
     python benchmarks/conv_passes.py [--no-write] [--repeats N]
 """
@@ -24,6 +25,7 @@ from benchmarks.conv_layout import WORKLOADS, Convolution, network_convolutions 
 from benchmarks.measure import machine_description, publish_section, timing_arguments  # noqa: E402
 from benchmarks.step_cost import measured_sgemm_flops, median_seconds  # noqa: E402
 from mass_nn.networks.conv_blocks import uses_channels_last  # noqa: E402
+from mass_nn.networks.kernel_gradients import padded_gradients  # noqa: E402
 
 PAGE = Path(__file__).resolve().parent.parent / "documentation" / "benchmarks.md"
 WORKLOAD = "3d_cpu, batch 2"
@@ -43,9 +45,17 @@ def pass_flops(conv: Convolution) -> float:
     return 2.0 * math.prod(output_shape(conv)) * math.prod(conv.weight_shape[1:])
 
 
+def uses_tap_sums(conv: Convolution) -> bool:
+    """Whether a training step takes this convolution's weight gradient from `kernel_gradients` (conv3d's
+    `uses_tap_weight_gradient` in fp32: one input channel, 3×3×3, stride 1, padding 1)."""
+    return conv.weight_shape[1] == 1 and conv.weight_shape[2:] == (3, 3, 3) and set(conv.stride) == {1} \
+        and set(conv.padding) == {1}
+
+
 def pass_seconds(conv: Convolution, channels_last: bool, repeats: int) -> dict[str, float]:
     """Median seconds of the forward, the input gradient and the weight gradient of `conv`, each alone, with
-    input, weight and output gradient in the given layout."""
+    input, weight and output gradient in the given layout; the weight gradient by `kernel_gradients` where the
+    step takes it from there (`uses_tap_sums`), else by oneDNN."""
     layout = torch.channels_last_3d if channels_last else torch.contiguous_format
     torch.manual_seed(0)
     x = torch.randn(conv.input_shape).contiguous(memory_format=layout)
@@ -56,8 +66,11 @@ def pass_seconds(conv: Convolution, channels_last: bool, repeats: int) -> dict[s
     def backward(mask: list[bool]):
         return lambda: torch.ops.aten.convolution_backward(grad, x, weight, None, *geometry, mask)
 
-    functions = (lambda: F.conv3d(x, weight, None, conv.stride, conv.padding),
-                 backward([True, False, False]), backward([False, True, False]))
+    def tap_sums():
+        return padded_gradients(x[:, 0], grad.transpose(0, 1))
+
+    functions = (lambda: F.conv3d(x, weight, None, conv.stride, conv.padding), backward([True, False, False]),
+                 tap_sums if uses_tap_sums(conv) else backward([False, True, False]))
     return {name: median_seconds(function, repeats) for name, function in zip(PASSES, functions)}
 
 
@@ -82,7 +95,9 @@ def section(rows: list[dict], sgemm: float, threads: int, seconds: float) -> str
              f"at {WORKLOAD} (64×48×48, channels 8-128, {len(rows)} distinct convolutions), fp32, in the layout "
              f"`conv3d` gives it; each pass timed alone (median of repeats; GFLOP/s = the pass's FLOPs / its time; "
              f"each pass has the forward's FLOP count; a training step skips the input gradient of the 1 → 8 stem "
-             f"convolutions, whose input is the image). Produced by `python benchmarks/conv_passes.py` in "
+             f"convolutions, whose input is the image, and takes their weight gradient from the block-wise tap sums "
+             f"of mass_nn/networks/kernel_gradients.py, timed so here). Produced by "
+             f"`python benchmarks/conv_passes.py` in "
              f"{seconds / 60:.1f} min.", "",
              "| convolution | layout | calls per forward | " + " | ".join(f"{p} ms (GFLOP/s)" for p in PASSES) + " |",
              "|---|---|---|---|---|---|"]
@@ -90,7 +105,9 @@ def section(rows: list[dict], sgemm: float, threads: int, seconds: float) -> str
     flops = 0.0
     for r in sorted(rows, key=lambda r: -r["count"] * sum(r["seconds"].values())):
         cells = [f"{r['seconds'][p] * 1e3:.1f} ({r['flops'] / r['seconds'][p] / 1e9:.0f})" for p in PASSES]
-        lines.append(f"| {r['conv'].label()} | {'channels-last' if r['channels_last'] else 'NCDHW'} | {r['count']} | "
+        layout = ("channels-last" if r["channels_last"] else "NCDHW") + (
+            "; weight gradient: tap sums" if uses_tap_sums(r["conv"]) else "")
+        lines.append(f"| {r['conv'].label()} | {layout} | {r['count']} | "
                      + " | ".join(cells) + " |")
         for p in PASSES:
             totals[p] += r["count"] * r["seconds"][p]

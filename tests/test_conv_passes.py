@@ -4,7 +4,7 @@ import math
 import torch
 
 from benchmarks.conv_layout import Convolution
-from benchmarks.conv_passes import PASSES, output_shape, pass_flops, pass_seconds, section
+from benchmarks.conv_passes import PASSES, output_shape, pass_flops, pass_seconds, section, uses_tap_sums
 
 
 def test_output_shape_and_pass_flops_follow_the_convolution_geometry():
@@ -18,10 +18,18 @@ def test_output_shape_and_pass_flops_follow_the_convolution_geometry():
 
 
 def test_every_pass_is_timed_in_both_layouts():
-    conv = Convolution((1, 2, 6, 6, 6), (3, 2, 3, 3, 3), (1, 1, 1), (1, 1, 1))
-    for channels_last in (False, True):
-        seconds = pass_seconds(conv, channels_last, repeats=1)
-        assert set(seconds) == set(PASSES) and all(value > 0 for value in seconds.values())
+    for conv in (Convolution((1, 2, 6, 6, 6), (3, 2, 3, 3, 3), (1, 1, 1), (1, 1, 1)),
+                 Convolution((2, 1, 6, 6, 6), (4, 1, 3, 3, 3), (1, 1, 1), (1, 1, 1))):
+        for channels_last in (False, True):
+            seconds = pass_seconds(conv, channels_last, repeats=1)
+            assert set(seconds) == set(PASSES) and all(value > 0 for value in seconds.values())
+
+
+def test_one_channel_weight_gradients_are_timed_as_the_step_computes_them():
+    assert uses_tap_sums(Convolution((2, 1, 6, 6, 6), (8, 1, 3, 3, 3), (1, 1, 1), (1, 1, 1)))
+    assert not uses_tap_sums(Convolution((2, 8, 6, 6, 6), (8, 8, 3, 3, 3), (1, 1, 1), (1, 1, 1)))
+    assert not uses_tap_sums(Convolution((2, 1, 6, 6, 6), (8, 1, 3, 3, 3), (2, 2, 2), (1, 1, 1)))
+    assert not uses_tap_sums(Convolution((2, 1, 6, 6, 6), (8, 1, 1, 1, 1), (1, 1, 1), (0, 0, 0)))
 
 
 def test_section_weights_passes_by_calls_and_compares_with_sgemm():
