@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.conv_layout import WORKLOADS, Convolution, network_convolutions  # noqa: E402
 from benchmarks.measure import machine_description, publish_section, timing_arguments  # noqa: E402
 from benchmarks.step_cost import measured_sgemm_flops, median_seconds  # noqa: E402
-from mass_nn.networks.conv_blocks import uses_channels_last  # noqa: E402
+from mass_nn.networks.conv_blocks import uses_channels_last, uses_tap_weight_gradient  # noqa: E402
 from mass_nn.networks.kernel_gradients import padded_gradients  # noqa: E402
 
 PAGE = Path(__file__).resolve().parent.parent / "documentation" / "benchmarks.md"
@@ -46,10 +46,12 @@ def pass_flops(conv: Convolution) -> float:
 
 
 def uses_tap_sums(conv: Convolution) -> bool:
-    """Whether a training step takes this convolution's weight gradient from `kernel_gradients` (conv3d's
-    `uses_tap_weight_gradient` in fp32: one input channel, 3×3×3, stride 1, padding 1)."""
-    return conv.weight_shape[1] == 1 and conv.weight_shape[2:] == (3, 3, 3) and set(conv.stride) == {1} \
-        and set(conv.padding) == {1}
+    """Whether an fp32 training step takes this convolution's weight gradient from `kernel_gradients` (conv3d's
+    own rule, `uses_tap_weight_gradient`, asked with empty tensors of its shapes)."""
+    with torch.enable_grad():
+        return uses_tap_weight_gradient(torch.empty(conv.input_shape), torch.empty(conv.weight_shape,
+                                                                                   requires_grad=True),
+                                        conv.stride, conv.padding)
 
 
 def pass_seconds(conv: Convolution, channels_last: bool, repeats: int) -> dict[str, float]:
