@@ -48,10 +48,9 @@ def pass_flops(conv: Convolution) -> float:
 def uses_tap_sums(conv: Convolution) -> bool:
     """Whether an fp32 training step takes this convolution's weight gradient from `kernel_gradients` (conv3d's
     own rule, `uses_tap_weight_gradient`, asked with empty tensors of its shapes)."""
+    weight = torch.empty(conv.weight_shape, requires_grad=True)
     with torch.enable_grad():
-        return uses_tap_weight_gradient(torch.empty(conv.input_shape), torch.empty(conv.weight_shape,
-                                                                                   requires_grad=True),
-                                        conv.stride, conv.padding)
+        return uses_tap_weight_gradient(torch.empty(conv.input_shape), weight, conv.stride, conv.padding)
 
 
 def pass_seconds(conv: Convolution, channels_last: bool, repeats: int) -> dict[str, float]:
