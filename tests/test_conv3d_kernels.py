@@ -192,7 +192,8 @@ def test_one_channel_weight_gradient_only_where_it_applies():
     assert uses_tap_weight_gradient(x, weight, 1, 1)
     assert not uses_tap_weight_gradient(x, weight, 2, 1)  # strided
     assert not uses_tap_weight_gradient(x, weight, 1, 0)  # unpadded
-    assert not uses_tap_weight_gradient(torch.randn(2, 2, 6, 6, 6), torch.randn(4, 2, 3, 3, 3, requires_grad=True), 1, 1)
+    two_channels = torch.randn(4, 2, 3, 3, 3, requires_grad=True)
+    assert not uses_tap_weight_gradient(torch.randn(2, 2, 6, 6, 6), two_channels, 1, 1)
     assert not uses_tap_weight_gradient(x, weight.detach(), 1, 1)  # no weight gradient recorded
     with torch.no_grad():
         assert not uses_tap_weight_gradient(x, weight, 1, 1)

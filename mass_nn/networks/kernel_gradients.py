@@ -25,7 +25,7 @@ PADDING = (1, 1) * 3
 BLOCK_POSITIONS = 16384
 
 
-def weight_gradients(padded_maps: Tensor, padded_grads: Tensor) -> Tensor:
+def _weight_gradients(padded_maps: Tensor, padded_grads: Tensor) -> Tensor:
     """padded maps [N, D+2, H+2, W+2] and padded gradients [S, N, D+2, H+2, W+2] (zero on the padding), both in
     the summing dtype → the S kernel gradients [S, 3, 3, 3].
 
@@ -45,7 +45,7 @@ def weight_gradients(padded_maps: Tensor, padded_grads: Tensor) -> Tensor:
     return gradients.t().reshape(-1, KERNEL, KERNEL, KERNEL)
 
 
-def zero_border(volumes: Tensor) -> Tensor:
+def _zero_border(volumes: Tensor) -> Tensor:
     """Zero the one-voxel border of the last three axes in place (the interior is written next); returns it."""
     for axis in (-3, -2, -1):
         volumes.select(axis, 0).zero_()
@@ -53,17 +53,17 @@ def zero_border(volumes: Tensor) -> Tensor:
     return volumes
 
 
-def summing_dtype(dtype: torch.dtype) -> torch.dtype:
+def _summing_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)  # bf16 maps are summed in fp32, fp64 stays fp64
 
 
 def padded_gradients(maps: Tensor, grads: Tensor | list[Tensor] | tuple[Tensor, ...]) -> Tensor:
     """The S kernels' gradients [S, 3, 3, 3] from maps [N, D, H, W] and one output gradient [N, D, H, W] per
     kernel ([S, N, D, H, W] or S tensors, any strides), summed in fp32 or wider: both are padded once, then
-    `weight_gradients`."""
-    dtype = summing_dtype(maps.dtype)
+    `_weight_gradients`."""
+    dtype = _summing_dtype(maps.dtype)
     padded_maps = F.pad(maps.to(dtype), PADDING)
-    padded_grads = zero_border(padded_maps.new_empty((len(grads), *padded_maps.shape)))
+    padded_grads = _zero_border(padded_maps.new_empty((len(grads), *padded_maps.shape)))
     for grad, padded_grad in zip(grads, padded_grads):
         padded_grad[:, 1:-1, 1:-1, 1:-1] = grad
-    return weight_gradients(padded_maps, padded_grads)
+    return _weight_gradients(padded_maps, padded_grads)
