@@ -102,7 +102,7 @@ CPU_BATCH16 = CurveBudget("cpu_batch16", pretrain_epochs=10, pretrain_iters_per_
 # the same on a CPU with native bf16 (--precision bf16, documentation/pretraining.md#bf16-on-cpu): with the bf16 step
 # and the channels-last narrow convolutions the hour holds 17 epochs (1,020 steps took 52 min with validation on a
 # 2-core AVX-512 EPYC, run 17 of documentation/in_context_ablations.md; 13 epochs before that step). On a slower
-# AVX-512 EPYC (sgemm 173 against 223 GFLOP/s) a step took 3.8 s, so the same 17 epochs took about 73 min there
+# AVX-512 EPYC (sgemm 173 against 223 GFLOP/s) a step took 3.8 s, so the same 17 epochs would take about 73 min there
 CPU_BATCH16_BF16 = replace(CPU_BATCH16, name="cpu_batch16_bf16", precision="bf16", pretrain_epochs=17)
 QUICK = CurveBudget("quick", pretrain_epochs=2, pretrain_iters_per_epoch=2, finetune_epochs=1,
                     finetune_iters_per_epoch=2, seeds=(0,), pool_cases_per_source=2)
