@@ -8,8 +8,10 @@
                                                               # device (bf16 autocast), its own section
     python benchmarks/in_context_learning_curve.py --batch16 [--bf16]  # batch 16 on the CPU for 600 steps (about
                                                               # an hour on 2 AVX-512 cores); --bf16: in bf16, where
-                                                              # the CPU has it natively, 1,020 steps in the
-                                                              # same hour; each its own section
+                                                              # the CPU has it natively, as many 60-step epochs
+                                                              # as fit in 50 minutes of steps on this machine
+                                                              # (timed first; 17 on a 2.8 s step), at most 20;
+                                                              # each its own section
 
 Stages (each resumable; re-running the command skips what is finished, an interrupted pretraining continues):
   datasets  raw CHAOS MR (705) and MS-CMRSeg (706) with their fixed patient splits, and the MR pretraining pool
@@ -56,10 +58,11 @@ from mass_nn.model.checkpoint import save_untrained_copy  # noqa: E402
 from mass_nn.paths import MassPaths  # noqa: E402
 from mass_nn.planning.planner_settings import load_preset  # noqa: E402
 from mass_nn.preprocessing.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess  # noqa: E402
-from mass_nn.training.options import TrainingOptions  # noqa: E402
+from mass_nn.training.options import TrainingOptions, load_run_config  # noqa: E402
 from mass_nn.training.pretrain.validation import InContextValidation, PretrainingValidation  # noqa: E402
 from mass_nn.training.run_folder import run_folder  # noqa: E402
 from mass_nn.training.run_training import run_training  # noqa: E402
+from mass_nn.training.step_timing import epochs_that_fit, timed_step_seconds  # noqa: E402
 
 logger = logging.getLogger("in_context_curve")
 STAGES = ("datasets", "masks", "pretrain", "compare", "report")
@@ -84,9 +87,13 @@ class CurveBudget:
     batch_size: int | None = None  # None: the plans' (2)
     lr_scaling: str | None = None  # None: the trainer's rule
     precision: str | None = None  # None: mass_train's default (fp32 on CPU)
+    # set: pretrain as many epochs as fit in this many minutes of steps on this machine (timed by a throw-away run
+    # before the pretraining starts, kept in state.json), at most pretrain_epochs and at least MIN_TIMED_EPOCHS
+    pretrain_minutes: float | None = None
 
     @property
     def pretrain_steps(self) -> int:
+        """The steps of the budget (for a budget in minutes, the most it allows)."""
         return self.pretrain_epochs * self.pretrain_iters_per_epoch
 
 
@@ -99,11 +106,14 @@ GPU = CurveBudget("gpu", pretrain_epochs=6, pretrain_iters_per_epoch=150, finetu
 # 7x a batch-2 step instead of 15x, and 600 such steps fit in about an hour on an AVX-512 2-core machine
 CPU_BATCH16 = CurveBudget("cpu_batch16", pretrain_epochs=10, pretrain_iters_per_epoch=60, finetune_epochs=2,
                           finetune_iters_per_epoch=50, seeds=(0, 1, 2), batch_size=16, lr_scaling="none")
-# the same on a CPU with native bf16 (--precision bf16, documentation/pretraining.md#bf16-on-cpu): with the bf16 step
-# and the channels-last narrow convolutions the hour holds 17 epochs (1,020 steps took 52 min with validation on a
-# 2-core AVX-512 EPYC, run 17 of documentation/in_context_ablations.md; 13 epochs before that step). On a slower
-# AVX-512 EPYC (sgemm 173 against 223 GFLOP/s) a step took 3.8 s, so the same 17 epochs would take about 73 min there
-CPU_BATCH16_BF16 = replace(CPU_BATCH16, name="cpu_batch16_bf16", precision="bf16", pretrain_epochs=17)
+# the same on a CPU with native bf16 (--precision bf16, documentation/pretraining.md#bf16-on-cpu), sized to the hour on
+# the machine at hand: 17 epochs (1,020 steps) took 49 min of steps and 52 min with validation on a 2-core AVX-512
+# EPYC (2.8 s per step, run 17 of documentation/in_context_ablations.md), while on a slower AVX-512 EPYC (sgemm 173
+# against 223 GFLOP/s, 3.8 s per step) the same 17 epochs would take about 73 min; 50 minutes of steps leave the
+# validations room inside the hour
+CPU_BATCH16_BF16 = replace(CPU_BATCH16, name="cpu_batch16_bf16", precision="bf16", pretrain_epochs=20,
+                           pretrain_minutes=50.0)
+MIN_TIMED_EPOCHS, TIMING_STEPS = 2, 4  # a curve needs two points; steps per epoch of the throw-away timing run
 QUICK = CurveBudget("quick", pretrain_epochs=2, pretrain_iters_per_epoch=2, finetune_epochs=1,
                     finetune_iters_per_epoch=2, seeds=(0,), pool_cases_per_source=2)
 
@@ -167,16 +177,38 @@ class LearningCurve:
                                              plans_name=self.plans_name, num_processes=2, progress=False))
 
     def pretraining_options(self) -> TrainingOptions:
+        return self._options_for(self.pretrain_epochs())
+
+    def pretrain_epochs(self) -> int:
+        """The budget's epochs; for a budget in minutes, the epochs of the run already started, else those sized
+        once on this machine and kept in state.json (the timing run is the throw-away one of `step_timing`)."""
+        b = self.budget
+        if b.pretrain_minutes is None:
+            return b.pretrain_epochs
+        if (self.run_folder() / "run_config.json").is_file():
+            return load_run_config(self.run_folder()).epochs
+        state = self.state()
+        if "pretrain_epochs" not in state:
+            seconds = timed_step_seconds(self._options_for(b.pretrain_epochs), self.paths, TIMING_STEPS)
+            state.update(pretrain_epochs=epochs_that_fit(seconds, b.pretrain_iters_per_epoch, b.pretrain_minutes,
+                                                         MIN_TIMED_EPOCHS, b.pretrain_epochs),
+                         timed_step_seconds=seconds)
+            self.save_state(state)
+            logger.info("%.2f s per step: %d epochs of %d steps fit %g minutes", seconds, state["pretrain_epochs"],
+                        b.pretrain_iters_per_epoch, b.pretrain_minutes)
+        return state["pretrain_epochs"]
+
+    def _options_for(self, epochs: int) -> TrainingOptions:
         b, datasets = self.budget, self.datasets()
         return TrainingOptions(mode="PRETRAIN", datasets=[datasets["pool"]], trainer=RECIPE_TRAINER,
-                               configuration=CONFIGURATION, plans_name=self.plans_name, epochs=b.pretrain_epochs,
+                               configuration=CONFIGURATION, plans_name=self.plans_name, epochs=epochs,
                                iters_per_epoch=b.pretrain_iters_per_epoch, masks="supervoxel", tag="curve",
                                val_dataset=[datasets[key] for key in EVALUATION], continue_training=True,
                                batch_size=b.batch_size, lr_scaling=b.lr_scaling, precision=b.precision or "auto",
                                extra={"val_reference_choices": 3})
 
     def run_folder(self) -> Path:
-        o = self.pretraining_options()
+        o = self._options_for(self.budget.pretrain_epochs)  # the folder does not depend on the epochs
         return run_folder(self.paths.results, o.datasets[0], o.trainer, o.plans_name, o.configuration, o.tag)
 
     def stage_pretrain(self) -> None:
@@ -290,8 +322,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the GPU budget's batch 16 on the CPU: 600 steps (about an hour on a 2-core AVX-512 "
                              "machine), its own section")
     parser.add_argument("--bf16", action="store_true",
-                        help="with --batch16: pretrain with --precision bf16 (CPUs with native bf16) for 1,020 steps, "
-                             "the hour's worth, its own section")
+                        help="with --batch16: pretrain with --precision bf16 (CPUs with native bf16) for as many "
+                             "60-step epochs as fit in 50 minutes of steps here (timed first; 17 on a 2.8 s step), "
+                             "at most 20: the hour's worth, its own section")
     parser.add_argument("--reuse-datasets-from", type=Path, metavar="WORKSPACE",
                         help="copy the finished datasets and masks stages of another workspace (same code, same "
                              "data: identical arrays) instead of running them again")

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from benchmarks.in_context_learning_curve import (CPU_BATCH16, CPU_BATCH16_BF16, FULL, GPU, QUICK, LearningCurve,
                                                   _few_per_source, main)
+from mass_nn.training.options import save_run_config
 from tests.conftest import requires_shared_data, shared_data_dir
 
 
@@ -40,19 +42,45 @@ def test_batch16_budget_is_the_gpu_batch_and_lr_in_its_own_workspace_and_exclude
         LearningCurve(tmp_path, tmp_path, CPU_BATCH16, None).run([], redo=False)
 
 
-def test_bf16_budget_is_the_batch16_budget_in_bf16_for_more_steps_only_with_batch16(tmp_path):
+def test_bf16_budget_is_the_batch16_budget_in_bf16_sized_to_the_hour_only_with_batch16(tmp_path):
     assert CPU_BATCH16_BF16.precision == "bf16" and CPU_BATCH16.precision is None
-    assert CPU_BATCH16_BF16.pretrain_steps == 1020 > CPU_BATCH16.pretrain_steps == 600
-    differing = ("name", "precision", "pretrain_epochs")
+    assert CPU_BATCH16_BF16.pretrain_minutes == 50 and CPU_BATCH16.pretrain_minutes is None
+    assert CPU_BATCH16_BF16.pretrain_steps == 1200 > CPU_BATCH16.pretrain_steps == 600  # the most it allows
+    differing = ("name", "precision", "pretrain_epochs", "pretrain_minutes")
     assert ({k: v for k, v in vars(CPU_BATCH16_BF16).items() if k not in differing}
             == {k: v for k, v in vars(CPU_BATCH16).items() if k not in differing})
     with pytest.raises(SystemExit, match="--bf16 goes with --batch16"):
         main(["--bf16", "--workspace", str(tmp_path), "--stages", "report"])
     curve = LearningCurve(tmp_path, tmp_path, CPU_BATCH16_BF16, None)
+    curve.save_state({"finished": [], "budget": None, "pretrain_epochs": 17,
+                      "datasets": {"pool": "712", "chaos_mr": "705", "mscmrseg": "706"}})
+    assert (curve.pretraining_options().precision, curve.pretraining_options().epochs) == ("bf16", 17)
+    assert LearningCurve(tmp_path, tmp_path, CPU_BATCH16, None).pretraining_options().precision == "auto"
+
+
+def test_a_budget_in_minutes_is_timed_once_and_a_started_run_keeps_its_epochs(tmp_path, monkeypatch):
+    import benchmarks.in_context_learning_curve as curve_module
+    timings = []
+
+    def timed(options, paths, steps):
+        timings.append((options.batch_size, options.precision, steps))
+        return 2.8
+
+    monkeypatch.setattr(curve_module, "timed_step_seconds", timed)
+    curve = LearningCurve(tmp_path, tmp_path, CPU_BATCH16_BF16, None)
     curve.save_state({"finished": [], "budget": None, "datasets": {"pool": "712", "chaos_mr": "705",
                                                                   "mscmrseg": "706"}})
-    assert curve.pretraining_options().precision == "bf16"
-    assert LearningCurve(tmp_path, tmp_path, CPU_BATCH16, None).pretraining_options().precision == "auto"
+    assert curve.pretrain_epochs() == 17  # 50 min / (60 steps x 2.8 s) = 17.9
+    assert curve.pretrain_epochs() == 17 and timings == [(16, "bf16", curve_module.TIMING_STEPS)]  # timed once
+    assert curve.state()["timed_step_seconds"] == 2.8
+    save_run_config(replace(curve.pretraining_options(), epochs=13), curve.run_folder())
+    assert curve.pretrain_epochs() == 13 and len(timings) == 1
+    for seconds, epochs in ((1.0, 20), (100.0, curve_module.MIN_TIMED_EPOCHS)):  # the bounds
+        fresh = LearningCurve(tmp_path / str(seconds), tmp_path, CPU_BATCH16_BF16, None)
+        fresh.workspace.mkdir()
+        fresh.save_state({"finished": [], "budget": None, "datasets": curve.datasets()})
+        monkeypatch.setattr(curve_module, "timed_step_seconds", lambda options, paths, steps, s=seconds: s)
+        assert fresh.pretrain_epochs() == epochs
 
 
 def test_quick_pool_keeps_the_first_cases_of_every_source():

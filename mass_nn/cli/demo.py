@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -165,8 +164,8 @@ def _percent(value: float | None) -> str:
 
 def epochs_for_budget(step_seconds: float, iters_per_epoch: int, budget_minutes: float) -> int:
     """The whole epochs of `iters_per_epoch` steps that fit in the budget, clamped to MIN_EPOCHS..MAX_EPOCHS."""
-    fitting = int(60 * budget_minutes // (step_seconds * iters_per_epoch))
-    return max(MIN_EPOCHS, min(MAX_EPOCHS, fitting))
+    from mass_nn.training.step_timing import epochs_that_fit
+    return epochs_that_fit(step_seconds, iters_per_epoch, budget_minutes, MIN_EPOCHS, MAX_EPOCHS)
 
 
 def _pretraining_options(plans_name: str, epochs: int, iters_per_epoch: int, **changes):
@@ -179,19 +178,14 @@ def _pretraining_options(plans_name: str, epochs: int, iters_per_epoch: int, **c
 def _budgeted_epochs(paths: MassPaths, args, plans_name: str) -> int:
     """The epochs of a run already started in this workspace (so that it resumes), else the budget's: the
     mean step time of a throw-away run's second epoch of TIMING_STEPS steps, the first being warm-up."""
-    from mass_nn.training.metrics_log import read_metrics
     from mass_nn.training.options import load_run_config
     from mass_nn.training.run_folder import run_folder
-    from mass_nn.training.run_training import run_training
+    from mass_nn.training.step_timing import timed_step_seconds
     started = run_folder(paths.results, f"Dataset{DEMO_DATASET_ID}_PhantomCT", TRAINER, plans_name, "3d_cpu")
     if (started / "run_config.json").is_file():
         return load_run_config(started).epochs
     print(f"      timing {2 * TIMING_STEPS} pretraining steps to fit the run into {args.pretrain_minutes:g} minutes")
-    paths.results.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="step_timing_", dir=paths.results) as scratch:
-        timing_paths = MassPaths(raw=paths.raw, preprocessed=paths.preprocessed, results=Path(scratch))
-        options = _pretraining_options(plans_name, 2, TIMING_STEPS, val_every=2, val_batches=1)
-        step_seconds = read_metrics(run_training(options, timing_paths)["output_folder"])[-1]["step_seconds"]
+    step_seconds = timed_step_seconds(_pretraining_options(plans_name, 2, TIMING_STEPS), paths, TIMING_STEPS)
     epochs = epochs_for_budget(step_seconds, args.iters_per_epoch, args.pretrain_minutes)
     print(f"      {step_seconds:.2f} s per step: {epochs} epochs fit the budget ({MIN_EPOCHS}-{MAX_EPOCHS} allowed)")
     return epochs
