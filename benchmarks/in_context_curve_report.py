@@ -179,14 +179,16 @@ def report_markdown(curve, figures: list[Path], relative_to: Path) -> str:
         command = ("`python benchmarks/in_context_learning_curve.py --batch16 --bf16`: the batch-16 recipe above "
                    "(same pool, trainer, batch, lr and val references) with bf16 autocast (`--precision bf16`, "
                    "documentation/pretraining.md#bf16-on-cpu) and as many 60-step epochs as fit in 50 minutes of "
-                   "steps on this machine (timed first), its own datasets and weight-free masks from the current generator, on "
+                   "steps on this machine (timed first), its own datasets and weight-free masks from the current "
+                   "generator, on "
                    + machine_description() + ", with memory reuse on.")
     else:
         title = "## In-context learning curve on organ-level MR (CPU recipe)"
         command = f"`python benchmarks/in_context_learning_curve.py` ({machine_description()})."
+    steps = records[-1]["global_step"]
     lines = [title, "", f"{command} Trainer "
-             f"`MASSCPUPretrainer`, preset `cpu_in_context`, {records[-1]['global_step']} steps in {seconds / 60:.0f} min of "
-             f"pretraining on the MR pool ({state['splits']['pool']['train']} volumes, weight-free masks). Splits: "
+             f"`MASSCPUPretrainer`, preset `cpu_in_context`, {steps} steps in {seconds / 60:.0f} min of pretraining"
+             f" on the MR pool ({state['splits']['pool']['train']} volumes, weight-free masks). Splits: "
              + ", ".join(f"{TITLES[k]} {s['train']} train / {s['val']} val / {s['test']} test patients"
                          for k, s in state["splits"].items() if k in TITLES) + "; only train patients are pooled.", "",
              "Curve: after every epoch, the pretext Dice (hard Dice of the held-out pool cases' auto masks) and the "
