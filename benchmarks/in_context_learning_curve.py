@@ -108,7 +108,7 @@ CPU_BATCH16 = CurveBudget("cpu_batch16", pretrain_epochs=10, pretrain_iters_per_
                           finetune_iters_per_epoch=50, seeds=(0, 1, 2), batch_size=16, lr_scaling="none")
 # the same on a CPU with native bf16 (--precision bf16, documentation/pretraining.md#bf16-on-cpu), sized to the hour on
 # the machine at hand: 17 epochs (1,020 steps) took 49 min of steps and 52 min with validation on a 2-core AVX-512
-# EPYC (2.8 s per step, run 17 of documentation/in_context_ablations.md), while on a slower AVX-512 EPYC (sgemm 173
+# EPYC (2.8 s per step, run 17 of documentation/in_context_ablations.md), while on a slower AVX-512 EPYC (sgemm 173-195
 # against 223 GFLOP/s, 3.8 s per step) the same 17 epochs would take about 73 min; 50 minutes of steps leave the
 # validations room inside the hour
 CPU_BATCH16_BF16 = replace(CPU_BATCH16, name="cpu_batch16_bf16", precision="bf16", pretrain_epochs=20,
@@ -185,8 +185,9 @@ class LearningCurve:
         b = self.budget
         if b.pretrain_minutes is None:
             return b.pretrain_epochs
-        if (self.run_folder() / "run_config.json").is_file():
-            return load_run_config(self.run_folder()).epochs
+        folder = self.run_folder()
+        if (folder / "run_config.json").is_file():
+            return load_run_config(folder).epochs
         state = self.state()
         if "pretrain_epochs" not in state:
             seconds = timed_step_seconds(self._options_for(b.pretrain_epochs), self.paths, TIMING_STEPS)

@@ -1,6 +1,8 @@
 """Sizing a run to a time budget: the epochs that fit, and the throw-away timing run on the phantom."""
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from mass_nn.training.options import TrainingOptions
@@ -24,7 +26,7 @@ def test_timing_run_measures_a_real_step_and_leaves_nothing_behind(pretraining_r
                               plans_name="MassPlans", epochs=50, iters_per_epoch=100, device="cpu", num_workers=0,
                               val_dataset=["990"], continue_training=True, extra={"num_tasks": 4})
     seconds = timed_step_seconds(options, pretraining_roots, steps=1)
-    assert 0 < seconds < 120
+    assert math.isfinite(seconds) and seconds > 0
     assert list(pretraining_roots.results.iterdir()) == []  # the throw-away run's folder is gone
     assert (options.epochs, options.iters_per_epoch, options.val_dataset, options.continue_training) == (
         50, 100, ["990"], True)  # the caller's options are untouched
