@@ -25,7 +25,7 @@ from benchmarks.conv_layout import WORKLOADS, Convolution, network_convolutions 
 from benchmarks.measure import machine_description, publish_section, timing_arguments  # noqa: E402
 from benchmarks.step_cost import measured_sgemm_flops, median_seconds  # noqa: E402
 from mass_nn.networks.conv_blocks import uses_channels_last, uses_tap_weight_gradient  # noqa: E402
-from mass_nn.networks.kernel_gradients import padded_gradients  # noqa: E402
+from mass_nn.networks.kernel_gradients import kernel_weight_gradients  # noqa: E402
 
 PAGE = Path(__file__).resolve().parent.parent / "documentation" / "benchmarks.md"
 WORKLOAD = "3d_cpu, batch 2"
@@ -68,7 +68,7 @@ def pass_seconds(conv: Convolution, channels_last: bool, repeats: int) -> dict[s
         return lambda: torch.ops.aten.convolution_backward(grad, x, weight, None, *geometry, mask)
 
     def tap_sums():
-        return padded_gradients(x[:, 0], grad.transpose(0, 1))
+        return kernel_weight_gradients(x[:, 0], grad.transpose(0, 1))
 
     functions = (lambda: F.conv3d(x, weight, None, conv.stride, conv.padding), backward([True, False, False]),
                  tap_sums if uses_tap_sums(conv) else backward([False, True, False]))

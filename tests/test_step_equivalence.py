@@ -82,13 +82,15 @@ def test_shared_maps_conv_equals_one_convolution_per_kernel_with_same_gradients(
 
 
 @pytest.mark.parametrize("block_positions", [37, 500, 10 ** 6])
-def test_shared_maps_weight_gradients_are_the_same_block_by_block(monkeypatch, block_positions):
-    # blocks of 37 positions end inside rows, planes and maps; 10**6 is one block for the whole volume
+@pytest.mark.parametrize("width", [7, 12, 17, 32])
+def test_shared_maps_weight_gradients_are_the_same_block_by_block(monkeypatch, block_positions, width):
+    # 37 positions: one plane per block; 500: two whole maps per block; 10**6: one block for all maps. Rows of 7,
+    # 12, 17 and 32 voxels are cut into chunks of 7, 12, 1 and 16
     monkeypatch.setattr(kernel_gradients, "BLOCK_POSITIONS", block_positions)
     torch.manual_seed(7)
-    maps = torch.relu(torch.randn(3, 6, 5, 7, dtype=torch.float64))
+    maps = torch.relu(torch.randn(3, 6, 5, width, dtype=torch.float64))
     kernels = torch.randn(3, 3, 3, 3, dtype=torch.float64, requires_grad=True)
-    upstreams = [torch.randn(3, 6, 5, 7, dtype=torch.float64) for _ in range(3)]
+    upstreams = [torch.randn(3, 6, 5, width, dtype=torch.float64) for _ in range(3)]
     actual = torch.autograd.grad(shared_maps_conv3d(maps, kernels), kernels, upstreams)[0]
     expected = torch.autograd.grad([F.conv3d(maps.unsqueeze(1), kernel.reshape(1, 1, 3, 3, 3), padding=1)
                                     for kernel in kernels], kernels, [u.unsqueeze(1) for u in upstreams])[0]

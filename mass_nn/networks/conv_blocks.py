@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mass_nn.networks.kernel_gradients import KERNEL, padded_gradients
+from mass_nn.networks.kernel_gradients import KERNEL, kernel_weight_gradients
 
 
 def autocast_disabled(device: torch.device):
@@ -111,7 +111,7 @@ class _OneChannelConv3d(torch.autograd.Function):
             grad_x = torch.ops.aten.convolution_backward(grad, x, weight, None, [1] * 3, [1] * 3, [1] * 3, False,
                                                          [0] * 3, 1, [True, False, False])[0]
         if ctx.needs_input_grad[1]:
-            grad_weight = padded_gradients(x[:, 0], grad.transpose(0, 1)).unsqueeze(1).to(weight.dtype)
+            grad_weight = kernel_weight_gradients(x[:, 0], grad.transpose(0, 1)).unsqueeze(1).to(weight.dtype)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad.sum((0, 2, 3, 4))
         return grad_x, grad_weight, grad_bias

@@ -1,12 +1,17 @@
-"""The weight gradient of 3×3×3 kernels applied to one-channel maps, block by block.
+"""The weight gradient of 3×3×3 kernels applied to one-channel maps, as a few wide matrix products.
 
 gradient[s, a, b, c] = Σ grad_out[s, n, z, y, x] · maps[n, z + a - 1, y + b - 1, x + c - 1] for S kernels on the
 same N maps: the mask merge's kernels (`in_context/shared_kernel_conv.py`) and any convolution with one input
-channel (`conv_blocks.conv3d`: the stem on the image, whose weight gradient oneDNN computed at about 4 GFLOP/s, 30
-ms for 1 → 8 channels on 2×64×48×48 on a 2-core AVX2 EPYC, against 10 ms here). With both volumes zero-padded by
-one voxel and flattened, each of the 27 sums is a dot product between the padded gradient and the padded maps
-shifted by a constant offset (a shift never crosses into the next map, because the gradient is zero on every
-padding voxel).
+channel (`conv_blocks.conv3d`: the stem on the image, whose weight gradient oneDNN computes at about 4 GFLOP/s).
+
+Each row of x is cut into chunks of w voxels. With the maps padded by one voxel, a chunk of the gradient meets
+the w + 2 map voxels from its start, in the 3 × 3 rows shifted by (a, b): one [w, 9 (w + 2)] outer product per
+chunk, summed over all chunks as one matrix product [S·w, chunks] × [chunks, 9 (w + 2)] per block of positions.
+Tap c of kernel s is then the sum of that product's diagonal x → x + c. The product computes (w + 2) / 3 times
+the FLOPs the 27 sums need, but as a matrix product with 9 (w + 2) columns it runs near the processor's matrix
+rate, where the 27 sums' [27, positions] × [positions, S] product (the earlier form of this module) is bound by
+memory: 2.1× faster for three kernels on 208 maps of 48³ in bf16 on a 2-core Xeon (487 → 230 ms), and it never
+builds a padded fp32 copy of the gradients (S × the maps), whose page faults a training step paid on top.
 """
 from __future__ import annotations
 
@@ -15,55 +20,53 @@ import torch.nn.functional as F
 from torch import Tensor
 
 KERNEL = 3
-PADDING = (1, 1) * 3
+TAPS_IN_PLANE = KERNEL * KERNEL
+# Widest chunk first: the product's FLOPs grow as (w + 2) / 3 and the copied map rows shrink as (w + 2) / w;
+# 16 was the fastest of 8, 16 and 24 on 208 maps of 48³ (266 / 230 / 249 ms in fp32 on a 2-core Xeon).
+CHUNK_WIDTHS = (16, 12, 8, 6, 4, 3, 2, 1)
+# Positions (voxels) per block, measured on a 2-core Xeon for 208 maps of 48³ (3 kernels) and 16 (8 kernels): 8,192
+# / 32,768 / 131,072 / 10⁶ took 429 / 274 / 230 / 263 ms and 63 / 41 / 32 / 35 ms. Larger blocks are fewer matrix
+# products; 131,072 copies about 10 MiB of map rows per block (fp32), which the whole volume would multiply.
+BLOCK_POSITIONS = 131072
 
 
-# Positions per block of the weight gradient: the block's 27 shifted copies of the maps (27 × 16384 fp32 values,
-# 1.7 MiB) stay in cache while one matrix product reads them. Measured on a 2-core AVX2 EPYC against the 27
-# matrix-vector products over the whole volumes that this replaced: 1.8x faster for three kernels on 26 maps of
-# 64×48×48, 2.1x on 208 maps of 48³; blocks of 4,096 and 65,536 positions were slower.
-BLOCK_POSITIONS = 16384
+def _chunk_width(width: int) -> int:
+    """The widest chunk that divides a row of `width` voxels."""
+    return next(w for w in CHUNK_WIDTHS if width % w == 0)
 
 
-def _weight_gradients(padded_maps: Tensor, padded_grads: Tensor) -> Tensor:
-    """padded maps [N, D+2, H+2, W+2] and padded gradients [S, N, D+2, H+2, W+2] (zero on the padding), both in
-    the summing dtype → the S kernel gradients [S, 3, 3, 3].
-
-    Block by block of flat positions: the maps shifted by the 27 tap offsets are one strided view of the
-    padded maps (strides (H+2)(W+2), W+2 and 1 over the three kernel axes), copied into a [27, block] matrix and
-    multiplied with the block's gradients, so each value of the volumes is read from memory once instead of 27
-    times. The first and last (H+2)(W+2) + (W+2) + 1 positions lie in the padding, where the gradients are zero,
-    so every shifted view stays inside the maps."""
-    flat_maps, flat_grads = padded_maps.reshape(-1), padded_grads.reshape(padded_grads.shape[0], -1)
-    plane, row = padded_maps.shape[2] * padded_maps.shape[3], padded_maps.shape[3]
-    margin = plane + row + 1
-    gradients = flat_grads.new_zeros(KERNEL ** 3, flat_grads.shape[0])
-    for start in range(margin, flat_maps.numel() - margin, BLOCK_POSITIONS):
-        stop = min(start + BLOCK_POSITIONS, flat_maps.numel() - margin)
-        shifted = flat_maps.as_strided((KERNEL, KERNEL, KERNEL, stop - start), (plane, row, 1, 1), start - margin)
-        gradients.addmm_(shifted.reshape(KERNEL ** 3, -1), flat_grads[:, start:stop].t())
-    return gradients.t().reshape(-1, KERNEL, KERNEL, KERNEL)
-
-
-def _zero_border(volumes: Tensor) -> Tensor:
-    """Zero the one-voxel border of the last three axes in place (the interior is written next); returns it."""
-    for axis in (-3, -2, -1):
-        volumes.select(axis, 0).zero_()
-        volumes.select(axis, -1).zero_()
-    return volumes
+def _blocks(count: int, depth: int, plane: int) -> list[tuple[int, int, int, int]]:
+    """(first map, last map + 1, first slice, last slice + 1) of each block: whole maps together when a map holds
+    at most BLOCK_POSITIONS voxels, else slabs of whole planes of one map."""
+    if depth * plane <= BLOCK_POSITIONS:
+        per_block = BLOCK_POSITIONS // (depth * plane)
+        return [(n, min(n + per_block, count), 0, depth) for n in range(0, count, per_block)]
+    slices = max(1, BLOCK_POSITIONS // plane)
+    return [(n, n + 1, z, min(z + slices, depth)) for n in range(count) for z in range(0, depth, slices)]
 
 
 def _summing_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)  # bf16 maps are summed in fp32, fp64 stays fp64
 
 
-def padded_gradients(maps: Tensor, grads: Tensor | list[Tensor] | tuple[Tensor, ...]) -> Tensor:
+def kernel_weight_gradients(maps: Tensor, grads: Tensor | list[Tensor] | tuple[Tensor, ...]) -> Tensor:
     """The S kernels' gradients [S, 3, 3, 3] from maps [N, D, H, W] and one output gradient [N, D, H, W] per
-    kernel ([S, N, D, H, W] or S tensors, any strides), summed in fp32 or wider: both are padded once, then
-    `_weight_gradients`."""
-    dtype = _summing_dtype(maps.dtype)
-    padded_maps = F.pad(maps.to(dtype), PADDING)
-    padded_grads = _zero_border(padded_maps.new_empty((len(grads), *padded_maps.shape)))
-    for grad, padded_grad in zip(grads, padded_grads):
-        padded_grad[:, 1:-1, 1:-1, 1:-1] = grad
-    return _weight_gradients(padded_maps, padded_grads)
+    kernel ([S, N, D, H, W] or S tensors, any strides), summed in fp32 or wider (see the module docstring)."""
+    count, depth, height, width = maps.shape
+    kernels, dtype, w = len(grads), _summing_dtype(maps.dtype), _chunk_width(maps.shape[-1])
+    chunks, columns = width // w, TAPS_IN_PLANE * (w + 2)
+    padded = F.pad(maps.to(dtype), (1,) * 6)
+    map_stride, slice_stride, row_stride, _ = padded.stride()
+    products = torch.zeros(kernels * w, columns, dtype=dtype)
+    for first, last, z0, z1 in _blocks(count, depth, height * width):
+        # map rows: [maps, slices, rows, chunks, a, b, w + 2], the 3 × 3 shifted rows of every chunk
+        rows = padded.as_strided((last - first, z1 - z0, height, chunks, KERNEL, KERNEL, w + 2),
+                                 (map_stride, slice_stride, row_stride, w, slice_stride, row_stride, 1),
+                                 padded.storage_offset() + first * map_stride + z0 * slice_stride)
+        chunk_grads = torch.empty(kernels, w, last - first, z1 - z0, height, chunks, dtype=dtype)
+        for grad, target in zip(grads, chunk_grads):
+            target.copy_(grad[first:last, z0:z1].unflatten(-1, (chunks, w)).permute(4, 0, 1, 2, 3))
+        products.addmm_(chunk_grads.reshape(kernels * w, -1), rows.reshape(-1, columns))
+    # products[(s, x), (a, b, x')]: tap (a, b, c) of kernel s is the sum over x of products[(s, x), (a, b, x + c)]
+    return products.as_strided((kernels, KERNEL, KERNEL, KERNEL, w),
+                               (w * columns, KERNEL * (w + 2), w + 2, 1, columns + 1)).sum(-1)

@@ -4,9 +4,9 @@ The task encoder's mask merge convolves B·K one-channel maps with the same 3×3
 and the maps (the normalised task masks) are the same in every stage. As a depthwise (grouped) convolution the
 forward pass is fast on CPU, but the weight gradient of a depthwise convolution is one of oneDNN's slow paths
 (about 150 ms for 26 maps of 64×48×48, against 18 ms for the forward). The weight gradient is only 27 numbers per
-kernel; with S kernels on the same maps, `kernel_gradients.padded_gradients` pads the maps once and computes the S
-gradients of all 27 offsets as one matrix product per block of positions, in fp32 or wider. That is what the
-backward here uses.
+kernel; with S kernels on the same maps, `kernel_gradients.kernel_weight_gradients` pads the maps once and
+computes the S gradients of all 27 offsets from one matrix product per block of positions, in fp32 or wider.
+That is what the backward here uses.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mass_nn.networks.kernel_gradients import KERNEL, padded_gradients
+from mass_nn.networks.kernel_gradients import KERNEL, kernel_weight_gradients
 
 
 def _grouped_conv(maps: Tensor, kernel: Tensor) -> Tensor:
@@ -41,7 +41,7 @@ class _SharedMapsConv3d(torch.autograd.Function):
             grad_maps = sum(_grouped_conv(grad.contiguous(), kernel.flip(0, 1, 2))
                             for grad, kernel in zip(grad_outs, kernels))
         if ctx.needs_input_grad[1]:
-            grad_kernels = padded_gradients(maps, grad_outs).to(kernels.dtype)
+            grad_kernels = kernel_weight_gradients(maps, grad_outs).to(kernels.dtype)
         return grad_maps, grad_kernels
 
 
