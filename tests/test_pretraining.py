@@ -12,9 +12,12 @@ import torch
 from mass_nn.cli.train import main as train_main
 from mass_nn.errors import MassError
 from mass_nn.model.checkpoint import load_checkpoint
+from mass_nn.registry import TRAINERS
+from mass_nn.training.data.augmentation import ViewAugmentation
 from mass_nn.training.metrics_log import read_metrics
 from mass_nn.training.options import TrainingOptions
 from mass_nn.training.run_training import run_training
+from mass_nn.training.trainer_settings import parse_settings
 
 RUN = "MASSPretrainer__MassPlans__3d_cpu"
 
@@ -193,3 +196,16 @@ def test_continue_checks_datasets_epochs_and_setting_types(pretraining_roots, ca
     from mass_nn.training.options import merge_for_continue
     with pytest.raises(MassError, match=r"datasets: run has \['990'\], command line asks \['990', '991'\]"):
         merge_for_continue(TrainingOptions.from_dict(stored), options(datasets=["990", "991"]))
+
+
+def test_wide_query_appearance_changes_the_training_views_not_the_held_out_ones(pretraining_roots):
+    trainer = TRAINERS.get("MASSPretrainer")(options(extra={"num_tasks": 4, "query_appearance": "wide"}),
+                                             pretraining_roots)
+    trainer.settings = parse_settings(trainer.settings_class, trainer.options.extra, trainer.name)  # as run() does
+    trainer.resolve_data()
+    trainer.fill_defaults()
+    trainer.setup()
+    assert trainer.sampler_settings.query == ViewAugmentation.wide_appearance()
+    assert trainer.sampler_settings.reference == ViewAugmentation.weak()
+    assert trainer.validation.auto_masks.settings.query == ViewAugmentation.strong()
+    assert ViewAugmentation.wide_appearance().appearance_probability > ViewAugmentation.strong().appearance_probability

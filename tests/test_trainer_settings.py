@@ -26,6 +26,7 @@ def test_defaults_types_and_conversion():
     ({"num_tasks": 0}, "setting num_tasks=0: expected a positive integer"),
     ({"absent_tasks": 14}, r"setting absent_tasks=14: expected 0 to num_tasks \(13\)"),
     ({"min_mask_fraction": 1.0}, r"setting min_mask_fraction=1.0: expected a share"),
+    ({"query_appearance": "strong"}, r"setting query_appearance='strong': expected one of release, wide"),
 ])
 def test_bad_settings_name_the_setting(given, message):
     with pytest.raises(MassError, match=message):

@@ -53,6 +53,15 @@ class ViewAugmentation:
                    blur_sigma_range=(0.7, 1.5), noise_std=0.04)
 
     @classmethod
+    def wide_appearance(cls) -> "ViewAugmentation":
+        """The strong view's warp with appearance changes that reach across patients: each transform at
+        probability 0.5 and wider ranges, so that relative tissue intensities differ between the views about as
+        much as they differ between patients of one MR sequence (ablation run 20, in_context_ablations.md)."""
+        return cls(affine_probability=0.8, shear=0.1, appearance_probability=0.5,
+                   brightness_multiplier_range=(0.6, 1.5), brightness_additive_std=0.3, gamma_range=(0.6, 1.6),
+                   contrast_range=(0.6, 1.5), blur_sigma_range=(0.7, 1.5), noise_std=0.04)
+
+    @classmethod
     def none(cls) -> "ViewAugmentation":
         """No augmentation at all: the view is the centre of its crop (tests, debugging)."""
         return cls(affine_probability=0.0, appearance_probability=0.0)

@@ -7,7 +7,7 @@ K tasks, and the network must segment the same K masks in the strongly augmented
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import torch
@@ -18,7 +18,7 @@ from mass_nn.io.artifact_layout import generator_of
 from mass_nn.networks.in_context.config import InContextNetworkConfig
 from mass_nn.networks.in_context.in_context_model import InContextSegmenter
 from mass_nn.threads import default_loader_workers
-from mass_nn.training.data.augmentation import TwoViewSettings
+from mass_nn.training.data.augmentation import TwoViewSettings, ViewAugmentation
 from mass_nn.training.data.pretraining_loader import (PretrainingCase, batch_to_device, make_pretraining_loader,
                                                       validate_cases)
 from mass_nn.training.losses import SegmentationLoss
@@ -26,6 +26,8 @@ from mass_nn.training.pretrain.nnunet_encoder_settings import NnUNetEncoderSetti
 from mass_nn.training.pretrain.validation import AutoMaskValidation, InContextValidation, PretrainingValidation
 from mass_nn.training.trainer import Trainer
 
+# the query view's appearance augmentation by setting name
+QUERY_APPEARANCE = {"release": ViewAugmentation.strong, "wide": ViewAugmentation.wide_appearance}
 logger = logging.getLogger(__name__)
 
 # trainer-specific settings (-s KEY=VALUE) and their defaults
@@ -36,7 +38,9 @@ class MASSSettings(NnUNetEncoderSettings):
     deviation from the release, two_view_sampler.py); min_mask_fraction: masks under this share of the patch volume
     are never tasks; absent_tasks: up to that many channels per sample take masks seen in the reference view but
     not in the query view (their answer is "not here"); distant_query: the share of samples whose query view is
-    placed anywhere in the volume, not overlapping the reference's (two_view_sampler.py); val_reference_choices:
+    placed anywhere in the volume, not overlapping the reference's (two_view_sampler.py); query_appearance: the
+    query view's appearance augmentation, "release" (the release's strong view) or "wide" (wider ranges at
+    probability 0.5, augmentation.py); val_reference_choices:
     reference cases per label in --val-dataset validation; nnunet_plans / nnunet_configuration: build nnU-Net's
     own ResEnc encoder from that plans file (documentation/nnunet.md)."""
 
@@ -46,6 +50,7 @@ class MASSSettings(NnUNetEncoderSettings):
     min_mask_fraction: float = 0.0
     absent_tasks: int = 0
     distant_query: float = 0.0
+    query_appearance: str = "release"
     val_reference_choices: int = 1
 
     def validate(self) -> None:
@@ -59,6 +64,9 @@ class MASSSettings(NnUNetEncoderSettings):
         if not 0.0 <= self.distant_query <= 1.0:
             raise MassError(f"setting distant_query={self.distant_query}: expected a share of the samples in [0, 1], "
                             f"e.g. 0.5")
+        if self.query_appearance not in QUERY_APPEARANCE:
+            raise MassError(f"setting query_appearance={self.query_appearance!r}: expected one of "
+                            f"{', '.join(QUERY_APPEARANCE)}")
         if not 0.0 <= self.min_mask_fraction < 1.0:
             raise MassError(f"setting min_mask_fraction={self.min_mask_fraction}: expected a share of the "
                             f"patch volume in [0, 1), e.g. 0.01")
@@ -103,7 +111,8 @@ class MASSPretrainer(Trainer):
                                                 prefer_masks_in_view=s.prefer_masks_in_view,
                                                 min_mask_fraction=s.min_mask_fraction,
                                                 absent_tasks=s.absent_tasks,
-                                                distant_query=s.distant_query)
+                                                distant_query=s.distant_query,
+                                                query=QUERY_APPEARANCE[s.query_appearance]())
         self.validation = self._build_validation()
         if self.validation is not None:
             self.best_metric_key, self.best_metric_mode = self.validation.metric_key, self.validation.metric_mode
@@ -123,7 +132,9 @@ class MASSPretrainer(Trainer):
                       for dataset in o.val_dataset or []]
         auto_masks = None
         if self.val_cases:
-            auto_masks = AutoMaskValidation(self.val_cases, self.sampler_settings, o.batch_size, o.val_batches,
+            # held-out views keep the release's query augmentation, so runs that train with another compare
+            release_views = replace(self.sampler_settings, query=ViewAugmentation.strong())
+            auto_masks = AutoMaskValidation(self.val_cases, release_views, o.batch_size, o.val_batches,
                                             seed=o.seed, loss=self.loss)
         if auto_masks is None and not in_context:
             logger.warning("no val cases in splits.json and no --val-dataset: training without validation")
