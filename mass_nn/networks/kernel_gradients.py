@@ -26,7 +26,7 @@ TAPS_IN_PLANE = KERNEL * KERNEL
 CHUNK_WIDTHS = (16, 12, 8, 6, 4, 3, 2, 1)
 # Positions (voxels) per block, measured on a 2-core Xeon for 208 maps of 48³ (3 kernels) and 16 (8 kernels): 8,192
 # / 32,768 / 131,072 / 10⁶ took 429 / 274 / 230 / 263 ms and 63 / 41 / 32 / 35 ms. Larger blocks are fewer matrix
-# products; 131,072 copies about 10 MiB of map rows per block (fp32), which the whole volume would multiply.
+# products; at 131,072 a block copies about 5 MiB of map rows (fp32, chunks of 16), which the whole volume multiplies.
 BLOCK_POSITIONS = 131072
 
 
