@@ -5,6 +5,8 @@ import math
 
 import pytest
 
+from mass_nn.paths import MassPaths
+from mass_nn.training import step_timing
 from mass_nn.training.options import TrainingOptions
 from mass_nn.training.step_timing import epochs_that_fit, timed_step_seconds
 
@@ -31,3 +33,20 @@ def test_timing_run_measures_a_real_step_and_leaves_nothing_behind(pretraining_r
     assert (options.epochs, options.iters_per_epoch, options.val_dataset, options.continue_training) == (
         50, 100, ["990"], True)  # the caller's options are untouched
     assert options.extra == {"num_tasks": 4}
+
+
+def test_timing_is_the_median_of_the_epochs_after_the_warm_up(monkeypatch, tmp_path):
+    seen = {}
+
+    def fake_run(options, paths):
+        seen.update(epochs=options.epochs, steps=options.iters_per_epoch)
+        return {"output_folder": str(paths.results)}
+
+    # the warm-up epoch (9 s) is never counted, one disturbed epoch (5 s) does not move the median
+    monkeypatch.setattr(step_timing, "run_training", fake_run)
+    monkeypatch.setattr(step_timing, "read_metrics", lambda folder: [{"step_seconds": s} for s in (9.0, 1.0, 5.0, 2.0)])
+    options = TrainingOptions(mode="PRETRAIN", datasets=["990"], epochs=50, iters_per_epoch=100, extra={})
+    paths = MassPaths(raw=tmp_path / "raw", preprocessed=tmp_path / "pre", results=tmp_path / "results")
+    assert step_timing.timed_step_seconds(options, paths, steps=4) == 2.0
+    assert seen == {"epochs": 1 + step_timing.TIMED_EPOCHS, "steps": 4}
+    assert step_timing.timing_steps(4) == 16

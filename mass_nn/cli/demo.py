@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-np", "--num-processes", type=int, default=default_num_processes())
     parser.add_argument("--epochs", type=int, help=f"pretraining epochs (default: as many as fit in "
                                                    f"--pretrain-minutes on this machine, {MIN_EPOCHS}-{MAX_EPOCHS}, "
-                                                   f"timed on {2 * TIMING_STEPS} steps first)")
+                                                   f"timed first: the median of {TIMING_STEPS}-step epochs after a "
+                                                   f"warm-up one)")
     parser.add_argument("--pretrain-minutes", type=float, default=5.0,
                         help="time budget of the pretraining steps that sizes --epochs (default: %(default)s)")
     parser.add_argument("--iters-per-epoch", type=int, default=50,
@@ -177,14 +178,15 @@ def _pretraining_options(plans_name: str, epochs: int, iters_per_epoch: int, **c
 
 def _budgeted_epochs(paths: MassPaths, args, plans_name: str) -> int:
     """The epochs of a run already started in this workspace (so that it resumes), else the budget's: the
-    mean step time of a throw-away run's second epoch of TIMING_STEPS steps, the first being warm-up."""
+    median step time of a throw-away run's epochs of TIMING_STEPS steps after a warm-up one (step_timing)."""
     from mass_nn.training.options import load_run_config
     from mass_nn.training.run_folder import run_folder
-    from mass_nn.training.step_timing import timed_step_seconds
+    from mass_nn.training.step_timing import timed_step_seconds, timing_steps
     started = run_folder(paths.results, f"Dataset{DEMO_DATASET_ID}_PhantomCT", TRAINER, plans_name, "3d_cpu")
     if (started / "run_config.json").is_file():
         return load_run_config(started).epochs
-    print(f"      timing {2 * TIMING_STEPS} pretraining steps to fit the run into {args.pretrain_minutes:g} minutes")
+    print(f"      timing {timing_steps(TIMING_STEPS)} pretraining steps to fit the run into {args.pretrain_minutes:g} "
+          f"minutes")
     step_seconds = timed_step_seconds(_pretraining_options(plans_name, 2, TIMING_STEPS), paths, TIMING_STEPS)
     epochs = epochs_for_budget(step_seconds, args.iters_per_epoch, args.pretrain_minutes)
     print(f"      {step_seconds:.2f} s per step: {epochs} epochs fit the budget ({MIN_EPOCHS}-{MAX_EPOCHS} allowed)")
