@@ -84,8 +84,8 @@ def test_shared_maps_conv_equals_one_convolution_per_kernel_with_same_gradients(
 @pytest.mark.parametrize("block_positions", [37, 500, 10 ** 6])
 @pytest.mark.parametrize("width", [7, 12, 17, 32])
 def test_shared_maps_weight_gradients_are_the_same_block_by_block(monkeypatch, block_positions, width):
-    # 37 positions: one plane per block; 500: two whole maps per block; 10**6: one block for all maps. Rows of 7,
-    # 12, 17 and 32 voxels are cut into chunks of 7, 12, 1 and 16
+    # 37 positions: one plane per block; 500: two whole maps (rows of 7), one map (12) or slabs of planes (17, 32)
+    # per block; 10**6: one block for all maps. Rows of 7, 12, 17 and 32 voxels are cut into chunks of 7, 12, 1, 16
     monkeypatch.setattr(kernel_gradients, "BLOCK_POSITIONS", block_positions)
     torch.manual_seed(7)
     maps = torch.relu(torch.randn(3, 6, 5, width, dtype=torch.float64))
