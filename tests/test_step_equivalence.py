@@ -207,3 +207,12 @@ def test_attend_equals_the_multihead_attention_module_with_same_gradients(cross)
     assert torch.allclose(actual, expected, rtol=1e-10, atol=1e-12)
     for a, e in zip(actual_grads, expected_grads):
         assert torch.allclose(a, e, rtol=1e-10, atol=1e-12)
+
+
+def test_kernel_weight_gradients_stay_on_the_maps_device():
+    # the task encoder's mask merge takes this path on every device; "meta" stands in for a GPU here (CPU-only
+    # tests): every buffer must be made where the maps are, in the summing dtype
+    maps = torch.empty(3, 4, 5, 16, device="meta", dtype=torch.bfloat16)
+    gradients = kernel_gradients.kernel_weight_gradients(maps, torch.empty(2, 3, 4, 5, 16, device="meta",
+                                                                            dtype=torch.bfloat16))
+    assert (gradients.device.type, gradients.dtype, tuple(gradients.shape)) == ("meta", torch.float32, (2, 3, 3, 3))

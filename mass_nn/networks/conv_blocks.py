@@ -83,10 +83,11 @@ def as_triple(value) -> list[int]:
 
 
 def uses_tap_weight_gradient(x: Tensor, weight: Tensor, stride=1, padding=0, dilation=1, groups: int = 1) -> bool:
-    """Whether `conv3d` computes this convolution's weight gradient with `kernel_gradients` (27 sums over the
-    padded input, block by block) instead of oneDNN: fp32 CPU convolutions that record a weight gradient, with one
-    input channel and a 3×3×3 kernel at stride 1 and padding 1 (the stem on the image). oneDNN's weight gradient
-    ran at about 4 GFLOP/s there: 30 against 10 ms for 1 → 8 channels on 2×64×48×48 (2-core AVX2 EPYC)."""
+    """Whether `conv3d` computes this convolution's weight gradient with `kernel_gradients` (the 27 sums from a
+    matrix product per block of the padded input) instead of oneDNN: fp32 CPU convolutions that record a weight
+    gradient, with one input channel and a 3×3×3 kernel at stride 1 and padding 1 (the stem on the image).
+    oneDNN's weight gradient ran at about 4 GFLOP/s there: 30 against 10 ms for 1 → 8 channels on 2×64×48×48
+    (2-core AVX2 EPYC, with the earlier block-wise sums)."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
             and groups == 1 and weight.shape[1] == 1 and tuple(weight.shape[2:]) == (KERNEL,) * 3
             and as_triple(stride) == [1] * 3 and as_triple(padding) == [1] * 3 and as_triple(dilation) == [1] * 3

@@ -53,17 +53,17 @@ def kernel_weight_gradients(maps: Tensor, grads: Tensor | list[Tensor] | tuple[T
     """The S kernels' gradients [S, 3, 3, 3] from maps [N, D, H, W] and one output gradient [N, D, H, W] per
     kernel ([S, N, D, H, W] or S tensors, any strides), summed in fp32 or wider (see the module docstring)."""
     count, depth, height, width = maps.shape
-    kernels, dtype, w = len(grads), _summing_dtype(maps.dtype), _chunk_width(maps.shape[-1])
+    kernels, dtype, w = len(grads), _summing_dtype(maps.dtype), _chunk_width(width)
     chunks, columns = width // w, TAPS_IN_PLANE * (w + 2)
     padded = F.pad(maps.to(dtype), (1,) * 6)
     map_stride, slice_stride, row_stride, _ = padded.stride()
-    products = torch.zeros(kernels * w, columns, dtype=dtype)
+    products = padded.new_zeros(kernels * w, columns)  # on the maps' device: the task encoder runs on GPUs too
     for first, last, z0, z1 in _blocks(count, depth, height * width):
         # map rows: [maps, slices, rows, chunks, a, b, w + 2], the 3 × 3 shifted rows of every chunk
         rows = padded.as_strided((last - first, z1 - z0, height, chunks, KERNEL, KERNEL, w + 2),
                                  (map_stride, slice_stride, row_stride, w, slice_stride, row_stride, 1),
                                  padded.storage_offset() + first * map_stride + z0 * slice_stride)
-        chunk_grads = torch.empty(kernels, w, last - first, z1 - z0, height, chunks, dtype=dtype)
+        chunk_grads = padded.new_empty(kernels, w, last - first, z1 - z0, height, chunks)
         for grad, target in zip(grads, chunk_grads):
             target.copy_(grad[first:last, z0:z1].unflatten(-1, (chunks, w)).permute(4, 0, 1, 2, 3))
         products.addmm_(chunk_grads.reshape(kernels * w, -1), rows.reshape(-1, columns))
