@@ -8,6 +8,7 @@ from scipy import ndimage
 from mass_nn.errors import MassError
 from mass_nn.masks.generators.supervoxel import SupervoxelGenerator, block_mean, upsample_mask, working_factors
 from mass_nn.masks.generators.supervoxel_bands import BandSettings, _quantise, open_6_connected
+from mass_nn.masks.generators.supervoxel_merging import _mutual_weakest_edges
 from mass_nn.masks.proposal import CaseInput
 from mass_nn.masks.quality import mask_quality
 from mass_nn.masks.windowing import apply_window
@@ -107,6 +108,28 @@ def test_fast_opening_equals_scipy_binary_opening(shape, density):
     mask = np.random.default_rng(sum(shape)).random(shape) < density
     mask[0, 0, :] = True  # a run touching the volume border: outside counts as background
     assert np.array_equal(open_6_connected(mask), ndimage.binary_opening(mask))
+
+
+def _mutual_weakest_by_sorting(a, b, cost, num_nodes):
+    """The definition: rank the edges by (cost, index); an edge is kept when it is the lowest-ranked at both ends."""
+    rank = np.empty(cost.size, dtype=np.int64)
+    rank[np.argsort(cost, kind="stable")] = np.arange(cost.size)
+    lowest = np.full(num_nodes, cost.size)
+    for edge, (u, v) in enumerate(zip(a, b)):
+        lowest[u], lowest[v] = min(lowest[u], rank[edge]), min(lowest[v], rank[edge])
+    return np.flatnonzero((lowest[a] == rank) & (lowest[b] == rank))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_mutual_weakest_edges_match_the_sorted_definition_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    nodes = int(rng.integers(2, 60))
+    u, v = rng.integers(0, nodes, 300), rng.integers(0, nodes, 300)
+    pairs = np.unique(np.stack([np.minimum(u, v), np.maximum(u, v)], 1)[u != v], axis=0)
+    cost = rng.integers(0, 4, len(pairs)) / 3.0  # few distinct costs: many ties, broken by the edge index
+    expected = _mutual_weakest_by_sorting(pairs[:, 0], pairs[:, 1], cost, nodes)
+    assert expected.size > 0
+    assert np.array_equal(_mutual_weakest_edges(pairs[:, 0], pairs[:, 1], cost, nodes), expected)
 
 
 def test_band_smoothing_is_at_least_half_a_voxel_on_coarse_grids():
