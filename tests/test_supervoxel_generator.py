@@ -8,7 +8,8 @@ from scipy import ndimage
 from mass_nn.errors import MassError
 from mass_nn.masks.generators.supervoxel import SupervoxelGenerator, block_mean, upsample_mask, working_factors
 from mass_nn.masks.generators.supervoxel_bands import BandSettings, _quantise, open_6_connected
-from mass_nn.masks.generators.supervoxel_merging import _mutual_weakest_edges
+from mass_nn.masks.generators.supervoxel_merging import _mutual_weakest_edges, build_hierarchy, gradient_magnitude, \
+    supervoxels
 from mass_nn.masks.proposal import CaseInput
 from mass_nn.masks.quality import mask_quality
 from mass_nn.masks.windowing import apply_window
@@ -101,6 +102,10 @@ def test_parameters_and_registry():
         SupervoxelGenerator(band_opening="sometimes")
     with pytest.raises(MassError, match="band_fraction"):
         SupervoxelGenerator(band_fraction=1.5)
+    assert parameters["max_merge_rounds"] is None  # by default the hierarchy is built up to one region
+    assert SupervoxelGenerator(max_merge_rounds=300).parameters()["max_merge_rounds"] == 300
+    with pytest.raises(MassError, match="max_merge_rounds"):
+        SupervoxelGenerator(max_merge_rounds=0)
 
 
 @pytest.mark.parametrize("shape, density", [((23, 31, 17), 0.3), ((6, 1, 9), 0.2), ((12, 12, 12), 0.8)])
@@ -130,6 +135,21 @@ def test_mutual_weakest_edges_match_the_sorted_definition_with_ties(seed):
     expected = _mutual_weakest_by_sorting(pairs[:, 0], pairs[:, 1], cost, nodes)
     assert expected.size > 0
     assert np.array_equal(_mutual_weakest_edges(pairs[:, 0], pairs[:, 1], cost, nodes), expected)
+
+
+def test_hierarchy_is_built_up_to_one_region_unless_capped():
+    """Smooth noise gives about 2,000 supervoxels whose late rounds merge a pair or two each: 300 rounds (the old
+    default) leave hundreds of regions unmerged, which is how large organs went missing."""
+    volume = ndimage.gaussian_filter(np.random.default_rng(0).normal(size=(40, 40, 40)).astype(np.float32), 2)
+    gradient = gradient_magnitude(volume[None] * 255, (1.0, 1.0, 1.0), 1.0)
+    labels = supervoxels(gradient, (1.0, 1.0, 1.0), 3.0)
+    complete, capped = build_hierarchy(labels, gradient), build_hierarchy(labels, gradient, 300)
+    assert complete.num_leaves > 1000
+    assert np.count_nonzero(complete.parent < 0) == 1
+    assert complete.size[complete.parent < 0][0] == labels.size and complete.merge_round.max() > 300
+    assert np.count_nonzero(capped.parent < 0) > 100 and capped.merge_round.max() == 300
+    # the capped tree is the complete tree's first 300 rounds
+    assert np.array_equal(capped.children, complete.children[:len(capped.children)])
 
 
 def test_band_smoothing_is_at_least_half_a_voxel_on_coarse_grids():

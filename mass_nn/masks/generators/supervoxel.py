@@ -44,7 +44,7 @@ class SupervoxelGenerator(MaskGenerator):
 
     def __init__(self, max_masks: int = 1000, band_fraction: float = 0.3, nms_iou: float = 0.7,
                  min_volume_mm3: float = 1000.0, max_volume_fraction: float = 0.5,
-                 seed_spacing_mm: float = 12.0, gradient_sigma_mm: float = 1.5, max_merge_rounds: int = 300,
+                 seed_spacing_mm: float = 12.0, gradient_sigma_mm: float = 1.5, max_merge_rounds: int | None = None,
                  min_border_gradient: float = 2.0,
                  band_levels: int = 8, band_smoothing_mm: float = 1.0, band_min_smoothing_voxels: float = 0.5,
                  band_opening: str = "both", max_working_voxels: int = 3_000_000):
@@ -53,9 +53,10 @@ class SupervoxelGenerator(MaskGenerator):
         if not 0.0 <= band_fraction <= 1.0 or not 0.0 < nms_iou <= 1.0:
             raise MassError(f"supervoxel: band_fraction must be in [0, 1] and nms_iou in (0, 1], got "
                             f"{band_fraction} and {nms_iou}")
-        if min(max_masks, max_merge_rounds, max_working_voxels) < 1 or band_levels < 2:
-            raise MassError("supervoxel: max_masks, max_merge_rounds and max_working_voxels must be >= 1 and "
-                            "band_levels >= 2")
+        if min(max_masks, max_working_voxels) < 1 or band_levels < 2 or \
+                (max_merge_rounds is not None and max_merge_rounds < 1):
+            raise MassError("supervoxel: max_masks, max_merge_rounds (or null: until one region is left) and "
+                            "max_working_voxels must be >= 1 and band_levels >= 2")
         if min(band_smoothing_mm, band_min_smoothing_voxels) < 0:
             raise MassError(f"supervoxel: band_smoothing_mm and band_min_smoothing_voxels must be >= 0, got "
                             f"{band_smoothing_mm} and {band_min_smoothing_voxels}")
@@ -66,7 +67,7 @@ class SupervoxelGenerator(MaskGenerator):
         self.max_volume_fraction = float(max_volume_fraction)
         self.seed_spacing_mm = float(seed_spacing_mm)
         self.gradient_sigma_mm = float(gradient_sigma_mm)
-        self.max_merge_rounds = int(max_merge_rounds)
+        self.max_merge_rounds = None if max_merge_rounds is None else int(max_merge_rounds)
         self.min_border_gradient = float(min_border_gradient)
         self.band_levels = int(band_levels)
         self.band_smoothing_mm = float(band_smoothing_mm)

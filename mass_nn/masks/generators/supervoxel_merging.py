@@ -5,12 +5,15 @@ from small parts up to organ-scale regions.
    a regular grid in millimetres, so their number follows the volume in mm³ and their borders follow edges.
 2. Hierarchy: on the region adjacency graph, every region whose weakest border (lowest mean gradient along the
    shared faces) is mutually the weakest for its neighbour merges with it, in rounds, until one region is left
-   or the round limit is reached. Each merge is a node of a binary tree whose leaves are the supervoxels.
+   (or a round limit, when one is given, is reached). Each merge is a node of a binary tree whose leaves are the
+   supervoxels. Late rounds merge only a few pairs each, and a large homogeneous organ is often among the last
+   nodes to form: stopped at 300 rounds, no node of a CHAOS MR volume was more than 9-63 % (IoU) of its liver.
 3. Selection: tree nodes are either nested or disjoint, so the IoU of two nodes is the ratio of their sizes when
    one contains the other and 0 otherwise; a greedy non-maximum suppression by score needs no voxel work.
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -109,8 +112,9 @@ def _mutual_weakest_edges(a, b, cost, num_nodes) -> np.ndarray:
     return np.flatnonzero((cheapest[a] == index) & (cheapest[b] == index))
 
 
-def build_hierarchy(labels: np.ndarray, gradient: np.ndarray, max_rounds: int) -> RegionHierarchy:
-    """Merge supervoxels in rounds of mutually weakest borders (see the module docstring)."""
+def build_hierarchy(labels: np.ndarray, gradient: np.ndarray, max_rounds: int | None = None) -> RegionHierarchy:
+    """Merge supervoxels in rounds of mutually weakest borders (see the module docstring), until one region is
+    left or after `max_rounds` rounds when given."""
     leaves = int(labels.max()) + 1
     capacity = 2 * leaves
     a, b, faces, grad_sum = adjacency(labels, gradient)
@@ -123,7 +127,7 @@ def build_hierarchy(labels: np.ndarray, gradient: np.ndarray, max_rounds: int) -
     merge_round = np.zeros(capacity, dtype=np.int64)
     children = []
     next_id = leaves
-    for round_index in range(1, max_rounds + 1):
+    for round_index in itertools.count(1) if max_rounds is None else range(1, max_rounds + 1):
         if a.size == 0:
             break
         merging = _mutual_weakest_edges(a, b, grad_sum / faces, capacity)
