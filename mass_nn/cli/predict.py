@@ -35,8 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--labels", type=int, nargs="+", help="only these label values of the references")
     model.add_argument("--embedding", help="saved reference encoding instead of references")
     model.add_argument("--save-embedding", help="write the encoded references here for reuse")
+    model.add_argument("--context-tasks", type=int,
+                       help="in context: tasks per pass, the labels filled up with masks of the weight-free "
+                            "generator on the references (default: the checkpoint's pretraining task count; 0: none)")
     options = parser.add_argument_group("inference")
-    options.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default: %(default)s)")
+    options.add_argument("--overlap", type=float,
+                         help="sliding-window overlap (default: 0.75 in context, 0.5 with -m)")
     options.add_argument("--blend", default="gaussian", choices=["gaussian", "mean"], help="default: %(default)s")
     options.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default: %(default)s)")
     options.add_argument("--calibrated-threshold", action="store_true",
@@ -84,6 +88,9 @@ def _predictor(args):
         return model_loading.predictor_from_run(args.model, args.checkpoint_kind, device, settings)
     if args.embedding and references:
         raise MassError("give references or --embedding, not both")
+    if args.context_tasks is not None and not references:
+        raise MassError("--context-tasks fills passes with masks of the references; give --reference-image/"
+                        "--reference-mask pairs (a saved --embedding keeps the context it was saved with)")
     if args.embedding:
         return model_loading.predictor_from_embedding(args.checkpoint, Path(args.embedding), device, settings,
                                                       args.calibrated_threshold)
@@ -91,7 +98,8 @@ def _predictor(args):
         raise MassError("--checkpoint needs --reference-image/--reference-mask pairs or --embedding")
     return model_loading.predictor_from_references(
         args.checkpoint, [Path(p) for p in args.reference_image], [Path(p) for p in args.reference_mask], device,
-        settings, args.labels, Path(args.save_embedding) if args.save_embedding else None, args.calibrated_threshold)
+        settings, args.labels, Path(args.save_embedding) if args.save_embedding else None, args.calibrated_threshold,
+        args.context_tasks)
 
 
 def _run(args) -> int:

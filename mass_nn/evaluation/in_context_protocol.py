@@ -7,23 +7,27 @@ from pathlib import Path
 
 from mass_nn.datasets.labelled_data import resolve_labelled_dataset, select_shots
 from mass_nn.evaluation.predict_and_score import predict_and_score
-from mass_nn.inference.model_loading import in_context_network
+from mass_nn.inference.context_tasks import ContextReference, encode_context_tasks
+from mass_nn.inference.model_loading import checkpoint_context, in_context_network
 from mass_nn.inference.predictor import SegmentationPredictor
 from mass_nn.inference.reference_calibration import calibrate_reference_thresholds
 from mass_nn.inference.reference_encoding import encode_reference_labels
 from mass_nn.io.atomic import write_json_atomic
+from mass_nn.masks.case_loading import load_case_input
 from mass_nn.model.pretrained import load_pretrained_checkpoint
 from mass_nn.paths import MassPaths
 
 
 def in_context_evaluation(checkpoint: Path, dataset: str, paths: MassPaths, shots: int, seed: int,
                           out_folder: Path, plans_name: str = "MassPlans", configuration: str = "3d_cpu",
-                          device: str = "cpu", hd95: bool = True, calibrate_threshold: bool = False) -> dict:
+                          device: str = "cpu", hd95: bool = True, calibrate_threshold: bool = False,
+                          context_tasks: int | None = None) -> dict:
     """Score k-shot in-context segmentation; writes out_folder/{shots.json, summary.json, summary.md,
     predictions/} and returns the summary. The shot selection is the one `mass_train FINETUNE -shots k --seed s`
     uses, so in-context and finetuned results of one (k, seed) share their training cases. With
     `calibrate_threshold` each class's threshold is read off its reference crops (reference_calibration.py)
-    instead of 0.5; the thresholds are saved in shots.json."""
+    instead of 0.5; the thresholds are saved in shots.json. Each pass is filled with context tasks up to the
+    pretraining task count, or to `context_tasks` (0: none; context_tasks.py)."""
     data = resolve_labelled_dataset(dataset, paths, plans_name, configuration)
     loaded = load_pretrained_checkpoint(checkpoint, data.source.plans, configuration, data.source.dataset_name)
     network = in_context_network(loaded, checkpoint).to(device)
@@ -32,16 +36,23 @@ def in_context_evaluation(checkpoint: Path, dataset: str, paths: MassPaths, shot
     present = data.classes_present(references)
     embedding = encode_reference_labels(network, references, list(present.values()), network.config.input_size_zyx,
                                         device, names=list(present))
+    patch = network.config.input_size_zyx
+    context = checkpoint_context(loaded, patch, context_tasks)
+    context_references = [ContextReference(image, seg, load_case_input(data.source.data_folder, case, data.source.plans,
+                                                                        0, with_label=False))
+                          for case, (image, seg) in zip(shot_cases, references)]
+    context_embedding = encode_context_tasks(network, context_references, len(present), context, patch, device)
     predictor = SegmentationPredictor(network, embedding, list(present.values()), data.source.plans, configuration,
-                                      device)
+                                      device, context_embedding=context_embedding)
     if calibrate_threshold:
-        predictor.thresholds = calibrate_reference_thresholds(network, embedding, references, list(present.values()),
-                                                              network.config.input_size_zyx, device)
+        predictor.thresholds = calibrate_reference_thresholds(network, predictor.with_context(embedding), references,
+                                                              list(present.values()), patch, device)
     write_json_atomic({"dataset": data.source.dataset_name, "checkpoint": str(checkpoint), "shots": shots,
                        "seed": seed, "training_cases": shot_cases, "classes": data.classes,
                        "classes_without_reference": sorted(set(data.classes) - set(present)),
                        "thresholds": dict(zip(present, predictor.thresholds or [0.5] * len(present))),
-                       "label_fusion": predictor.label_fusion},
+                       "label_fusion": predictor.label_fusion, "overlap": predictor.overlap,
+                       "context_tasks": 0 if context_embedding is None else int(context_embedding[0].shape[1])},
                       Path(out_folder) / "shots.json")
     test_cases = data.raw_cases(data.labelled_cases("test"))
     return predict_and_score(predictor, test_cases, data.classes, out_folder, hd95)

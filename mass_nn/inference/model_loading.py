@@ -3,12 +3,14 @@ pretrained in-context checkpoint plus reference images and masks (or a saved ref
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from mass_nn.errors import MassError
+from mass_nn.inference.context_tasks import ContextReference, ContextTasks, context_tasks_of_run, encode_context_tasks
 from mass_nn.inference.predictor import InferenceSettings, SegmentationPredictor
 from mass_nn.inference.reference_calibration import calibrate_reference_thresholds
 from mass_nn.inference.reference_encoding import encode_reference_labels
@@ -16,11 +18,12 @@ from mass_nn.inference.task_embedding_file import load_task_embedding, save_task
 from mass_nn.io.artifact_layout import checkpoint_path
 from mass_nn.io.dataset_json import CaseFiles
 from mass_nn.io.image_io import read_geometry
+from mass_nn.masks.case_loading import case_input_from_arrays
 from mass_nn.model.checkpoint import Checkpoint, load_checkpoint, load_network, network_of
 from mass_nn.networks.in_context.fixed_class_segmenter import FixedClassSegmenter
 from mass_nn.networks.in_context.in_context_model import InContextSegmenter
 from mass_nn.planning.plans import Plans
-from mass_nn.preprocessing.preprocessor import preprocess_in_memory
+from mass_nn.preprocessing.preprocessor import PreprocessedCase, preprocess_in_memory
 
 logger = logging.getLogger(__name__)
 
@@ -79,9 +82,9 @@ def in_context_network(checkpoint: Checkpoint, path: str | Path) -> InContextSeg
 
 
 def read_reference(image_path: Path, mask_path: Path, plans: Plans, configuration: str,
-                   case_id: str) -> tuple[np.ndarray, np.ndarray]:
-    """A raw single-channel reference image and its label mask, preprocessed like a query:
-    (image (1, z, y, x), label map (z, y, x)); a mask on another grid or an empty mask raises MassError."""
+                   case_id: str) -> PreprocessedCase:
+    """A raw single-channel reference image and its label mask, preprocessed like a query (data (1, z, y, x),
+    seg (z, y, x), properties); a mask on another grid or an empty mask raises MassError."""
     image_path, mask_path = Path(image_path), Path(mask_path)
     differences = read_geometry(image_path).differences(read_geometry(mask_path))
     if differences:
@@ -91,39 +94,62 @@ def read_reference(image_path: Path, mask_path: Path, plans: Plans, configuratio
     if not preprocessed.properties.label_voxel_counts:
         raise MassError(f"reference mask {mask_path} is empty (no voxel > 0 inside the image's foreground); give a "
                         f"mask that contains the structure to segment")
-    return preprocessed.data, preprocessed.seg
+    return preprocessed
+
+
+def checkpoint_context(checkpoint: Checkpoint, patch_zyx, context_tasks: int | None) -> ContextTasks:
+    """The context tasks of a pass: those of the checkpoint's pretraining run, with `context_tasks` (tasks per
+    pass in all; 0: none) replacing its task count when given."""
+    context = context_tasks_of_run(checkpoint.meta.run_config, patch_zyx)
+    if context_tasks is None:
+        return context
+    if context_tasks < 0:
+        raise MassError(f"--context-tasks {context_tasks}: give the tasks per pass (labels included), or 0 for none")
+    return replace(context, total_tasks=context_tasks)
 
 
 def predictor_from_references(checkpoint: str | Path, reference_images: list[Path], reference_masks: list[Path],
                               device: str = "cpu", settings: InferenceSettings | None = None,
                               label_values: list[int] | None = None, save_embedding: Path | None = None,
-                              calibrate_threshold: bool = False) -> tuple[SegmentationPredictor, list[str]]:
+                              calibrate_threshold: bool = False, context_tasks: int | None = None
+                              ) -> tuple[SegmentationPredictor, list[str]]:
     """In-context predictor: every label value found in the reference masks (or `label_values`) is one task,
-    its embedding averaged over the references that contain it. With `calibrate_threshold` each label's threshold
-    is read off its references (reference_calibration.py). Optionally saves the encoding (and the thresholds)."""
+    its embedding averaged over the references that contain it, each pass filled with context tasks up to the
+    pretraining task count (or `context_tasks`; context_tasks.py). With `calibrate_threshold` each label's
+    threshold is read off its references (reference_calibration.py). Optionally saves the encoding (context and
+    thresholds included)."""
     if len(reference_images) != len(reference_masks) or not reference_images:
         raise MassError(f"give each --reference-image one --reference-mask (got {len(reference_images)} images, "
                         f"{len(reference_masks)} masks)")
-    network, plans, configuration = load_in_context_checkpoint(checkpoint, device)
+    loaded = load_checkpoint(checkpoint, map_location=device)
+    network, plans, configuration = in_context_network(loaded, checkpoint), Plans.from_dict(loaded.meta.plans), \
+        loaded.meta.configuration
     if len(plans.channels) != 1:
         raise MassError(f"{checkpoint}: the model takes {len(plans.channels)} channels; in-context references with "
                         f"several channels are not supported by mass_predict yet")
-    references = [read_reference(image, mask, plans, configuration, f"reference_{i}")
-                  for i, (image, mask) in enumerate(zip(reference_images, reference_masks))]
+    cases = [read_reference(image, mask, plans, configuration, f"reference_{i}")
+             for i, (image, mask) in enumerate(zip(reference_images, reference_masks))]
+    references = [(case.data, case.seg) for case in cases]
     found = sorted({int(v) for _, seg in references for v in np.unique(seg) if v > 0})
     values = label_values or found
     patch = plans.configuration(configuration).patch_size_zyx
     embedding = encode_reference_labels(network, references, values, patch, device)
+    context = checkpoint_context(loaded, patch, context_tasks)
+    context_references = [ContextReference(case.data, case.seg, case_input_from_arrays(
+        case.properties.case_id, case.data, case.properties, plans, 0)) for case in cases]
+    context_embedding = encode_context_tasks(network, context_references, len(values), context, patch, device)
     names = [str(v) for v in values]
-    predictor = SegmentationPredictor(network, embedding, values, plans, configuration, device, settings)
+    predictor = SegmentationPredictor(network, embedding, values, plans, configuration, device, settings,
+                                      context_embedding)
     if calibrate_threshold:
-        predictor.thresholds = calibrate_reference_thresholds(network, embedding, references, values, patch, device)
+        predictor.thresholds = calibrate_reference_thresholds(network, predictor.with_context(embedding), references,
+                                                              values, patch, device)
         logger.info("reference-calibrated thresholds: %s",
                     ", ".join(f"{n} {t:.2f}" for n, t in zip(names, predictor.thresholds)))
     if save_embedding is not None:
         save_task_embedding(save_embedding, embedding, names, values,
                             {"checkpoint": str(checkpoint), "references": [str(p) for p in reference_images],
-                             "thresholds": predictor.thresholds})
+                             "thresholds": predictor.thresholds}, context_embedding)
     return predictor, names
 
 
@@ -133,13 +159,15 @@ def predictor_from_embedding(checkpoint: str | Path, embedding_path: Path, devic
     """In-context predictor from a saved reference encoding (mass_predict --save-embedding); with
     `calibrate_threshold` the thresholds calibrated when it was saved."""
     network, plans, configuration = load_in_context_checkpoint(checkpoint, device)
-    embedding, meta = load_task_embedding(embedding_path)
+    embedding, meta, context_embedding = load_task_embedding(embedding_path)
     expected = network.config.prior_channels()
     if [int(t.shape[-1]) for t in embedding] != expected:
         raise MassError(f"{embedding_path}: encoded with another network (channels "
                         f"{[int(t.shape[-1]) for t in embedding]}, this checkpoint has {expected})")
     predictor = SegmentationPredictor(network, [t.to(torch.float32) for t in embedding], meta["label_values"],
-                                      plans, configuration, device, settings)
+                                      plans, configuration, device, settings,
+                                      None if context_embedding is None else [t.to(torch.float32)
+                                                                              for t in context_embedding])
     if calibrate_threshold:
         if not meta.get("thresholds"):
             raise MassError(f"{embedding_path}: saved without calibrated thresholds; save it again with "
