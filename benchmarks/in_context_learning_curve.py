@@ -48,7 +48,7 @@ from benchmarks.measure import machine_description  # noqa: E402
 from benchmarks.replication_datasets import (ReplicationDataset, pool_images, sts_patients,  # noqa: E402
                                              sts_test_patients, write_organ_mr, write_pool, write_splits)
 from benchmarks.staged_run import run_stages  # noqa: E402
-from mass_nn.evaluation.in_context_protocol import in_context_evaluation  # noqa: E402
+from mass_nn.evaluation.in_context_protocol import finished_evaluation, in_context_evaluation  # noqa: E402
 from mass_nn.experiments.few_shot_protocol import FewShotProtocol, run_few_shot_protocol  # noqa: E402
 from mass_nn.inference.model_loading import load_in_context_checkpoint  # noqa: E402
 from mass_nn.io.artifact_layout import checkpoint_path  # noqa: E402
@@ -257,7 +257,7 @@ class LearningCurve:
             for seed in b.seeds:
                 for method in ("in_context", "in_context_calibrated"):
                     folder = self.untrained_in_context_folder(key, method, seed)
-                    if not (folder / "summary.json").is_file():
+                    if finished_evaluation(folder) is None:
                         in_context_evaluation(self.untrained_checkpoint(), self.datasets()[key], self.paths, 1, seed,
                                               folder, self.plans_name, CONFIGURATION, hd95=False,
                                               calibrate_threshold=method == "in_context_calibrated")

@@ -133,6 +133,16 @@ def test_in_context_predict_saves_and_reuses_the_encoding(pretrained, tmp_path, 
     first = read_image(tmp_path / "a" / f"{query}.nii.gz", dtype=np.int16)[0]
     np.testing.assert_array_equal(first, read_image(tmp_path / "b" / f"{query}.nii.gz", dtype=np.int16)[0])
     assert set(np.unique(first)) <= {0, 1, 7}
+    # each pass is filled with context tasks up to the pretraining task count; --context-tasks 0: none
+    run_tasks = load_checkpoint(checkpoint).meta.run_config["extra"]["num_tasks"]
+    assert 0 < load_task_embedding(tmp_path / "refs.pt")[1]["context_tasks"] <= run_tasks - 2
+    assert predict_main([*args, "-o", str(tmp_path / "c"), *refs, "--labels", "1", "7", "--context-tasks", "0",
+                         "--save-embedding", str(tmp_path / "plain.pt")]) == 0
+    assert load_task_embedding(tmp_path / "plain.pt")[2] is None
+    capsys.readouterr()
+    assert predict_main([*args, "-o", str(tmp_path / "d"), "--embedding", str(tmp_path / "refs.pt"),
+                         "--context-tasks", "4"]) == 1
+    assert "--context-tasks fills passes" in capsys.readouterr().err
     # the release's rule for overlapping labels: the same claimed voxels, each to its most probable label
     assert predict_main([*args, "-o", str(tmp_path / "p"), "--embedding", str(tmp_path / "refs.pt"),
                          "--label-fusion", "most_probable"]) == 0
@@ -185,6 +195,7 @@ def test_fewshot_runner_writes_table_and_figure_and_resumes(pretrained, tmp_path
     shots_0 = json.loads((out / "in_context" / "2shot_seed0" / "shots.json").read_text())["training_cases"]
     shots_1 = json.loads((out / "in_context" / "1shot_seed0" / "shots.json").read_text())
     assert shots_1["training_cases"] == shots_0[:1] and shots_1["label_fusion"] == "smallest_volume"
+    assert shots_1["overlap"] == 0.75 and shots_1["context_tasks"] >= 0
     stamp = (out / "in_context" / "1shot_seed0" / "summary.json").stat().st_mtime_ns
     assert fewshot_main(args) == 0  # resumes: finished runs are read back
     assert (out / "in_context" / "1shot_seed0" / "summary.json").stat().st_mtime_ns == stamp

@@ -113,7 +113,7 @@ def _run(args) -> int:
 def _few_shot(paths: MassPaths, args, plans_name: str, run_folder: Path) -> None:
     """1-shot in-context and finetuned Dice on the held-out test cases: pretrained vs untrained."""
     from mass_nn.experiments.few_shot_protocol import FewShotProtocol, run_few_shot_protocol
-    from mass_nn.evaluation.in_context_protocol import in_context_evaluation
+    from mass_nn.evaluation.in_context_protocol import finished_evaluation, in_context_evaluation
     from mass_nn.evaluation.tables import markdown_table
     from mass_nn.model.checkpoint import save_untrained_copy
     steps = args.finetune_epochs * args.finetune_iters
@@ -130,9 +130,8 @@ def _few_shot(paths: MassPaths, args, plans_name: str, run_folder: Path) -> None
     untrained_checkpoint = out / "untrained.pt"
     for calibrated in (False, True):
         folder = out / ("in_context_calibrated_untrained" if calibrated else "in_context_untrained")
-        if (folder / "summary.json").is_file():
-            summary = read_json(folder / "summary.json")
-        else:
+        summary = finished_evaluation(folder)
+        if summary is None:
             if not untrained_checkpoint.is_file():
                 save_untrained_copy(checkpoint, untrained_checkpoint)
             summary = in_context_evaluation(untrained_checkpoint, str(DEMO_DATASET_ID), paths, 1, 0, folder,

@@ -12,10 +12,23 @@ from mass_nn.inference.model_loading import checkpoint_context, in_context_netwo
 from mass_nn.inference.predictor import SegmentationPredictor
 from mass_nn.inference.reference_calibration import calibrate_reference_thresholds
 from mass_nn.inference.reference_encoding import encode_reference_labels
-from mass_nn.io.atomic import write_json_atomic
+from mass_nn.io.atomic import read_json, write_json_atomic
 from mass_nn.masks.case_loading import load_case_input
 from mass_nn.model.pretrained import load_pretrained_checkpoint
 from mass_nn.paths import MassPaths
+
+# bumped when the read-out changes what a finished evaluation would score; 2: context tasks and overlap 0.75
+READOUT_VERSION = 2
+
+
+def finished_evaluation(out_folder: Path) -> dict | None:
+    """The summary of a finished evaluation in `out_folder` made by this read-out, else None (to be redone)."""
+    summary, shots = Path(out_folder) / "summary.json", Path(out_folder) / "shots.json"
+    if not (summary.is_file() and shots.is_file()):
+        return None
+    if read_json(shots).get("readout_version") != READOUT_VERSION:
+        return None
+    return read_json(summary)
 
 
 def in_context_evaluation(checkpoint: Path, dataset: str, paths: MassPaths, shots: int, seed: int,
@@ -47,7 +60,7 @@ def in_context_evaluation(checkpoint: Path, dataset: str, paths: MassPaths, shot
     if calibrate_threshold:
         predictor.thresholds = calibrate_reference_thresholds(network, predictor.with_context(embedding), references,
                                                               list(present.values()), patch, device)
-    write_json_atomic({"dataset": data.source.dataset_name, "checkpoint": str(checkpoint), "shots": shots,
+    write_json_atomic({"readout_version": READOUT_VERSION, "dataset": data.source.dataset_name, "checkpoint": str(checkpoint), "shots": shots,
                        "seed": seed, "training_cases": shot_cases, "classes": data.classes,
                        "classes_without_reference": sorted(set(data.classes) - set(present)),
                        "thresholds": dict(zip(present, predictor.thresholds or [0.5] * len(present))),

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from mass_nn.datasets.labelled_data import resolve_labelled_dataset
 from mass_nn.errors import MassError
-from mass_nn.evaluation.in_context_protocol import in_context_evaluation
+from mass_nn.evaluation.in_context_protocol import finished_evaluation, in_context_evaluation
 from mass_nn.evaluation.segmentation_figure import write_segmentation_figure
 from mass_nn.evaluation.tables import json_safe, markdown_table, mean_std
 from mass_nn.io.artifact_layout import checkpoint_path
@@ -76,8 +76,9 @@ def _in_context(protocol: FewShotProtocol, paths: MassPaths, out_folder: Path, m
                 seed: int) -> dict:
     """In context at the threshold 0.5 ("in_context") or at reference-calibrated thresholds."""
     folder = out_folder / method / f"{shots}shot_seed{seed}"
-    if (folder / "summary.json").is_file():
-        return {**read_json(folder / "summary.json"), "run_folder": str(folder)}
+    finished = finished_evaluation(folder)
+    if finished is not None:
+        return {**finished, "run_folder": str(folder)}
     summary = in_context_evaluation(protocol.checkpoint, protocol.dataset, paths, shots, seed, folder,
                                     protocol.plans_name, protocol.configuration, protocol.device, protocol.hd95,
                                     calibrate_threshold=method == "in_context_calibrated")
