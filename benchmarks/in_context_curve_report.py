@@ -106,13 +106,19 @@ def label_fusion_note(curve) -> str:
     was recorded used the most probable label)."""
     shots_files = [path for key in TITLES
                    for path in (curve.workspace / "compare" / key).glob("*in_context*/1shot_seed*/shots.json")]
-    rules = {read_json(path).get("label_fusion", "most_probable") for path in shots_files}
+    shots = [read_json(path) for path in shots_files]
+    rules = {s.get("label_fusion", "most_probable") for s in shots}
     if not rules:
         return ""
-    return (" In-context label maps give a voxel several structures claim to "
+    note = (" In-context label maps give a voxel several structures claim to "
             + " / ".join("the smallest claim" if r == "smallest_volume" else "the most probable structure"
                          for r in sorted(rules))
             + " (documentation/in_context_segmentation.md#overlapping-labels).")
+    context = sorted({s.get("context_tasks", 0) for s in shots})
+    overlaps = sorted({s.get("overlap", 0.5) for s in shots})
+    return note + (f" Each in-context pass carries {' / '.join(map(str, context))} context tasks besides the "
+                   f"structures, windows overlap by {' / '.join(f'{o:g}' for o in overlaps)} "
+                   f"(documentation/in_context_segmentation.md#context-tasks).")
 
 
 # the budgets with a section of their own (suffix of the section and figure names) and their note in figure titles
