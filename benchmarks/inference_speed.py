@@ -65,24 +65,33 @@ def pretrained_checkpoint(dataset_id: int, paths: MassPaths) -> Path:
 
 def measure_dataset(dataset_id: int, paths: MassPaths, repeats: int, out: Path) -> InferenceResult:
     from mass_nn.inference.batch_prediction import image_ending
-    from mass_nn.inference.model_loading import load_in_context_checkpoint
+    from mass_nn.inference.context_tasks import ContextReference, encode_context_tasks
+    from mass_nn.inference.model_loading import checkpoint_context, load_in_context_checkpoint
     from mass_nn.inference.predictor import SegmentationPredictor
     from mass_nn.inference.reference_encoding import encode_reference_labels
+    from mass_nn.masks.case_loading import load_case_input
+    from mass_nn.model.checkpoint import load_checkpoint
     from mass_nn.preprocessing.blosc2_storage import open_array
     from mass_nn.datasets.labelled_data import resolve_labelled_dataset
     checkpoint = pretrained_checkpoint(dataset_id, paths)
     network, _, _ = load_in_context_checkpoint(checkpoint)
     data = resolve_labelled_dataset(str(dataset_id), paths, "MassPlans", CONFIGURATION)
-    reference = data.preprocessed_pairs(data.labelled_cases("train")[:1])[0]
+    reference_id = data.labelled_cases("train")[0]
+    reference = data.preprocessed_pairs([reference_id])[0]
     present = [v for v in data.classes.values() if (reference[1] == v).any()]
     patch = network.config.input_size_zyx
+    context = checkpoint_context(load_checkpoint(checkpoint), patch, None)
+    context_reference = ContextReference(*reference, load_case_input(data.source.data_folder, reference_id,
+                                                                      data.source.plans, 0, with_label=False))
 
     def encode():
         with torch.no_grad():
-            return encode_reference_labels(network, [reference], present, patch)
+            return (encode_reference_labels(network, [reference], present, patch),
+                    encode_context_tasks(network, [context_reference], len(present), context, patch))
 
-    embedding = encode()
-    predictor = SegmentationPredictor(network, embedding, present, data.source.plans, CONFIGURATION)
+    embedding, context_embedding = encode()
+    predictor = SegmentationPredictor(network, embedding, present, data.source.plans, CONFIGURATION,
+                                      context_embedding=context_embedding)
     test_ids = data.labelled_cases("test") or data.labelled_cases("val")
     query = np.asarray(open_array(data.patch_case(test_ids[0]).image_path))
     encode_seconds = median_seconds(encode, repeats)
@@ -102,8 +111,10 @@ def section(results: list[InferenceResult], skipped: str, seconds: float, load: 
         "",
         "How long does in-context segmentation take on 2 CPU cores, and what does encoding the references once "
         "save? Network: a MASS checkpoint at 3d_cpu (speed does not depend on the weights). Reference: one train "
-        "case, every class it contains, each cropped around its label and encoded once. Query: a test case, "
-        "sliding window (overlap 0.5, Gaussian) under the cached embedding. The reference point is re-encoding "
+        "case, every class it contains, each cropped around its label and encoded once, with the context tasks "
+        "that fill each pass up to the pretraining task count (weight-free generator masks of the reference, "
+        "documentation/in_context_segmentation.md#context-tasks). Query: a test case, sliding window (overlap "
+        "0.75, Gaussian) under the cached embedding, as `mass_predict` in context. The reference point is re-encoding "
         "the references for every query; the ratio (encode + segment) / segment is the time caching saves per "
         "query. The last column is the whole `mass_predict` path per raw volume (preprocess, segment, export).",
         "",

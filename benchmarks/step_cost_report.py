@@ -166,7 +166,8 @@ def measure_inference(work: Path, earlier: Path, budget: StepBudget, threads: in
     plans = next(paths.preprocessed.glob("*/MassPlans.json"))
     spec = _spec("in_context_query", paths, 990, "MASSPretrainer", max(2, budget.steps - 1), threads,
                  checkpoint=str(checkpoint), arrays=str(arrays), classes=classes, plans=str(plans))
-    return compare("in-context segmentation of one query", spec, earlier, work, budget.rounds)
+    return compare("in-context segmentation of one query (labels alone, overlap 0.5)", spec, earlier, work,
+                   budget.rounds)
 
 
 def mass_train_under_load(source: Path, label: str, busy: bool, work: Path, budget: StepBudget,

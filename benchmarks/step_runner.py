@@ -76,7 +76,7 @@ def time_in_context_query(spec: dict) -> list[float]:
     import numpy as np
     import torch
     from mass_nn.inference.model_loading import load_in_context_checkpoint
-    from mass_nn.inference.predictor import SegmentationPredictor
+    from mass_nn.inference.predictor import InferenceSettings, SegmentationPredictor
     from mass_nn.inference.reference_encoding import encode_reference_labels
     from mass_nn.planning.plans import Plans
     network, _, _ = load_in_context_checkpoint(checkpoint_this_tree_reads(Path(spec["checkpoint"])))
@@ -86,7 +86,10 @@ def time_in_context_query(spec: dict) -> list[float]:
     with torch.no_grad():
         embedding = encode_reference_labels(network, [reference], classes, network.config.input_size_zyx)
     plans = plans_this_tree_reads(json.loads(Path(spec["plans"]).read_text()))
-    predictor = SegmentationPredictor(network, embedding, classes, Plans.from_dict(plans), spec["configuration"])
+    # the same windows and tasks on both sides (the labels alone at overlap 0.5, every version's defaults until
+    # context tasks and overlap 0.75 came in), so the ratio is the cost of the same computation
+    predictor = SegmentationPredictor(network, embedding, classes, Plans.from_dict(plans), spec["configuration"],
+                                      settings=InferenceSettings(overlap=0.5))
     query = arrays["query_image"]
     _timed(lambda: predictor.label_map(query), 1)
     return _timed(lambda: predictor.label_map(query), spec["steps"])
