@@ -111,7 +111,8 @@ def test_context_embedding_has_the_missing_tasks_and_is_seeded(tiny_network):
     # the first context task is the everything task of the centred window
     image_crop, mask_crop = everything_crops(reference.image, PATCH)
     with torch.no_grad():
-        everything = tiny_network.encode_task(torch.from_numpy(image_crop)[None], torch.from_numpy(mask_crop)[None, None])
+        everything = tiny_network.encode_task(torch.from_numpy(image_crop)[None],
+                                              torch.from_numpy(mask_crop)[None, None])
     for stage, expected in zip(embedding, everything):
         torch.testing.assert_close(stage[:, :1], expected)
     assert encode_context_tasks(tiny_network, [reference], 6, context, PATCH) is None

@@ -51,8 +51,8 @@ def in_context_evaluation(checkpoint: Path, dataset: str, paths: MassPaths, shot
                                         device, names=list(present))
     patch = network.config.input_size_zyx
     context = checkpoint_context(loaded, patch, context_tasks)
-    context_references = [ContextReference(image, seg, load_case_input(data.source.data_folder, case, data.source.plans,
-                                                                        0, with_label=False))
+    context_references = [ContextReference(image, seg, load_case_input(data.source.data_folder, case,
+                                                                        data.source.plans, 0, with_label=False))
                           for case, (image, seg) in zip(shot_cases, references)]
     context_embedding = encode_context_tasks(network, context_references, len(present), context, patch, device)
     predictor = SegmentationPredictor(network, embedding, list(present.values()), data.source.plans, configuration,
@@ -60,8 +60,9 @@ def in_context_evaluation(checkpoint: Path, dataset: str, paths: MassPaths, shot
     if calibrate_threshold:
         predictor.thresholds = calibrate_reference_thresholds(network, predictor.with_context(embedding), references,
                                                               list(present.values()), patch, device)
-    write_json_atomic({"readout_version": READOUT_VERSION, "dataset": data.source.dataset_name, "checkpoint": str(checkpoint), "shots": shots,
-                       "seed": seed, "training_cases": shot_cases, "classes": data.classes,
+    write_json_atomic({"readout_version": READOUT_VERSION, "dataset": data.source.dataset_name,
+                       "checkpoint": str(checkpoint), "shots": shots, "seed": seed, "training_cases": shot_cases,
+                       "classes": data.classes,
                        "classes_without_reference": sorted(set(data.classes) - set(present)),
                        "thresholds": dict(zip(present, predictor.thresholds or [0.5] * len(present))),
                        "label_fusion": predictor.label_fusion, "overlap": predictor.overlap,

@@ -122,8 +122,8 @@ def predictor_from_references(checkpoint: str | Path, reference_images: list[Pat
         raise MassError(f"give each --reference-image one --reference-mask (got {len(reference_images)} images, "
                         f"{len(reference_masks)} masks)")
     loaded = load_checkpoint(checkpoint, map_location=device)
-    network, plans, configuration = in_context_network(loaded, checkpoint), Plans.from_dict(loaded.meta.plans), \
-        loaded.meta.configuration
+    network = in_context_network(loaded, checkpoint)
+    plans, configuration = Plans.from_dict(loaded.meta.plans), loaded.meta.configuration
     if len(plans.channels) != 1:
         raise MassError(f"{checkpoint}: the model takes {len(plans.channels)} channels; in-context references with "
                         f"several channels are not supported by mass_predict yet")

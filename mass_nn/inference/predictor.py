@@ -31,7 +31,8 @@ IN_CONTEXT_OVERLAP = 0.75
 
 @dataclass
 class InferenceSettings:
-    """How a volume is segmented (defaults as the release's inference)."""
+    """How a volume is segmented (defaults as the release's inference, except the in-context overlap and label
+    fusion)."""
 
     # sliding-window overlap; None: IN_CONTEXT_OVERLAP in context, 0.5 (the release's) for a fixed-class network
     overlap: float | None = None
