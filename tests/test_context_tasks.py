@@ -171,5 +171,9 @@ def test_finished_evaluations_of_an_older_read_out_are_redone(tmp_path):
     assert finished_evaluation(tmp_path) is None
     write_json_atomic({"training_cases": ["a"], "readout_version": READOUT_VERSION}, tmp_path / "shots.json")
     assert finished_evaluation(tmp_path) == {"mean_dice": 0.4}
+    assert finished_evaluation(tmp_path, context_tasks=0) is None  # asked for another context
+    write_json_atomic({"readout_version": READOUT_VERSION, "context_tasks_asked": 0}, tmp_path / "shots.json")
+    assert finished_evaluation(tmp_path, context_tasks=0) == {"mean_dice": 0.4}
+    assert finished_evaluation(tmp_path) is None
     (tmp_path / "summary.json").unlink()  # shots written, summary not yet: unfinished
     assert finished_evaluation(tmp_path) is None

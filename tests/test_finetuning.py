@@ -199,6 +199,11 @@ def test_fewshot_runner_writes_table_and_figure_and_resumes(pretrained, tmp_path
     stamp = (out / "in_context" / "1shot_seed0" / "summary.json").stat().st_mtime_ns
     assert fewshot_main(args) == 0  # resumes: finished runs are read back
     assert (out / "in_context" / "1shot_seed0" / "summary.json").stat().st_mtime_ns == stamp
+    # another context setting is another evaluation: redone in place, recorded in shots.json
+    assert fewshot_main([*args[:-len(_roots(paths))], "--context-tasks", "0", *_roots(paths)]) == 0
+    alone = json.loads((out / "in_context" / "1shot_seed0" / "shots.json").read_text())
+    assert alone["context_tasks"] == 0 and alone["context_tasks_asked"] == 0
+    assert (out / "in_context" / "1shot_seed0" / "summary.json").stat().st_mtime_ns != stamp
 
     calibrated_out = tmp_path / "fewshot_calibrated"
     assert fewshot_main(["-d", "990", "--checkpoint", checkpoint, "-k", "1", "--seeds", "0", "--no-finetune",

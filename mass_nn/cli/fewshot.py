@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="default: %(default)s")
     parser.add_argument("--tag", default="", help="suffix of the finetuning run folders")
     parser.add_argument("--hd95", action="store_true", help="also compute HD95")
+    parser.add_argument("--context-tasks", type=int,
+                        help="in context: tasks per pass, the labels filled up with generator masks of the references "
+                             "(default: the checkpoint's pretraining task count; 0: the labels alone)")
     parser.add_argument("-o", "--output", help="results folder (default: <results>/<dataset>/fewshot__<checkpoint id>"
                                                "[__tag], the id being the start of the checkpoint file's SHA-256)")
     add_path_arguments(parser)
@@ -58,7 +61,7 @@ def _run(args) -> int:
                                seeds=args.seeds, methods=methods,
                                configuration=args.configuration or load_checkpoint(args.checkpoint).meta.configuration,
                                plans_name=args.plans_name, epochs=args.epochs, iters_per_epoch=args.iters_per_epoch,
-                               device=args.device, tag=args.tag, hd95=args.hd95)
+                               device=args.device, tag=args.tag, hd95=args.hd95, context_tasks=args.context_tasks)
     name = find_dataset_name(args.dataset, [paths.preprocessed, paths.raw])
     output = output or prepare_output_folder(paths.results / name / (
         f"fewshot__{checkpoint_identity(args.checkpoint)}" + (f"__{args.tag}" if args.tag else "")))

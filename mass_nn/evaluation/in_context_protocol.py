@@ -21,12 +21,14 @@ from mass_nn.paths import MassPaths
 READOUT_VERSION = 2
 
 
-def finished_evaluation(out_folder: Path) -> dict | None:
-    """The summary of a finished evaluation in `out_folder` made by this read-out, else None (to be redone)."""
+def finished_evaluation(out_folder: Path, context_tasks: int | None = None) -> dict | None:
+    """The summary of a finished evaluation in `out_folder` made by this read-out with the `context_tasks` asked
+    for (in_context_evaluation's argument), else None (to be redone)."""
     summary, shots = Path(out_folder) / "summary.json", Path(out_folder) / "shots.json"
     if not (summary.is_file() and shots.is_file()):
         return None
-    if read_json(shots).get("readout_version") != READOUT_VERSION:
+    recorded = read_json(shots)
+    if recorded.get("readout_version") != READOUT_VERSION or recorded.get("context_tasks_asked") != context_tasks:
         return None
     return read_json(summary)
 
@@ -66,6 +68,7 @@ def in_context_evaluation(checkpoint: Path, dataset: str, paths: MassPaths, shot
                        "classes_without_reference": sorted(set(data.classes) - set(present)),
                        "thresholds": dict(zip(present, predictor.thresholds or [0.5] * len(present))),
                        "label_fusion": predictor.label_fusion, "overlap": predictor.overlap,
+                       "context_tasks_asked": context_tasks,
                        "context_tasks": 0 if context_embedding is None else int(context_embedding[0].shape[1])},
                       Path(out_folder) / "shots.json")
     test_cases = data.raw_cases(data.labelled_cases("test"))

@@ -37,7 +37,8 @@ def method_label(method: str, checkpoint_trainer: str) -> str:
 
 @dataclass
 class FewShotProtocol:
-    """What to run. epochs / iters_per_epoch None: the finetuning trainer's defaults (the paper's 50 epochs)."""
+    """What to run. epochs / iters_per_epoch None: the finetuning trainer's defaults (the paper's 50 epochs);
+    context_tasks None: in context, each pass filled up to the pretraining task count (context_tasks.py)."""
 
     dataset: str
     checkpoint: Path | None
@@ -51,6 +52,7 @@ class FewShotProtocol:
     device: str = "cpu"
     tag: str = ""
     hd95: bool = False
+    context_tasks: int | None = None
 
 
 def _finetune(protocol: FewShotProtocol, paths: MassPaths, method: str, shots: int, seed: int) -> dict:
@@ -76,12 +78,13 @@ def _in_context(protocol: FewShotProtocol, paths: MassPaths, out_folder: Path, m
                 seed: int) -> dict:
     """In context at the threshold 0.5 ("in_context") or at reference-calibrated thresholds."""
     folder = out_folder / method / f"{shots}shot_seed{seed}"
-    finished = finished_evaluation(folder)
+    finished = finished_evaluation(folder, protocol.context_tasks)
     if finished is not None:
         return {**finished, "run_folder": str(folder)}
     summary = in_context_evaluation(protocol.checkpoint, protocol.dataset, paths, shots, seed, folder,
                                     protocol.plans_name, protocol.configuration, protocol.device, protocol.hd95,
-                                    calibrate_threshold=method == "in_context_calibrated")
+                                    calibrate_threshold=method == "in_context_calibrated",
+                                    context_tasks=protocol.context_tasks)
     return {**summary, "run_folder": str(folder)}
 
 
