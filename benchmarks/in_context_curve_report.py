@@ -101,9 +101,9 @@ def comparison_rows(curve) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def label_fusion_note(curve) -> str:
-    """How the in-context label maps of the comparison resolved overlapping labels (runs written before the rule
-    was recorded used the most probable label)."""
+def readout_note(curve) -> str:
+    """How the comparison's in-context label maps were read out: the rule for overlapping labels (runs written
+    before it was recorded used the most probable label), the context tasks per pass and the window overlap."""
     shots_files = [path for key in TITLES
                    for path in (curve.workspace / "compare" / key).glob("*in_context*/1shot_seed*/shots.json")]
     shots = [read_json(path) for path in shots_files]
@@ -206,7 +206,7 @@ def report_markdown(curve, figures: list[Path], relative_to: Path) -> str:
              markdown_table(structure_header, per_structure), "",
              f"Test patients, 1-shot, full volumes in their own geometry, mean Dice (%) over the structures, mean "
              f"(std) over {len(b.seeds)} shot choices; finetuning {b.finetune_epochs * b.finetune_iters_per_epoch} "
-             f"steps for both finetuned rows." + label_fusion_note(curve), "",
+             f"steps for both finetuned rows." + readout_note(curve), "",
              markdown_table(compare_header, compare_rows), ""]
     lines += [" ".join(f"![{p.stem}]({p.relative_to(relative_to).as_posix()})" for p in figures), ""]
     return "\n".join(lines)

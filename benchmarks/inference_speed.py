@@ -66,7 +66,7 @@ def pretrained_checkpoint(dataset_id: int, paths: MassPaths) -> Path:
 def measure_dataset(dataset_id: int, paths: MassPaths, repeats: int, out: Path) -> InferenceResult:
     from mass_nn.inference.batch_prediction import image_ending
     from mass_nn.inference.context_tasks import ContextReference, encode_context_tasks
-    from mass_nn.inference.model_loading import checkpoint_context, load_in_context_checkpoint
+    from mass_nn.inference.model_loading import checkpoint_context, in_context_network
     from mass_nn.inference.predictor import SegmentationPredictor
     from mass_nn.inference.reference_encoding import encode_reference_labels
     from mass_nn.masks.case_loading import load_case_input
@@ -74,13 +74,14 @@ def measure_dataset(dataset_id: int, paths: MassPaths, repeats: int, out: Path) 
     from mass_nn.preprocessing.blosc2_storage import open_array
     from mass_nn.datasets.labelled_data import resolve_labelled_dataset
     checkpoint = pretrained_checkpoint(dataset_id, paths)
-    network, _, _ = load_in_context_checkpoint(checkpoint)
+    loaded = load_checkpoint(checkpoint)
+    network = in_context_network(loaded, checkpoint)
     data = resolve_labelled_dataset(str(dataset_id), paths, "MassPlans", CONFIGURATION)
     reference_id = data.labelled_cases("train")[0]
     reference = data.preprocessed_pairs([reference_id])[0]
     present = [v for v in data.classes.values() if (reference[1] == v).any()]
     patch = network.config.input_size_zyx
-    context = checkpoint_context(load_checkpoint(checkpoint), patch, None)
+    context = checkpoint_context(loaded, patch, None)
     context_reference = ContextReference(*reference, load_case_input(data.source.data_folder, reference_id,
                                                                       data.source.plans, 0, with_label=False))
 

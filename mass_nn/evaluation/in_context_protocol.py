@@ -49,9 +49,9 @@ def in_context_evaluation(checkpoint: Path, dataset: str, paths: MassPaths, shot
     shot_cases = select_shots(data.labelled_cases("train"), shots, seed)
     references = data.preprocessed_pairs(shot_cases)
     present = data.classes_present(references)
-    embedding = encode_reference_labels(network, references, list(present.values()), network.config.input_size_zyx,
-                                        device, names=list(present))
     patch = network.config.input_size_zyx
+    embedding = encode_reference_labels(network, references, list(present.values()), patch, device,
+                                        names=list(present))
     context = checkpoint_context(loaded, patch, context_tasks)
     context_references = [ContextReference(image, seg, load_case_input(data.source.data_folder, case,
                                                                         data.source.plans, 0, with_label=False))
