@@ -122,7 +122,8 @@ def readout_note(curve) -> str:
 
 
 # the budgets with a section of their own (suffix of the section and figure names) and their note in figure titles
-RUN_NOTES = {"_gpu": ", on a GPU", "_cpu_batch16": ", batch 16", "_cpu_batch16_bf16": ", batch 16, bf16"}
+RUN_NOTES = {"_gpu": ", on a GPU", "_cpu_batch16": ", batch 16", "_cpu_batch16_bf16": ", batch 16, bf16",
+             "_cpu_batch16_bf16_6mm": ", batch 16, bf16, 6 mm"}
 
 
 def _suffix(curve) -> str:
@@ -188,12 +189,19 @@ def report_markdown(curve, figures: list[Path], relative_to: Path) -> str:
                    "steps on this machine (timed first), its own datasets and weight-free masks from the current "
                    "generator, on "
                    + machine_description() + ", with memory reuse on.")
+    elif b.name == "cpu_batch16_bf16_6mm":
+        title = "## In-context learning curve on organ-level MR (the CPU recipe at batch 16, bf16, 6 mm)"
+        command = ("`python benchmarks/in_context_learning_curve.py --batch16 --bf16 --grid-6mm`: the bf16 hour above "
+                   "(same pool, trainer, batch, lr and val references) on the 6 mm grid with a 32³ patch (preset "
+                   "`cpu_in_context_6mm`: the same 192 mm field of view at a third of the voxels), as many 60-step "
+                   "epochs as fit in 50 minutes of steps on this machine (timed first), its own datasets and "
+                   "weight-free masks, on " + machine_description() + ", with memory reuse on.")
     else:
         title = "## In-context learning curve on organ-level MR (CPU recipe)"
         command = f"`python benchmarks/in_context_learning_curve.py` ({machine_description()})."
     steps = records[-1]["global_step"]
     lines = [title, "", f"{command} Trainer "
-             f"`MASSCPUPretrainer`, preset `cpu_in_context`, {steps} steps in {seconds / 60:.0f} min of pretraining"
+             f"`MASSCPUPretrainer`, preset `{curve.preset}`, {steps} steps in {seconds / 60:.0f} min of pretraining"
              f" on the MR pool ({state['splits']['pool']['train']} volumes, weight-free masks). Splits: "
              + ", ".join(f"{TITLES[k]} {s['train']} train / {s['val']} val / {s['test']} test patients"
                          for k, s in state["splits"].items() if k in TITLES) + "; only train patients are pooled.", "",

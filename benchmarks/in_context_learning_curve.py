@@ -12,11 +12,15 @@
                                                               # as fit in 50 minutes of steps on this machine
                                                               # (timed first; 17 on a 2.8 s step), at most 20;
                                                               # each its own section
+    python benchmarks/in_context_learning_curve.py --batch16 --bf16 --grid-6mm  # the bf16 hour on the 6 mm grid
+                                                              # with a 32³ patch (preset cpu_in_context_6mm): about
+                                                              # 2.5x the steps in the same minutes, at most 60
+                                                              # epochs; its own section
 
 Stages (each resumable; re-running the command skips what is finished, an interrupted pretraining continues):
   datasets  raw CHAOS MR (705) and MS-CMRSeg (706) with their fixed patient splits, and the MR pretraining pool
             (712: the train patients of both, BRATS FLAIR, pyradiomics MR, TotalSegmentator MR, sarcoma T1), planned
-            and preprocessed with the recipe's preset
+            and preprocessed with the recipe's preset (--grid-6mm: cpu_in_context_6mm)
   masks     weight-free (supervoxel) masks of the pool
   pretrain  the recipe trainer on the pool; after every epoch the pretext Dice on the pool's held-out cases and
             1-shot in-context Dice per structure on the CHAOS and MS-CMRSeg val patients (3 reference choices)
@@ -90,6 +94,7 @@ class CurveBudget:
     # set: pretrain as many epochs as fit in this many minutes of steps on this machine (timed by a throw-away run
     # before the pretraining starts, kept in state.json), at most pretrain_epochs and at least MIN_TIMED_EPOCHS
     pretrain_minutes: float | None = None
+    preset: str | None = None  # None: the recipe's preset (RECIPE_PRESET)
 
     @property
     def pretrain_steps(self) -> int:
@@ -113,6 +118,11 @@ CPU_BATCH16 = CurveBudget("cpu_batch16", pretrain_epochs=10, pretrain_iters_per_
 # validations room inside the hour
 CPU_BATCH16_BF16 = replace(CPU_BATCH16, name="cpu_batch16_bf16", precision="bf16", pretrain_epochs=20,
                            pretrain_minutes=50.0)
+# the bf16 hour on the 6 mm grid with a 32³ patch (preset cpu_in_context_6mm): the same 192 mm field of view at a third
+# of the voxels, 1.3 s per batch-16 step instead of 3.4 on a 2-core Xeon with AMX, so the hour holds 38 epochs (2,280
+# steps) instead of 17 (run 22 of documentation/in_context_ablations.md)
+CPU_BATCH16_BF16_6MM = replace(CPU_BATCH16_BF16, name="cpu_batch16_bf16_6mm", preset="cpu_in_context_6mm",
+                               pretrain_epochs=60)
 MIN_TIMED_EPOCHS, TIMING_STEPS = 2, 4  # a curve needs two points; steps per epoch of the throw-away timing run
 QUICK = CurveBudget("quick", pretrain_epochs=2, pretrain_iters_per_epoch=2, finetune_epochs=1,
                     finetune_iters_per_epoch=2, seeds=(0,), pool_cases_per_source=2)
@@ -126,7 +136,8 @@ class LearningCurve:
         self.paths = MassPaths.resolve(raw=str(workspace / "raw"), preprocessed=str(workspace / "preprocessed"),
                                        results=str(workspace / "results"))
         self.state_path = workspace / "state.json"
-        self.plans_name = load_preset(RECIPE_PRESET)[1]
+        self.preset = budget.preset or RECIPE_PRESET
+        self.plans_name = load_preset(self.preset)[1]
 
     def state(self) -> dict:
         return read_json(self.state_path) if self.state_path.is_file() else {"finished": [], "budget": None}
@@ -151,7 +162,7 @@ class LearningCurve:
         for dataset in built.values():
             write_splits(dataset, self.paths.preprocessed)
             plan_and_preprocess(dataset.dataset_id, self.paths,
-                                PlanAndPreprocessOptions(preset=RECIPE_PRESET, num_processes=2, progress=False))
+                                PlanAndPreprocessOptions(preset=self.preset, num_processes=2, progress=False))
         state = self.state()
         state["datasets"] = {key: dataset.folder_name for key, dataset in built.items()}
         state["splits"] = {key: {s: len(c) for s, c in dataset.splits.items()} for key, dataset in built.items()}
@@ -326,6 +337,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --batch16: pretrain with --precision bf16 (CPUs with native bf16) for as many "
                              "60-step epochs as fit in 50 minutes of steps here (timed first; 17 on a 2.8 s step), "
                              "at most 20: the hour's worth, its own section")
+    parser.add_argument("--grid-6mm", action="store_true",
+                        help="with --batch16 --bf16: on the 6 mm grid with a 32³ patch (preset cpu_in_context_6mm, "
+                             "the same field of view at a third of the voxels), as many epochs as fit in the 50 "
+                             "minutes, at most 60; its own section")
     parser.add_argument("--reuse-datasets-from", type=Path, metavar="WORKSPACE",
                         help="copy the finished datasets and masks stages of another workspace (same code, same "
                              "data: identical arrays) instead of running them again")
@@ -335,8 +350,10 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--quick, --gpu and --batch16 are three budgets: pass one")
     if args.bf16 and not args.batch16:
         raise SystemExit("--bf16 goes with --batch16 (the GPU budget already trains in bf16)")
-    budget = (QUICK if args.quick else GPU if args.gpu else CPU_BATCH16_BF16 if args.bf16
-              else CPU_BATCH16 if args.batch16 else FULL)
+    if args.grid_6mm and not args.bf16:
+        raise SystemExit("--grid-6mm goes with --batch16 --bf16")
+    budget = (QUICK if args.quick else GPU if args.gpu else CPU_BATCH16_BF16_6MM if args.grid_6mm
+              else CPU_BATCH16_BF16 if args.bf16 else CPU_BATCH16 if args.batch16 else FULL)
     suffix = "" if budget is FULL else f"_{budget.name}"
     workspace = args.workspace or REPOSITORY / "benchmarks" / "_work" / f"in_context_curve{suffix}"
     workspace.mkdir(parents=True, exist_ok=True)

@@ -125,6 +125,15 @@ def test_cpu_in_context_preset_plans_4mm_and_48_cubed(tmp_path):
     assert config.patch_size_zyx == [48, 48, 48]
 
 
+def test_cpu_in_context_6mm_preset_keeps_the_field_of_view_at_6mm_and_32_cubed(tmp_path):
+    name, plans_name, settings = load_preset("cpu_in_context_6mm")
+    assert (name, plans_name, settings.configurations) == ("cpu_in_context_6mm", "MassPlansInContextCPU6mm",
+                                                           ["3d_cpu"])
+    dataset = make_raw_dataset(tmp_path, channel_names=("T2",), num_cases=2, shape_zyx=(70, 170, 170))
+    config = plan_experiment(extract_fingerprint(dataset, progress=False), settings).configuration("3d_cpu")
+    assert config.target_spacing_zyx_mm == pytest.approx([6.0, 6.0, 6.0])
+    assert config.patch_size_zyx == [32, 32, 32]  # 192 mm per axis, as cpu_in_context's 48 x 4 mm
+
 
 def test_demo_preset_caps_the_patch_at_32_and_3mm(tmp_path):
     name, plans_name, settings = load_preset("demo_in_context")

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.in_context_learning_curve import (CPU_BATCH16, CPU_BATCH16_BF16, FULL, GPU, QUICK, LearningCurve,
-                                                  _few_per_source, main)
+from benchmarks.in_context_learning_curve import (CPU_BATCH16, CPU_BATCH16_BF16, CPU_BATCH16_BF16_6MM, FULL, GPU,
+                                                  QUICK, RECIPE_PRESET, LearningCurve, _few_per_source, main)
 from mass_nn.training.options import save_run_config
 from tests.conftest import requires_shared_data, shared_data_dir
 
@@ -56,6 +56,23 @@ def test_bf16_budget_is_the_batch16_budget_in_bf16_sized_to_the_hour_only_with_b
                       "datasets": {"pool": "712", "chaos_mr": "705", "mscmrseg": "706"}})
     assert (curve.pretraining_options().precision, curve.pretraining_options().epochs) == ("bf16", 17)
     assert LearningCurve(tmp_path, tmp_path, CPU_BATCH16, None).pretraining_options().precision == "auto"
+
+
+def test_6mm_budget_is_the_bf16_hour_on_the_6mm_preset_only_with_bf16(tmp_path):
+    differing = ("name", "preset", "pretrain_epochs")
+    assert ({k: v for k, v in vars(CPU_BATCH16_BF16_6MM).items() if k not in differing}
+            == {k: v for k, v in vars(CPU_BATCH16_BF16).items() if k not in differing})
+    assert CPU_BATCH16_BF16_6MM.pretrain_epochs == 60 and CPU_BATCH16_BF16.preset is None
+    with pytest.raises(SystemExit, match="--grid-6mm goes with --batch16 --bf16"):
+        main(["--batch16", "--grid-6mm", "--workspace", str(tmp_path), "--stages", "report"])
+    assert LearningCurve(tmp_path, tmp_path, CPU_BATCH16_BF16, None).preset == RECIPE_PRESET
+    curve = LearningCurve(tmp_path, tmp_path, CPU_BATCH16_BF16_6MM, None)
+    curve.save_state({"finished": [], "budget": None, "pretrain_epochs": 38,
+                      "datasets": {"pool": "712", "chaos_mr": "705", "mscmrseg": "706"}})
+    assert (curve.preset, curve.plans_name) == ("cpu_in_context_6mm", "MassPlansInContextCPU6mm")
+    assert (curve.pretraining_options().plans_name, curve.pretraining_options().epochs) == (
+        "MassPlansInContextCPU6mm", 38)
+    assert "MassPlansInContextCPU6mm" in curve.run_folder().name
 
 
 def test_a_budget_in_minutes_is_timed_once_and_a_started_run_keeps_its_epochs(tmp_path, monkeypatch):
