@@ -13,8 +13,8 @@
                                                               # (timed first; 17 on a 2.8 s step), at most 20;
                                                               # each its own section
     python benchmarks/in_context_learning_curve.py --batch16 --bf16 --grid-6mm  # the bf16 hour on the 6 mm grid
-                                                              # with a 32³ patch (preset cpu_in_context_6mm): about
-                                                              # 2.5x the steps in the same minutes, at most 60
+                                                              # with a 32³ patch (preset cpu_in_context_6mm): 2.2x
+                                                              # the steps in the same minutes here, at most 60
                                                               # epochs; its own section
 
 Stages (each resumable; re-running the command skips what is finished, an interrupted pretraining continues):
