@@ -209,3 +209,14 @@ def test_wide_query_appearance_changes_the_training_views_not_the_held_out_ones(
     assert trainer.sampler_settings.reference == ViewAugmentation.weak()
     assert trainer.validation.auto_masks.settings.query == ViewAugmentation.strong()
     assert ViewAugmentation.wide_appearance().appearance_probability > ViewAugmentation.strong().appearance_probability
+
+
+def test_reference_region_shift_reaches_the_training_views_not_the_held_out_ones(pretraining_roots):
+    trainer = TRAINERS.get("MASSPretrainer")(options(extra={"num_tasks": 4, "reference_region_shift": 0.3}),
+                                             pretraining_roots)
+    trainer.settings = parse_settings(trainer.settings_class, trainer.options.extra, trainer.name)
+    trainer.resolve_data()
+    trainer.fill_defaults()
+    trainer.setup()
+    assert trainer.sampler_settings.reference_region_shift == 0.3
+    assert trainer.validation.auto_masks.settings.reference_region_shift == 0.0

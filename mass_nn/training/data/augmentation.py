@@ -17,6 +17,7 @@ from batchgenerators.transforms.noise_transforms import GaussianBlurTransform, G
 
 from mass_nn import schema
 from mass_nn.training.data.affine_transform import ViewAffineTransform
+from mass_nn.training.data.region_intensity import ReferenceRegionShift
 
 # the release cuts (128 + 40)^3 crops for a 128^3 patch: 20 voxels of context per side, scaled with the patch
 MARGIN_PER_SIDE_FRACTION = 20 / 128
@@ -87,6 +88,7 @@ class TwoViewSettings:
     min_mask_fraction: float = 0.0  # masks smaller than this share of the patch volume are never drawn
     absent_tasks: int = 0  # channels first given masks in the reference view only ("not here" tasks)
     distant_query: float = 0.0  # share of samples whose query view is placed anywhere in the volume
+    reference_region_shift: float = 0.0  # share of the reference's task regions shifted in intensity
     reference: ViewAugmentation = field(default_factory=ViewAugmentation.weak)
     query: ViewAugmentation = field(default_factory=ViewAugmentation.strong)
 
@@ -103,6 +105,8 @@ class TwoViewSettings:
             raise ValueError(f"absent_tasks must lie in [0, num_tasks], got {self.absent_tasks}")
         if not 0.0 <= self.distant_query <= 1.0:
             raise ValueError(f"distant_query must be a share in [0, 1], got {self.distant_query}")
+        if not 0.0 <= self.reference_region_shift <= 1.0:
+            raise ValueError(f"reference_region_shift must be a share in [0, 1], got {self.reference_region_shift}")
 
     @property
     def min_mask_voxels(self) -> int:
@@ -164,13 +168,14 @@ def appearance_transforms(view: ViewAugmentation, image_key: str) -> list[Abstra
     ]
 
 
-def view_transforms(view: ViewAugmentation, patch_size_zyx, image_key: str,
-                    masks_key: str) -> list[AbstractTransform]:
-    """Affine warp (image linear, masks nearest) to the patch, then the appearance transforms of one view."""
+def view_transforms(view: ViewAugmentation, patch_size_zyx, image_key: str, masks_key: str,
+                    region_transforms: tuple[AbstractTransform, ...] = ()) -> list[AbstractTransform]:
+    """Affine warp (image linear, masks nearest) to the patch, then `region_transforms` (which read the warped
+    masks), then the appearance transforms of one view."""
     affine = ViewAffineTransform(patch_size_zyx, probability=view.affine_probability,
                                  scale_range=view.scale_range, rotation_degrees=view.rotation_degrees,
                                  shear=view.shear, image_key=image_key, masks_key=masks_key)
-    return [affine, *appearance_transforms(view, image_key)]
+    return [affine, *region_transforms, *appearance_transforms(view, image_key)]
 
 
 def margin_for_patch(patch_size_zyx) -> tuple[int, int, int]:
@@ -192,7 +197,10 @@ def build_two_view_transform(settings: TwoViewSettings) -> Compose:
     `settings.patch_size_zyx`; all randomness comes from the global `np.random` (and `random`) state, which the
     loader seeds per batch.
     """
-    transforms = [*view_transforms(settings.reference, settings.patch_size_zyx, *VIEW_KEYS["reference"]),
+    image_key, masks_key = VIEW_KEYS["reference"]
+    shifts = (ReferenceRegionShift(settings.reference_region_shift, image_key=image_key, masks_key=masks_key),) \
+        if settings.reference_region_shift > 0 else ()
+    transforms = [*view_transforms(settings.reference, settings.patch_size_zyx, *VIEW_KEYS["reference"], shifts),
                   *view_transforms(settings.query, settings.patch_size_zyx, *VIEW_KEYS["query"]),
                   FinaliseViews()]
     return Compose(transforms)

@@ -40,7 +40,8 @@ class MASSSettings(NnUNetEncoderSettings):
     not in the query view (their answer is "not here"); distant_query: the share of samples whose query view is
     placed anywhere in the volume, not overlapping the reference's (two_view_sampler.py); query_appearance: the
     query view's appearance augmentation, "release" (the release's strong view) or "wide" (wider ranges at
-    probability 0.5, augmentation.py); val_reference_choices:
+    probability 0.5, augmentation.py); reference_region_shift: the share of the reference view's task regions whose
+    intensity is shifted by up to one standard deviation of the view (region_intensity.py); val_reference_choices:
     reference cases per label in --val-dataset validation; nnunet_plans / nnunet_configuration: build nnU-Net's
     own ResEnc encoder from that plans file (documentation/nnunet.md)."""
 
@@ -51,6 +52,7 @@ class MASSSettings(NnUNetEncoderSettings):
     absent_tasks: int = 0
     distant_query: float = 0.0
     query_appearance: str = "release"
+    reference_region_shift: float = 0.0
     val_reference_choices: int = 1
 
     def validate(self) -> None:
@@ -64,6 +66,9 @@ class MASSSettings(NnUNetEncoderSettings):
         if not 0.0 <= self.distant_query <= 1.0:
             raise MassError(f"setting distant_query={self.distant_query}: expected a share of the samples in [0, 1], "
                             f"e.g. 0.5")
+        if not 0.0 <= self.reference_region_shift <= 1.0:
+            raise MassError(f"setting reference_region_shift={self.reference_region_shift}: expected a share of the "
+                            f"task regions in [0, 1], e.g. 0.2")
         if self.query_appearance not in QUERY_APPEARANCE:
             raise MassError(f"setting query_appearance={self.query_appearance!r}: expected one of "
                             f"{', '.join(QUERY_APPEARANCE)}")
@@ -112,6 +117,7 @@ class MASSPretrainer(Trainer):
                                                 min_mask_fraction=s.min_mask_fraction,
                                                 absent_tasks=s.absent_tasks,
                                                 distant_query=s.distant_query,
+                                                reference_region_shift=s.reference_region_shift,
                                                 query=QUERY_APPEARANCE[s.query_appearance]())
         self.validation = self._build_validation()
         if self.validation is not None:
@@ -132,8 +138,9 @@ class MASSPretrainer(Trainer):
                       for dataset in o.val_dataset or []]
         auto_masks = None
         if self.val_cases:
-            # held-out views keep the release's query augmentation, so runs that train with another compare
-            release_views = replace(self.sampler_settings, query=ViewAugmentation.strong())
+            # held-out views keep the release's augmentation, so runs that train with another compare
+            release_views = replace(self.sampler_settings, query=ViewAugmentation.strong(),
+                                    reference_region_shift=0.0)
             auto_masks = AutoMaskValidation(self.val_cases, release_views, o.batch_size, o.val_batches,
                                             seed=o.seed, loss=self.loss)
         if auto_masks is None and not in_context:
