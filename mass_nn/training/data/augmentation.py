@@ -200,7 +200,7 @@ def build_two_view_transform(settings: TwoViewSettings) -> Compose:
     image_key, masks_key = VIEW_KEYS["reference"]
     shifts = (ReferenceRegionShift(settings.reference_region_shift, image_key=image_key, masks_key=masks_key),) \
         if settings.reference_region_shift > 0 else ()
-    transforms = [*view_transforms(settings.reference, settings.patch_size_zyx, *VIEW_KEYS["reference"], shifts),
+    transforms = [*view_transforms(settings.reference, settings.patch_size_zyx, image_key, masks_key, shifts),
                   *view_transforms(settings.query, settings.patch_size_zyx, *VIEW_KEYS["query"]),
                   FinaliseViews()]
     return Compose(transforms)
