@@ -20,3 +20,12 @@ def tight_box(mask: np.ndarray) -> Box | None:
             return None
         box.append((int(hits[0]), int(hits[-1]) + 1))
     return tuple(box)
+
+
+def padded_box(mask: np.ndarray, pad: int) -> tuple[slice, slice, slice] | None:
+    """`tight_box` of a 3D mask widened by `pad` voxels per side and clipped to the array, as slices; None when the
+    mask has no True voxel."""
+    box = tight_box(mask)
+    if box is None:
+        return None
+    return tuple(slice(max(start - pad, 0), min(stop + pad, size)) for (start, stop), size in zip(box, mask.shape))

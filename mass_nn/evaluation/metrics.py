@@ -15,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from mass_nn.boxes import padded_box
+
 _FACE_NEIGHBOURS = ndimage.generate_binary_structure(3, 1)
 
 
@@ -34,16 +36,6 @@ def _dice_from_counts(predicted: int, reference: int, overlap: int) -> float:
 def _surface(mask: np.ndarray) -> np.ndarray:
     # border_value=0: voxels on the array edge count as surface, as if the volume were padded with background
     return mask & ~ndimage.binary_erosion(mask, structure=_FACE_NEIGHBOURS, border_value=0)
-
-
-def _padded_box(mask: np.ndarray, pad: int = 1) -> tuple[slice, ...]:
-    """Bounding box of the True voxels of `mask`, widened by `pad` voxels and clipped to the array."""
-    box = []
-    for axis in range(mask.ndim):
-        others = tuple(a for a in range(mask.ndim) if a != axis)
-        hits = np.flatnonzero(mask.any(axis=others))
-        box.append(slice(max(0, hits[0] - pad), min(mask.shape[axis], hits[-1] + 1 + pad)))
-    return tuple(box)
 
 
 def _union_box(first: tuple[slice, ...] | None, second: tuple[slice, ...] | None, shape, pad: int = 1):
@@ -82,7 +74,7 @@ def hd95(prediction_mask: np.ndarray, reference_mask: np.ndarray, spacing_zyx_mm
         raise ValueError(f"prediction {prediction_mask.shape} and reference {reference_mask.shape} differ in shape")
     if not prediction_mask.any() or not reference_mask.any():
         return float("nan")
-    box = _padded_box(prediction_mask | reference_mask)
+    box = padded_box(prediction_mask | reference_mask, 1)
     return _hd95_in_box(prediction_mask[box], reference_mask[box], spacing)
 
 

@@ -3,7 +3,9 @@
 Each view gets, in this order: one affine warp (per-axis scale, rotation, shear) that also centre-crops the
 margin away, then appearance transforms on the image only (multiplicative and additive brightness, gamma,
 contrast, blur, noise), each drawn independently per sample. The reference view is weakly and the query view
-strongly augmented (MASS release values, see the architecture note, section 3).
+strongly augmented (MASS release values, see the architecture note, section 3). With `reference_region_shift` the
+reference's task regions are also shifted in intensity between its warp and its appearance transforms
+(region_intensity.py).
 """
 from __future__ import annotations
 

@@ -15,6 +15,8 @@ import numpy as np
 from batchgenerators.transforms.abstract_transforms import AbstractTransform
 from scipy.ndimage import gaussian_filter
 
+from mass_nn.boxes import padded_box
+
 # regions covering more than this share of the view are left alone: the "everything" task and masks that fill the
 # view would shift the whole image, which the global brightness augmentation already does
 MAX_REGION_FRACTION = 0.5
@@ -52,17 +54,9 @@ class ReferenceRegionShift(AbstractTransform):
                 if size == 0 or size > MAX_REGION_FRACTION * view_voxels:
                     continue
                 shift = np.random.uniform(-self.magnitude, self.magnitude) * std
-                box = _padded_box(region, EDGE_PAD_VOXELS)
+                box = padded_box(region, EDGE_PAD_VOXELS)
                 weight = gaussian_filter(region[box].astype(np.float32), EDGE_SIGMA_VOXELS, mode="constant")
                 images[b][(slice(None), *box)] += shift[:, None, None, None].astype(np.float32) * weight[None]
         data_dict[self.image_key] = images
         return data_dict
 
-
-def _padded_box(region: np.ndarray, pad: int) -> tuple[slice, ...]:
-    """The bounding box of a non-empty boolean `region`, grown by `pad` voxels per side inside the array."""
-    box = []
-    for axis in range(region.ndim):
-        present = np.flatnonzero(region.any(axis=tuple(a for a in range(region.ndim) if a != axis)))
-        box.append(slice(max(int(present[0]) - pad, 0), min(int(present[-1]) + 1 + pad, region.shape[axis])))
-    return tuple(box)
