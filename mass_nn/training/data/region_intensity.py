@@ -59,4 +59,3 @@ class ReferenceRegionShift(AbstractTransform):
                 images[b][(slice(None), *box)] += shift[:, None, None, None].astype(np.float32) * weight[None]
         data_dict[self.image_key] = images
         return data_dict
-
