@@ -6,12 +6,14 @@ import os
 import shutil
 import signal
 
+import numpy as np
 import pytest
 import torch
 
 from mass_nn.cli.train import main as train_main
 from mass_nn.errors import MassError
 from mass_nn.model.checkpoint import load_checkpoint
+from mass_nn.preprocessing.blosc2_storage import open_array
 from mass_nn.registry import TRAINERS
 from mass_nn.training.data.augmentation import ViewAugmentation
 from mass_nn.training.metrics_log import read_metrics
@@ -220,3 +222,24 @@ def test_reference_region_shift_reaches_the_training_views_not_the_held_out_ones
     trainer.setup()
     assert trainer.sampler_settings.reference_region_shift == 0.3
     assert trainer.validation.auto_masks.settings.reference_region_shift == 0.0
+
+
+@pytest.mark.parametrize("case_sampling", ["uniform", "volume"])
+def test_case_sampling_weights_the_train_cases_by_their_voxels(pretraining_roots, case_sampling):
+    trainer = TRAINERS.get("MASSPretrainer")(options(extra={"num_tasks": 4, "case_sampling": case_sampling}),
+                                             pretraining_roots)
+    trainer.settings = parse_settings(trainer.settings_class, trainer.options.extra, trainer.name)
+    trainer.resolve_data()
+    trainer.fill_defaults()
+    trainer.setup()
+    loader = trainer.make_train_loader(0)
+    try:
+        probabilities = loader.loader.case_probabilities
+    finally:
+        loader.close()
+    if case_sampling == "uniform":
+        assert probabilities is None
+        return
+    voxels = np.array([np.prod(open_array(case.image_path).shape[1:]) for case in trainer.train_cases], float)
+    assert len(set(voxels)) > 1  # the phantom's cases differ in size, so the weights are not uniform
+    assert np.allclose(probabilities, voxels / voxels.sum())

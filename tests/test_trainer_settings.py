@@ -28,6 +28,7 @@ def test_defaults_types_and_conversion():
     ({"min_mask_fraction": 1.0}, r"setting min_mask_fraction=1.0: expected a share"),
     ({"query_appearance": "strong"}, r"setting query_appearance='strong': expected one of release, wide"),
     ({"reference_region_shift": 1.5}, r"setting reference_region_shift=1.5: expected a share of the task regions"),
+    ({"case_sampling": "size"}, r"setting case_sampling='size': expected one of uniform, volume"),
 ])
 def test_bad_settings_name_the_setting(given, message):
     with pytest.raises(MassError, match=message):

@@ -13,7 +13,7 @@ from mass_nn.preprocessing.blosc2_storage import open_array, save_array
 from mass_nn.training.data.affine_transform import (ViewAffineTransform, centre_crop, sampling_coordinates,
                                                     warp_image, warp_masks_nearest)
 from mass_nn.training.data.augmentation import TwoViewSettings, ViewAugmentation
-from mass_nn.training.data.pretraining_loader import PretrainingCase, make_pretraining_loader
+from mass_nn.training.data.pretraining_loader import PretrainingCase, case_weights_by_volume, make_pretraining_loader
 from mass_nn.masks.mask_bank import MaskBank
 from mass_nn.training.data.two_view_sampler import (EVERYTHING, PADDING, choose_tasks, plan_view_starts,
                                                     sample_two_views)
@@ -315,6 +315,15 @@ def test_determinism_and_weighted_cases(tmp_path):
     assert not np.array_equal(first[0]["query_image"], other_seed["query_image"])
     weighted = batches(cases, view_settings, 3, seed=7, case_weights=[0.0, 1.0])
     assert all(batch["case_ids"] == ["positions", "positions"] for batch in weighted)
+
+
+def test_case_weights_by_volume_count_the_voxels_of_each_grid(tmp_path):
+    small = label_case(tmp_path, "small", shape=(20, 18, 16))
+    large = label_case(tmp_path, "large")  # SHAPE: 8 times the voxels, 3 image channels that must not count
+    assert case_weights_by_volume([small, large]) == [20 * 18 * 16, float(np.prod(SHAPE))]
+    loader = make_pretraining_loader([small, large], settings(), 2, seed=0, num_workers=0,
+                                     case_weights=case_weights_by_volume([small, large]))
+    assert np.allclose(loader.loader.case_probabilities, [1 / 9, 8 / 9])
 
 
 def test_resume_with_workers_and_ddp_ranks(tmp_path):

@@ -23,8 +23,8 @@ from mass_nn.training.data.two_view_sampler import sample_two_views
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PretrainingCase", "TwoViewDataLoader", "make_pretraining_loader", "measure_loader_throughput",
-           "seed_everything_for_batch", "validate_cases"]
+__all__ = ["PretrainingCase", "TwoViewDataLoader", "case_weights_by_volume", "make_pretraining_loader",
+           "measure_loader_throughput", "seed_everything_for_batch", "validate_cases"]
 
 @dataclass(frozen=True)
 class PretrainingCase:
@@ -101,6 +101,13 @@ def stack_samples(samples: list, case_ids: list[str], batch_index: int) -> dict:
     batch["case_ids"] = list(case_ids)
     batch["batch_index"] = int(batch_index)
     return batch
+
+
+def case_weights_by_volume(cases: list[PretrainingCase]) -> list[float]:
+    """Each case's voxel count (all channels' grid, read from the array header), as case weights: drawn
+    proportionally, every voxel of the pool is equally likely to lie in a sample, so a large abdominal volume is not
+    drawn as rarely as a small tumour crop."""
+    return [float(np.prod(open_array(case.image_path).shape[1:])) for case in cases]
 
 
 def _normalised_weights(case_weights, num_cases: int) -> np.ndarray | None:

@@ -19,8 +19,8 @@ from mass_nn.networks.in_context.config import InContextNetworkConfig
 from mass_nn.networks.in_context.in_context_model import InContextSegmenter
 from mass_nn.threads import default_loader_workers
 from mass_nn.training.data.augmentation import TwoViewSettings, ViewAugmentation
-from mass_nn.training.data.pretraining_loader import (PretrainingCase, batch_to_device, make_pretraining_loader,
-                                                      validate_cases)
+from mass_nn.training.data.pretraining_loader import (PretrainingCase, batch_to_device, case_weights_by_volume,
+                                                      make_pretraining_loader, validate_cases)
 from mass_nn.training.losses import SegmentationLoss
 from mass_nn.training.pretrain.nnunet_encoder_settings import NnUNetEncoderSettings
 from mass_nn.training.pretrain.validation import AutoMaskValidation, InContextValidation, PretrainingValidation
@@ -28,6 +28,7 @@ from mass_nn.training.trainer import Trainer
 
 # the query view's appearance augmentation by setting name
 QUERY_APPEARANCE = {"release": ViewAugmentation.strong, "wide": ViewAugmentation.wide_appearance}
+CASE_SAMPLING = ("uniform", "volume")
 logger = logging.getLogger(__name__)
 
 # trainer-specific settings (-s KEY=VALUE) and their defaults
@@ -41,7 +42,9 @@ class MASSSettings(NnUNetEncoderSettings):
     placed anywhere in the volume, not overlapping the reference's (two_view_sampler.py); query_appearance: the
     query view's appearance augmentation, "release" (the release's strong view) or "wide" (wider ranges at
     probability 0.5, augmentation.py); reference_region_shift: the share of the reference view's task regions whose
-    intensity is shifted by up to one standard deviation of the view (region_intensity.py); val_reference_choices:
+    intensity is shifted by up to one standard deviation of the view (region_intensity.py); case_sampling: how
+    cases are drawn, "uniform" (each case equally often) or "volume" (proportionally to its voxel count, so every
+    voxel of the pool equally often); val_reference_choices:
     reference cases per label in --val-dataset validation; nnunet_plans / nnunet_configuration: build nnU-Net's
     own ResEnc encoder from that plans file (documentation/nnunet.md)."""
 
@@ -53,6 +56,7 @@ class MASSSettings(NnUNetEncoderSettings):
     distant_query: float = 0.0
     query_appearance: str = "release"
     reference_region_shift: float = 0.0
+    case_sampling: str = "uniform"
     val_reference_choices: int = 1
 
     def validate(self) -> None:
@@ -69,6 +73,8 @@ class MASSSettings(NnUNetEncoderSettings):
         if not 0.0 <= self.reference_region_shift <= 1.0:
             raise MassError(f"setting reference_region_shift={self.reference_region_shift}: expected a share of the "
                             f"task regions in [0, 1], e.g. 0.2")
+        if self.case_sampling not in CASE_SAMPLING:
+            raise MassError(f"setting case_sampling={self.case_sampling!r}: expected one of {', '.join(CASE_SAMPLING)}")
         if self.query_appearance not in QUERY_APPEARANCE:
             raise MassError(f"setting query_appearance={self.query_appearance!r}: expected one of "
                             f"{', '.join(QUERY_APPEARANCE)}")
@@ -152,7 +158,15 @@ class MASSPretrainer(Trainer):
         return make_pretraining_loader(self.train_cases, self.sampler_settings, self.options.batch_size,
                                        seed=self.options.seed, num_workers=self.options.num_workers,
                                        start_batch=start_batch, rank=self.context.rank,
-                                       world_size=self.context.world_size)
+                                       world_size=self.context.world_size, case_weights=self._case_weights())
+
+    def _case_weights(self) -> list[float] | None:
+        if self.settings.case_sampling == "uniform":
+            return None
+        weights = case_weights_by_volume(self.train_cases)
+        logger.info("cases drawn by volume: %s", ", ".join(f"{c.case_id} {w / sum(weights):.3f}"
+                                                          for c, w in zip(self.train_cases, weights)))
+        return weights
 
     def compute_loss(self, batch) -> tuple[torch.Tensor, dict[str, float]]:
         tensors = batch_to_device(batch, self.device)
