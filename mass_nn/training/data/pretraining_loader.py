@@ -104,9 +104,9 @@ def stack_samples(samples: list, case_ids: list[str], batch_index: int) -> dict:
 
 
 def case_weights_by_volume(cases: list[PretrainingCase]) -> list[float]:
-    """Each case's voxel count (all channels' grid, read from the array header), as case weights: drawn
-    proportionally, every voxel of the pool is equally likely to lie in a sample, so a large abdominal volume is not
-    drawn as rarely as a small tumour crop."""
+    """Each case's voxel count on its spatial grid (channels not counted; read from the array header), as case
+    weights: drawn proportionally, every voxel of the pool is equally likely to lie in a sample, so a large abdominal
+    volume is not drawn as rarely as a small tumour crop."""
     return [float(np.prod(open_array(case.image_path).shape[1:])) for case in cases]
 
 

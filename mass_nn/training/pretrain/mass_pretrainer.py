@@ -164,7 +164,8 @@ class MASSPretrainer(Trainer):
         if self.settings.case_sampling == "uniform":
             return None
         weights = case_weights_by_volume(self.train_cases)
-        logger.info("cases drawn by volume: %s", ", ".join(f"{c.case_id} {w / sum(weights):.3f}"
+        total = sum(weights)
+        logger.info("cases drawn by volume: %s", ", ".join(f"{c.case_id} {w / total:.3f}"
                                                           for c, w in zip(self.train_cases, weights)))
         return weights
 
