@@ -72,32 +72,42 @@ def curve_figure(records: list[dict], dataset_names: dict[str, str], path: Path)
     return path
 
 
-def _untrained_dice(curve, key: str, method: str) -> list[float]:
+def _untrained_dice(curve, key: str, method: str, score: str) -> list[float]:
     values = []
     for seed in curve.budget.seeds:
         path = curve.untrained_in_context_folder(key, method, seed) / "summary.json"
         if path.is_file():
-            value = read_json(path)["mean_dice"]
+            summary = read_json(path)
+            value = summary["mean_dice"] if score == "mean_dice" else (summary.get("structures_alone") or {}).get(
+                "mean_dice")
             values.append(math.nan if value is None else value)
     return values
 
 
+def _cells(curve, results: dict, method: str, score: str) -> list[str] | None:
+    """One row's cells, mean (std) over the shot seeds per dataset; None when no run has the score."""
+    per_key = [[r.get(score) for r in results.get(key, {}).get("runs", []) if r["method"] == method] for key in TITLES]
+    if not any(v is not None for values in per_key for v in values):
+        return None
+    return [mean_std([math.nan if v is None else v for v in values]) if values else "–" for values in per_key]
+
+
 def comparison_rows(curve) -> tuple[list[str], list[list[str]]]:
-    """Methods x datasets, 1-shot mean Dice (%) over the structures, mean (std) over the shot seeds; the
-    untrained network's in-context rows right below the pretrained ones."""
+    """Methods x datasets, 1-shot mean Dice (%) over the structures, mean (std) over the shot seeds: of the label
+    maps, and below each, of each structure's own claim where the runs scored it; the untrained network's
+    in-context rows right below the pretrained ones."""
     header, rows = ["method", *(f"{TITLES[k]} 1-shot" for k in TITLES)], []
     results = {k: read_json(p) for k in TITLES if (p := curve.workspace / "compare" / k / "results.json").is_file()}
     for method, title in METHOD_TITLES.items():
-        cells = []
-        for key in TITLES:
-            runs = [r for r in results.get(key, {}).get("runs", []) if r["method"] == method]
-            cells.append(mean_std([math.nan if r["mean_dice"] is None else r["mean_dice"] for r in runs])
-                         if runs else "–")
-        rows.append([title, *cells])
-        if method.startswith("in_context"):
-            untrained = [_untrained_dice(curve, key, method) for key in TITLES]
-            rows.append([title.replace("MASS", "untrained network"),
-                         *(mean_std(v) if v else "–" for v in untrained)])
+        for score, suffix in (("mean_dice", ""), ("structures_alone_dice", ", each structure's own claim")):
+            cells = _cells(curve, results, method, score)
+            if cells is None and score != "mean_dice":
+                continue
+            rows.append([title + suffix, *(cells or ["–"] * len(TITLES))])
+            if method.startswith("in_context"):
+                untrained = [_untrained_dice(curve, key, method, score) for key in TITLES]
+                rows.append([title.replace("MASS", "untrained network") + suffix,
+                             *(mean_std(v) if v else "–" for v in untrained)])
     return header, rows
 
 

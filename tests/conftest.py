@@ -71,6 +71,16 @@ def mass_roots(tmp_path):
     return MassPaths(raw=tmp_path / "raw", preprocessed=tmp_path / "preprocessed", results=tmp_path / "results")
 
 
+@pytest.fixture(scope="module")
+def tiny_network():
+    """The tiny in-context network (32³ input) with seeded random weights, in eval mode."""
+    import torch
+    from mass_nn.networks.in_context.config import InContextNetworkConfig
+    from mass_nn.networks.in_context.in_context_model import InContextSegmenter
+    torch.manual_seed(0)
+    return InContextSegmenter(InContextNetworkConfig.tiny()).eval()
+
+
 @pytest.fixture(scope="session")
 def phantom_with_masks(tmp_path_factory):
     """A 6-case phantom, preprocessed (3d_cpu) with weight-free masks: what pretraining reads. Shared by the

@@ -18,17 +18,9 @@ from mass_nn.inference.predictor import IN_CONTEXT_OVERLAP, InferenceSettings, S
 from mass_nn.inference.task_embedding_file import load_task_embedding, save_task_embedding
 from mass_nn.masks.proposal import CaseInput, MaskProposal
 from mass_nn.model.checkpoint import Checkpoint, CheckpointMeta
-from mass_nn.networks.in_context.config import InContextNetworkConfig
-from mass_nn.networks.in_context.in_context_model import InContextSegmenter
 from mass_nn.networks.in_context.task_ops import concat_task_embeddings
 
 PATCH = (32, 32, 32)
-
-
-@pytest.fixture(scope="module")
-def tiny_network():
-    torch.manual_seed(0)
-    return InContextSegmenter(InContextNetworkConfig.tiny()).eval()
 
 
 def blocks_reference(seed: int = 0) -> ContextReference:

@@ -12,8 +12,6 @@ from mass_nn.inference.label_maps import probabilities_to_label_map
 from mass_nn.inference.reference_encoding import encode_reference_labels, label_box, reference_crop
 from mass_nn.inference.sliding_window import sliding_window_probabilities, window_starts
 from mass_nn.io.image_io import ImageGeometry, read_image
-from mass_nn.networks.in_context.config import InContextNetworkConfig
-from mass_nn.networks.in_context.in_context_model import InContextSegmenter
 
 
 def test_reference_crop_near_the_border_keeps_the_label_and_pads_with_zeros():
@@ -34,12 +32,6 @@ def test_label_box_is_tight():
     seg[2:5, 3:4, 7:11] = 1
     assert label_box(seg, 1) == [[2, 5], [3, 4], [7, 11]]
     assert label_box(seg, 2) is None
-
-
-@pytest.fixture(scope="module")
-def tiny_network():
-    torch.manual_seed(0)
-    return InContextSegmenter(InContextNetworkConfig.tiny()).eval()
 
 
 def test_k_identical_references_equal_one_shot_and_missing_labels_are_named(tiny_network):

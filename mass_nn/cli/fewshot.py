@@ -66,7 +66,8 @@ def _run(args) -> int:
     output = output or prepare_output_folder(paths.results / name / (
         f"fewshot__{checkpoint_identity(args.checkpoint)}" + (f"__{args.tag}" if args.tag else "")))
     results = run_few_shot_protocol(protocol, paths, output)
-    print(results_table(results))
+    print(f"label maps:\n{results_table(results)}\neach structure's own claim (overlaps kept):\n"
+          f"{results_table(results, 'structures_alone_dice')}")
     print(f"results.json, results.md and examples.png in {output}")
     return 0
 

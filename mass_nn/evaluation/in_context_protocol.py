@@ -17,8 +17,9 @@ from mass_nn.masks.case_loading import load_case_input
 from mass_nn.model.pretrained import load_pretrained_checkpoint
 from mass_nn.paths import MassPaths
 
-# bumped when the read-out changes what a finished evaluation would score; 2: context tasks and overlap 0.75
-READOUT_VERSION = 2
+# bumped when the read-out changes what a finished evaluation would score; 2: context tasks and overlap 0.75;
+# 3: each structure's own claim scored too ("structures_alone")
+READOUT_VERSION = 3
 
 
 def finished_evaluation(out_folder: Path, context_tasks: int | None = None) -> dict | None:

@@ -58,7 +58,7 @@ def scan_label_folder(folder: Path, role: str) -> tuple[dict[str, Path], list[st
     return found, duplicates
 
 
-def _read_label_map(path: Path) -> tuple[np.ndarray, ImageGeometry]:
+def read_label_map(path: Path) -> tuple[np.ndarray, ImageGeometry]:
     """A label map in its stored integer type (reading as float would quadruple the memory of uint8 maps)."""
     image = read_sitk_image(path)
     require_3d_scalar_image(image, path)
@@ -90,8 +90,8 @@ def _evaluate_case(item: tuple) -> dict:
     error, warnings = _geometry_problems(prediction_path, reference_path)
     if error:
         raise MassError(error)
-    prediction, geometry = _read_label_map(prediction_path)
-    reference, _ = _read_label_map(reference_path)
+    prediction, geometry = read_label_map(prediction_path)
+    reference, _ = read_label_map(reference_path)
     reference_values = present_labels(reference)
     if labels is None:  # every value present in either map; the caller keeps those found in references
         labels = {str(v): v for v in sorted(set(reference_values) | set(present_labels(prediction)))}
@@ -245,6 +245,12 @@ def summary_markdown(summary: dict) -> str:
              "", "## Dice (%)", "", metric_table(summary, "dice")]
     if summary["hd95"]:
         parts += ["", "## HD95 (mm)", "", metric_table(summary, "hd95")]
+    alone = summary.get("structures_alone")
+    if alone:
+        per_class = ", ".join(f"{name} {_text(value)}" for name, value in alone["mean"].items())
+        parts += ["", "## Dice (%) of each structure's own claim", "",
+                  f"Each structure's channel thresholded alone, overlapping claims kept (the release's in-context "
+                  f"evaluator): mean {_text(alone['mean_dice'])} % ({per_class})."]
     problems = _problem_lines(summary)
     if problems:
         parts += ["", "## Problems", "", *problems]

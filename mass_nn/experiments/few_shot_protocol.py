@@ -112,8 +112,11 @@ def run_few_shot_protocol(protocol: FewShotProtocol, paths: MassPaths, out_folde
                 logger.info("few-shot protocol: %s, %d-shot, seed %d", method, k, seed)
                 summary = (_in_context(protocol, paths, out_folder, method, k, seed) if method in IN_CONTEXT_METHODS
                            else _finetune(protocol, paths, method, k, seed))
+                alone = summary.get("structures_alone") or {}
                 runs.append({"method": method, "shots": k, "seed": seed, "mean_dice": summary["mean_dice"],
                              "per_class_dice": {n: m["dice"] for n, m in summary["mean"].items()},
+                             "structures_alone_dice": alone.get("mean_dice"),
+                             "structures_alone_per_class": alone.get("mean"),
                              "run_folder": summary["run_folder"]})
     results = {"dataset": protocol.dataset, "checkpoint": str(protocol.checkpoint), "shots": shots,
                "skipped_shots": skipped, "seeds": protocol.seeds, "methods": protocol.methods, "runs": runs,
@@ -150,14 +153,16 @@ def _write_figure(runs: list[dict], protocol: FewShotProtocol, paths: MassPaths,
     return str(path)
 
 
-def results_table(results: dict) -> str:
-    """Markdown table: one row per method, one column per k, cells "mean (std)" of the mean Dice (%) over seeds."""
+def results_table(results: dict, score: str = "mean_dice") -> str:
+    """Markdown table: one row per method, one column per k, cells "mean (std)" over seeds of the runs' `score`
+    (mean Dice (%) of the label maps, or "structures_alone_dice": of each structure's own claim); runs scored
+    before a score existed count as missing."""
     header = ["method", *(f"{k}-shot" for k in results["shots"])]
     rows = []
     for method in results["methods"]:
         cells = []
         for k in results["shots"]:
-            values = [r["mean_dice"] for r in results["runs"] if r["method"] == method and r["shots"] == k]
+            values = [r.get(score) for r in results["runs"] if r["method"] == method and r["shots"] == k]
             cells.append(mean_std([v if v is not None else math.nan for v in values]))
         rows.append([method_label(method, results["checkpoint_trainer"]), *cells])
     return markdown_table(header, rows)
@@ -166,7 +171,9 @@ def results_table(results: dict) -> str:
 def results_markdown(results: dict) -> str:
     lines = [f"# Few-shot segmentation on {results['dataset']}", "",
              f"Checkpoint: `{results['checkpoint']}`; seeds {results['seeds']}; mean Dice (%) over the classes of "
-             f"the test split, mean (std) over seeds.", "", results_table(results), ""]
+             f"the test split, mean (std) over seeds.", "", "Label maps (what `mass_predict` writes):", "",
+             results_table(results), "", "Each structure's own claim (overlaps kept, as the release's in-context "
+             "evaluator scores):", "", results_table(results, "structures_alone_dice"), ""]
     if results["skipped_shots"]:
         lines += [f"Skipped k = {results['skipped_shots']}: not enough labelled training cases.", ""]
     return "\n".join(lines)

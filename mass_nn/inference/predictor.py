@@ -102,10 +102,22 @@ class SegmentationPredictor:
 
     def label_map(self, data: np.ndarray) -> np.ndarray:
         """Label map (D, H, W) int16 of a preprocessed image, on the preprocessed grid."""
-        s = self.settings
-        threshold = self.thresholds if self.thresholds is not None else s.threshold
-        return probabilities_to_label_map(self.probabilities(data), self.label_values, threshold,
-                                          s.keep_largest_component, self.label_fusion)
+        return self.label_map_of(self.probabilities(data))
+
+    def label_map_of(self, probabilities: Tensor) -> np.ndarray:
+        """Label map (D, H, W) int16 of probabilities [K, D, H, W]: thresholds, label fusion, components."""
+        return probabilities_to_label_map(probabilities, self.label_values, self._threshold,
+                                          self.settings.keep_largest_component, self.label_fusion)
+
+    def structure_claims(self, probabilities: Tensor) -> Tensor:
+        """[K, D, H, W] bool: each label's own claim (its probability at its threshold) before the labels are
+        fused, so claims may overlap; the release's in-context evaluator scores these, one structure at a time."""
+        cut = torch.as_tensor(self._threshold, dtype=probabilities.dtype)
+        return probabilities >= cut.reshape(-1, *([1] * (probabilities.ndim - 1)))
+
+    @property
+    def _threshold(self) -> float | list[float]:
+        return self.thresholds if self.thresholds is not None else self.settings.threshold
 
     @property
     def label_fusion(self) -> str:
@@ -122,17 +134,25 @@ class SegmentationPredictor:
                             f"({', '.join(c.name for c in self.plans.channels)}); name them <case>_0000, _0001, ...")
         return preprocess_in_memory(case, self.plans, self.configuration)
 
-    def predict_case(self, case: CaseFiles, output_path: Path) -> dict:
-        """Segment one raw case and write its label map in the case's own geometry; returns timings."""
+    def predict_case(self, case: CaseFiles, output_path: Path, structure_masks: bool = False) -> dict:
+        """Segment one raw case and write its label map in the case's own geometry; returns timings and, with
+        `structure_masks`, each label's own claim in that geometry ("structure_masks": {label value: bool
+        (z, y, x)}, see structure_claims)."""
         started = time.perf_counter()
         preprocessed = self.preprocess(case)
         prepared = time.perf_counter()
-        label_map = self.label_map(preprocessed.data)
+        probabilities = self.probabilities(preprocessed.data)
+        label_map = self.label_map_of(probabilities)
         predicted = time.perf_counter()
         props = preprocessed.properties
         write_image(to_original_grid(label_map, props, is_label=True).astype(np.uint8 if max(self.label_values) < 256
                                                                             else np.int16),
                     props.geometry, output_path)
-        return {"case_id": case.case_id, "output": str(output_path),
-                "preprocess_seconds": prepared - started, "predict_seconds": predicted - prepared,
-                "export_seconds": time.perf_counter() - predicted}
+        result = {"case_id": case.case_id, "output": str(output_path),
+                  "preprocess_seconds": prepared - started, "predict_seconds": predicted - prepared}
+        if structure_masks:
+            claims = self.structure_claims(probabilities).numpy()
+            result["structure_masks"] = {value: to_original_grid(claim.view(np.uint8), props, is_label=True) > 0
+                                         for value, claim in zip(self.label_values, claims)}
+        result["export_seconds"] = time.perf_counter() - predicted
+        return result
