@@ -22,6 +22,8 @@ METHOD_TITLES = {"in_context": "MASS in context (no training), threshold 0.5",
                  "in_context_calibrated": "MASS in context (no training), reference-calibrated thresholds",
                  "finetune": "MASS finetuned", "scratch": "scratch finetuned"}
 
+ALONE_SUFFIX = ", each structure's own claim"  # rows of structure_scores.py's score
+
 
 def _percent(value) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}"
@@ -99,7 +101,7 @@ def comparison_rows(curve) -> tuple[list[str], list[list[str]]]:
     header, rows = ["method", *(f"{TITLES[k]} 1-shot" for k in TITLES)], []
     results = {k: read_json(p) for k in TITLES if (p := curve.workspace / "compare" / k / "results.json").is_file()}
     for method, title in METHOD_TITLES.items():
-        for score, suffix in (("mean_dice", ""), ("structures_alone_dice", ", each structure's own claim")):
+        for score, suffix in (("mean_dice", ""), ("structures_alone_dice", ALONE_SUFFIX)):
             cells = _cells(curve, results, method, score)
             if cells is None and score != "mean_dice":
                 continue
@@ -176,6 +178,10 @@ def report_markdown(curve, figures: list[Path], relative_to: Path) -> str:
     header, rows = curve_rows(records, names)
     structure_header, per_structure = structure_rows(records[-1], names)
     compare_header, compare_rows = comparison_rows(curve)
+    alone_note = (" Rows ending \"each structure's own claim\" score every structure's channel thresholded alone, "
+                  "overlaps kept, as the release's in-context evaluator does "
+                  "(documentation/in_context_segmentation.md#scoring-each-structures-own-claim)."
+                  if any(row[0].endswith(ALONE_SUFFIX) for row in compare_rows) else "")
     seconds = sum(r.get("epoch_seconds", 0.0) for r in records)
     untrained_note = " Step 0 is the same network untrained." if records[0]["global_step"] == 0 else ""
     if b.name == "gpu":
@@ -224,7 +230,7 @@ def report_markdown(curve, figures: list[Path], relative_to: Path) -> str:
              markdown_table(structure_header, per_structure), "",
              f"Test patients, 1-shot, full volumes in their own geometry, mean Dice (%) over the structures, mean "
              f"(std) over {len(b.seeds)} shot choices; finetuning {b.finetune_epochs * b.finetune_iters_per_epoch} "
-             f"steps for both finetuned rows." + readout_note(curve), "",
+             f"steps for both finetuned rows." + readout_note(curve) + alone_note, "",
              markdown_table(compare_header, compare_rows), ""]
     lines += [" ".join(f"![{p.stem}]({p.relative_to(relative_to).as_posix()})" for p in figures), ""]
     return "\n".join(lines)

@@ -26,7 +26,8 @@ Stages (each resumable; re-running the command skips what is finished, an interr
             1-shot in-context Dice per structure on the CHAOS and MS-CMRSeg val patients (3 reference choices)
   compare   on the test patients, 1-shot: MASS in context (threshold 0.5 and reference-calibrated), the same
             network untrained in context, MASS finetuned and scratch finetuned (same steps), mean (std) over the shot
-            seeds, with a reference / query / prediction figure per dataset
+            seeds, each scored on its label maps and on each structure's own claim (the release's evaluator), with
+            a reference / query / prediction figure per dataset
   report    the curve (table + figure), the comparison and the PCA figure -> benchmarks.md (full run) or the
             workspace's report.md (--quick)
 """

@@ -129,3 +129,28 @@ def test_quick_run_writes_the_curve_the_comparison_and_the_report(tmp_path):
     assert (tmp_path / "figures" / "in_context_curve.png").is_file()
     # a second run finds everything finished and only rewrites the report
     assert main(["--quick", "--shared-data", str(shared_data_dir()), "--workspace", str(tmp_path)]) == 0
+
+
+def test_comparison_rows_add_each_structures_own_claim_below_its_label_map_row(tmp_path):
+    from types import SimpleNamespace
+    from benchmarks.in_context_curve_report import comparison_rows
+    from mass_nn.io.atomic import write_json_atomic
+    curve = SimpleNamespace(workspace=tmp_path, budget=SimpleNamespace(seeds=[0, 1]),
+                            untrained_in_context_folder=lambda key, method, seed: tmp_path / key / method / str(seed))
+    runs = [{"method": "in_context", "seed": s, "mean_dice": d, "structures_alone_dice": a}
+            for s, d, a in ((0, 0.4, 0.5), (1, 0.6, 0.7))]
+    runs.append({"method": "finetune", "seed": 0, "mean_dice": 0.8})  # scored before the second score existed
+    write_json_atomic({"runs": runs}, tmp_path / "compare" / "chaos_mr" / "results.json")
+    for seed, alone in ((0, 0.02), (1, None)):
+        write_json_atomic({"mean_dice": 0.01, "structures_alone": None if alone is None else {"mean_dice": alone}},
+                          tmp_path / "chaos_mr" / "in_context" / str(seed) / "summary.json")
+    header, rows = comparison_rows(curve)
+    table = {row[0]: row[1:] for row in rows}
+    assert header == ["method", "CHAOS MR 1-shot", "MS-CMRSeg 1-shot"]
+    assert table["MASS in context (no training), threshold 0.5"] == ["50.0 (10.0)", "–"]
+    assert table["MASS in context (no training), threshold 0.5, each structure's own claim"] == ["60.0 (10.0)", "–"]
+    assert table["untrained network in context (no training), threshold 0.5, each structure's own claim"][0] == \
+        "2.0 (0.0)"
+    assert table["MASS finetuned"] == ["80.0 (0.0)", "–"]
+    assert "MASS finetuned, each structure's own claim" not in table
+    assert "MASS in context (no training), reference-calibrated thresholds, each structure's own claim" not in table
