@@ -86,7 +86,7 @@ def _untrained_dice(curve, key: str, method: str, score: str) -> list[float]:
     return values
 
 
-def _cells(curve, results: dict, method: str, score: str) -> list[str] | None:
+def _cells(results: dict, method: str, score: str) -> list[str] | None:
     """One row's cells, mean (std) over the shot seeds per dataset; None when no run has the score."""
     per_key = [[r.get(score) for r in results.get(key, {}).get("runs", []) if r["method"] == method] for key in TITLES]
     if not any(v is not None for values in per_key for v in values):
@@ -102,7 +102,7 @@ def comparison_rows(curve) -> tuple[list[str], list[list[str]]]:
     results = {k: read_json(p) for k in TITLES if (p := curve.workspace / "compare" / k / "results.json").is_file()}
     for method, title in METHOD_TITLES.items():
         for score, suffix in (("mean_dice", ""), ("structures_alone_dice", ALONE_SUFFIX)):
-            cells = _cells(curve, results, method, score)
+            cells = _cells(results, method, score)
             if cells is None and score != "mean_dice":
                 continue
             rows.append([title + suffix, *(cells or ["–"] * len(TITLES))])

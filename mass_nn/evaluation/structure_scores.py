@@ -3,7 +3,8 @@ channel is thresholded alone, so two structures may claim the same voxel and nei
 
 A label map cannot hold such overlaps; `mass_predict` resolves them (inference/label_maps.py) and the
 label-map Dice of segmentation_evaluation.py scores that result. Both are reported side by side: the gap between
-them is what the fusion of overlapping claims costs (documentation/in_context_segmentation.md#overlapping-labels).
+them is what the fusion of overlapping claims costs
+(documentation/in_context_segmentation.md#scoring-each-structures-own-claim).
 """
 from __future__ import annotations
 
