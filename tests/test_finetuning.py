@@ -149,6 +149,17 @@ def test_in_context_predict_saves_and_reuses_the_encoding(pretrained, tmp_path, 
     most_probable = read_image(tmp_path / "p" / f"{query}.nii.gz", dtype=np.int16)[0]
     np.testing.assert_array_equal(most_probable > 0, first > 0)
     assert set(np.unique(most_probable)) <= {0, 1, 7}
+    # each label's own claim beside the label map: in the query's geometry, covering the label map's voxels
+    assert predict_main([*args, "-o", str(tmp_path / "s"), "--embedding", str(tmp_path / "refs.pt"),
+                         "--structure-masks"]) == 0
+    np.testing.assert_array_equal(read_image(tmp_path / "s" / f"{query}.nii.gz", dtype=np.int16)[0], first)
+    claims = {}
+    for value in (1, 7):
+        claims[value], claim_geometry = read_image(tmp_path / "s" / "structures" / query / f"label_{value}.nii.gz",
+                                                   dtype=np.uint8)
+        assert claim_geometry.differences(read_image(images / f"{query}_0000.nii.gz")[1]) == []
+        assert set(np.unique(claims[value])) <= {0, 1} and not ((first == value) & (claims[value] == 0)).any()
+    np.testing.assert_array_equal((claims[1] | claims[7]) > 0, first > 0)
 
     # reference-calibrated thresholds: saved with the encoding, reused from it; an old encoding has none
     assert predict_main([*args, "-o", str(tmp_path / "f"), *refs, "--labels", "1", "7", "--calibrated-threshold",

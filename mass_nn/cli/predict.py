@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     options.add_argument("--max-labels-per-forward", type=int, default=0,
                          help="split the labels into chunks of this size (default: all at once)")
     options.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: %(default)s")
+    options.add_argument("--structure-masks", action="store_true",
+                         help="also write each label's own claim (its channel at its threshold, overlaps with other "
+                              "labels kept) as <output>/structures/<case>/label_<value><ending>")
     options.add_argument("--continue", dest="skip_existing", action="store_true",
                          help="keep outputs that already exist (resume an interrupted run)")
     add_common_arguments(parser)
@@ -103,13 +106,26 @@ def _predictor(args):
 
 
 def _run(args) -> int:
+    import numpy as np
     from mass_nn.inference.batch_prediction import gather_cases, predict_cases
+    from mass_nn.io.artifact_layout import structure_mask_path
+    from mass_nn.io.dataset_json import CaseFiles
+    from mass_nn.io.image_io import read_geometry, write_image
     prepare_output_folder(args.output)
     predictor, names = _predictor(args)
     cases = gather_cases([Path(p) for p in args.input], len(predictor.plans.channels))
     labels = ", ".join(f"{n}={v}" for n, v in zip(names, predictor.label_values))
     print(f"{len(cases)} case(s); labels {labels}")
-    summary = predict_cases(predictor, cases, Path(args.output), skip_existing=args.skip_existing)
+    endings = {case.case_id: ending for case, ending in cases}
+
+    def write_structure_masks(case: CaseFiles, masks: dict[int, np.ndarray]) -> None:
+        geometry = read_geometry(case.images[0])
+        for value, mask in masks.items():
+            write_image(mask.astype(np.uint8), geometry,
+                        structure_mask_path(Path(args.output), case.case_id, value, endings[case.case_id]))
+
+    summary = predict_cases(predictor, cases, Path(args.output), skip_existing=args.skip_existing,
+                            on_structure_masks=write_structure_masks if args.structure_masks else None)
     for failure in summary["failed"]:
         print(f"failed: {failure['case_id']}: {failure['error']}", file=sys.stderr)
     print(f"{len(summary['predicted'])} predicted, {len(summary['skipped'])} kept, {len(summary['failed'])} failed "

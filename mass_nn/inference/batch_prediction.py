@@ -70,8 +70,8 @@ def predict_cases(predictor: SegmentationPredictor, cases: list[tuple[CaseFiles,
                   on_structure_masks: Callable[[CaseFiles, dict[int, np.ndarray]], None] | None = None) -> dict:
     """Segment every case into `output_folder/<case><ending>`; a failing case is logged and listed in the
     summary's "failed" entry, the others go on. skip_existing keeps outputs already there (resume).
-    `on_structure_masks`, when given, gets each case's structure masks (predictor.predict_case) as soon as the
-    case is done; they are not kept, so a long list of cases does not hold them all in memory."""
+    `on_structure_masks`, when given, gets each case's structure masks (predictor.predict_case) before its label
+    map is written; they are not kept, so a long list of cases does not hold them all in memory."""
     output_folder = Path(output_folder)
     output_folder.mkdir(parents=True, exist_ok=True)
     done, skipped, failed = [], [], []
@@ -81,10 +81,8 @@ def predict_cases(predictor: SegmentationPredictor, cases: list[tuple[CaseFiles,
             skipped.append(case.case_id)
             continue
         try:
-            result = predictor.predict_case(case, target, structure_masks=on_structure_masks is not None)
-            if on_structure_masks is not None:
-                on_structure_masks(case, result.pop("structure_masks"))
-            done.append(result)
+            handle = None if on_structure_masks is None else (lambda masks, case=case: on_structure_masks(case, masks))
+            done.append(predictor.predict_case(case, target, on_structure_masks=handle))
         except Exception as err:  # one broken case must not cost the others their predictions
             message = str(err) if isinstance(err, MassError) else f"{type(err).__name__}: {err}"
             logger.error("case %s failed: %s", case.case_id, message)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,10 +135,12 @@ class SegmentationPredictor:
                             f"({', '.join(c.name for c in self.plans.channels)}); name them <case>_0000, _0001, ...")
         return preprocess_in_memory(case, self.plans, self.configuration)
 
-    def predict_case(self, case: CaseFiles, output_path: Path, structure_masks: bool = False) -> dict:
-        """Segment one raw case and write its label map in the case's own geometry; returns timings and, with
-        `structure_masks`, each label's own claim in that geometry ("structure_masks": {label value: bool
-        (z, y, x)}, see structure_claims)."""
+    def predict_case(self, case: CaseFiles, output_path: Path,
+                     on_structure_masks: Callable[[dict[int, np.ndarray]], None] | None = None) -> dict:
+        """Segment one raw case and write its label map in the case's own geometry; returns timings.
+        `on_structure_masks`, when given, gets each label's own claim in that geometry ({label value: bool
+        (z, y, x)}, see structure_claims) before the label map is written, so a case whose label map exists
+        has had its claims handled (resumable callers rely on it)."""
         started = time.perf_counter()
         preprocessed = self.preprocess(case)
         prepared = time.perf_counter()
@@ -145,14 +148,13 @@ class SegmentationPredictor:
         label_map = self.label_map_of(probabilities)
         predicted = time.perf_counter()
         props = preprocessed.properties
+        if on_structure_masks is not None:
+            claims = self.structure_claims(probabilities).numpy()
+            on_structure_masks({value: to_original_grid(claim.view(np.uint8), props, is_label=True) > 0
+                                for value, claim in zip(self.label_values, claims)})
         write_image(to_original_grid(label_map, props, is_label=True).astype(np.uint8 if max(self.label_values) < 256
                                                                             else np.int16),
                     props.geometry, output_path)
-        result = {"case_id": case.case_id, "output": str(output_path),
-                  "preprocess_seconds": prepared - started, "predict_seconds": predicted - prepared}
-        if structure_masks:
-            claims = self.structure_claims(probabilities).numpy()
-            result["structure_masks"] = {value: to_original_grid(claim.view(np.uint8), props, is_label=True) > 0
-                                         for value, claim in zip(self.label_values, claims)}
-        result["export_seconds"] = time.perf_counter() - predicted
-        return result
+        return {"case_id": case.case_id, "output": str(output_path),
+                "preprocess_seconds": prepared - started, "predict_seconds": predicted - prepared,
+                "export_seconds": time.perf_counter() - predicted}

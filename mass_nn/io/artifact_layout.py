@@ -4,7 +4,8 @@ Inside `MASS_preprocessed/<dataset>/`: the plans `<plans_name>.json`, and per co
 `<data_identifier>/` holding each case's `<case>.b2nd` (image), `<case>_seg.b2nd` (label map, labelled cases only)
 and `<case>.json` (properties), plus one folder `masks_<generator>/` per mask generator with a bank
 `<case>.masks` per case and the index `masks.json`. Inside a run folder: `checkpoint_{latest,best,final}.pt`.
-Run folders themselves are named by `mass_nn/training/run_folder.py`.
+Run folders themselves are named by `mass_nn/training/run_folder.py`. Beside `mass_predict`'s label maps
+`<output>/<case><ending>`, `--structure-masks` writes `<output>/structures/<case>/label_<value><ending>`.
 
 Every stage builds these paths with the functions here, never by hand.
 """
@@ -17,6 +18,7 @@ BANK_FOLDER_PREFIX = "masks_"
 BANK_SUFFIX = ".masks"
 BANK_INDEX = "masks.json"
 CHECKPOINT_KINDS = ("latest", "best", "final")
+STRUCTURES_FOLDER = "structures"
 
 
 @dataclass(frozen=True)
@@ -82,3 +84,8 @@ def checkpoint_path(run_folder: Path, kind: str) -> Path:
     if kind not in CHECKPOINT_KINDS:
         raise ValueError(f"checkpoint kind {kind!r}; known: {CHECKPOINT_KINDS}")
     return Path(run_folder) / f"checkpoint_{kind}.pt"
+
+
+def structure_mask_path(output_folder: Path, case_id: str, label_value: int, ending: str) -> Path:
+    """`mass_predict --structure-masks`: one label's own claim of one case (0/1, the case's geometry)."""
+    return Path(output_folder) / STRUCTURES_FOLDER / case_id / f"label_{int(label_value)}{ending}"
