@@ -47,6 +47,15 @@ def _smallest_volume(claims: torch.Tensor, values: np.ndarray) -> np.ndarray:
     return label_map
 
 
+def label_claims(probabilities: torch.Tensor, threshold: float | Sequence[float] = 0.5) -> torch.Tensor:
+    """[K, z, y, x] bool: where each label's probability reaches its threshold (one, or one per label), before
+    any fusion, so claims may overlap."""
+    cut = torch.as_tensor(threshold, dtype=probabilities.dtype).reshape(-1, *([1] * (probabilities.ndim - 1)))
+    if cut.shape[0] not in (1, probabilities.shape[0]):
+        raise ValueError(f"{cut.shape[0]} thresholds for {probabilities.shape[0]} labels")
+    return probabilities >= cut
+
+
 def probabilities_to_label_map(probabilities, label_values: list[int], threshold: float | Sequence[float] = 0.5,
                                keep_largest_component: bool = False, fusion: str = "most_probable") -> np.ndarray:
     """Label map (z, y, x) of probabilities [K, z, y, x]: a label claims the voxels where its probability reaches
@@ -58,11 +67,8 @@ def probabilities_to_label_map(probabilities, label_values: list[int], threshold
     probabilities = torch.as_tensor(probabilities)
     if probabilities.shape[0] != len(label_values):
         raise ValueError(f"{probabilities.shape[0]} probability channels for {len(label_values)} labels")
-    cut = torch.as_tensor(threshold, dtype=probabilities.dtype).reshape(-1, *([1] * (probabilities.ndim - 1)))
-    if cut.shape[0] not in (1, len(label_values)):
-        raise ValueError(f"{cut.shape[0]} thresholds for {len(label_values)} labels")
     values = np.asarray(label_values, dtype=np.int16)
-    claims = probabilities >= cut
+    claims = label_claims(probabilities, threshold)
     if fusion == "most_probable":
         label_map = _most_probable(probabilities, claims, values)
     else:

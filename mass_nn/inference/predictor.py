@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from mass_nn.errors import MassError
-from mass_nn.inference.label_maps import probabilities_to_label_map
+from mass_nn.inference.label_maps import label_claims, probabilities_to_label_map
 from mass_nn.inference.sliding_window import sliding_window_probabilities
 from mass_nn.io.dataset_json import CaseFiles
 from mass_nn.io.image_io import write_image
@@ -113,8 +113,7 @@ class SegmentationPredictor:
     def structure_claims(self, probabilities: Tensor) -> Tensor:
         """[K, D, H, W] bool: each label's own claim (its probability at its threshold) before the labels are
         fused, so claims may overlap; the release's in-context evaluator scores these, one structure at a time."""
-        cut = torch.as_tensor(self._threshold, dtype=probabilities.dtype)
-        return probabilities >= cut.reshape(-1, *([1] * (probabilities.ndim - 1)))
+        return label_claims(probabilities, self._threshold)
 
     @property
     def _threshold(self) -> float | list[float]:
