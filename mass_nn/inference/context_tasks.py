@@ -1,12 +1,12 @@
 """Context tasks: fill an in-context pass up to the number of tasks the network was pretrained with.
 
-Pretraining always decodes `num_tasks` (13) tasks together, and the tasks exchange information in the decoder's
-fusion stages (task tokens attend to each other and to the query's voxels). A pass that holds only the three or
-four labelled structures of a reference is a setting the network never saw. Context tasks fill the pass the way
-a pretraining sample is filled: masks of the weight-free generator on the reference image (the pretext's own kind
-of task, none of them overlapping a labelled structure) and, when pretraining had one, the "everything in view"
-task. Their outputs are discarded; they only change what the labelled tasks' tokens meet in the decoder.
-Measured in documentation/in_context_segmentation.md#context-tasks.
+Pretraining always decodes `num_tasks` tasks together (13 in the paper, 16 in the CPU recipe), and the tasks
+exchange information in the decoder's fusion stages (task tokens attend to each other and to the query's voxels).
+A pass that holds only the three or four labelled structures of a reference is a setting the network never saw.
+Context tasks fill the pass the way a pretraining sample is filled: masks of the weight-free generator on the
+reference image (the pretext's own kind of task, none of them overlapping a labelled structure) and, when
+pretraining had one, the "everything in view" task. Their outputs are discarded; they only change what the
+labelled tasks' tokens meet in the decoder. Measured in documentation/in_context_segmentation.md#context-tasks.
 """
 from __future__ import annotations
 
