@@ -218,6 +218,20 @@ def test_poly_schedule_values():
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
 
 
+def test_wsd_schedule_warms_up_holds_then_decays_linearly_over_the_last_fifth():
+    optimizer = _optimizer(lr=2.0)
+    scheduler = build_lr_scheduler(optimizer, "wsd", total_steps=100, warmup_steps=5)
+    lrs = _run(optimizer, scheduler, 100)
+    assert lrs[0] == pytest.approx(2.0 / 6) and lrs[4] == pytest.approx(2.0 * 5 / 6)
+    assert lrs[5:80] == pytest.approx([2.0] * 75)  # held at the base lr until the last 20 steps
+    assert lrs[90] == pytest.approx(2.0 * 10 / 20)
+    assert lrs[99] == pytest.approx(2.0 / 20)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0)
+    short_run = _optimizer(lr=1.0)
+    short = _run(short_run, build_lr_scheduler(short_run, "wsd", total_steps=4, warmup_steps=3), 4)
+    assert short == pytest.approx([0.25, 0.5, 0.75, 1.0])  # the decay never eats into the warm-up
+
+
 def test_onecycle_peaks_at_base_lr_and_leaves_betas_alone():
     optimizer = _optimizer(lr=2e-3)
     scheduler = build_lr_scheduler(optimizer, "onecycle", total_steps=200, warmup_steps=10)
@@ -229,7 +243,7 @@ def test_onecycle_peaks_at_base_lr_and_leaves_betas_alone():
 
 
 def test_unknown_schedule_and_bad_step_counts_are_rejected():
-    with pytest.raises(ValueError, match="poly.*onecycle"):
+    with pytest.raises(ValueError, match="poly, onecycle, wsd"):
         build_lr_scheduler(_optimizer(), "cosine", total_steps=10, warmup_steps=1)
     with pytest.raises(ValueError, match="warmup_steps"):
         build_lr_scheduler(_optimizer(), "poly", total_steps=10, warmup_steps=10)
@@ -237,7 +251,7 @@ def test_unknown_schedule_and_bad_step_counts_are_rejected():
         build_lr_scheduler(_optimizer(), "onecycle", total_steps=10, warmup_steps=1)
 
 
-@pytest.mark.parametrize("kind", ["poly", "onecycle"])
+@pytest.mark.parametrize("kind", ["poly", "onecycle", "wsd"])
 def test_optimizer_and_scheduler_resume_exactly(kind):
     def build():
         torch.manual_seed(6)

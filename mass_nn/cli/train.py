@@ -18,6 +18,7 @@ import sys
 from mass_nn.cli.common import add_common_arguments, add_path_arguments, paths_from_args, run_cli
 from mass_nn.errors import MassError
 from mass_nn.training.optim.lr_scaling import LR_SCALING_RULES
+from mass_nn.training.optim.schedules import LR_SCHEDULES
 from mass_nn.training.options import TrainingOptions
 from mass_nn.training.precision import PRECISIONS
 
@@ -90,7 +91,7 @@ def _add_pretrain_parser(subparsers) -> None:
     p.add_argument("--val-dataset", nargs="+", help="labelled dataset(s) for in-context Dice validation on their "
                                                     "val cases, besides the loss on held-out auto masks")
     p.add_argument("--val-batches", type=int, default=4, help="held-out batches per validation (default: %(default)s)")
-    p.add_argument("--schedule", default="poly", choices=["poly", "onecycle"], help="default: %(default)s")
+    p.add_argument("--schedule", default="poly", choices=list(LR_SCHEDULES), help="default: %(default)s")
     p.add_argument("--dice", default="adaptive_tversky", choices=["adaptive_tversky", "soft_dice"],
                    help="Dice term of the loss (default: %(default)s)")
     _add_run_arguments(p, "MASSPretrainer", "100")

@@ -2,6 +2,9 @@
 
 "poly" (the paper): linear warm-up, then base_lr * (1 - progress)^power down to 0.
 "onecycle" (the released MASS config): torch's OneCycleLR, cosine warm-up to the base lr and cosine decay.
+"wsd" (warm-up, stable, decay): the same warm-up as "poly", the base lr held, then a linear decay to 0 over the
+last WSD_DECAY_FRACTION of the steps. For short runs that are still far from converged, where poly's early decay
+starves them of lr (documentation/in_context_ablations.md, runs 27-28).
 
 Build the scheduler on the freshly built optimiser, then load the optimiser's and the scheduler's state dicts
 to resume; both schedules then continue exactly where they stopped.
@@ -13,8 +16,9 @@ import math
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 
-LR_SCHEDULES = ("poly", "onecycle")
+LR_SCHEDULES = ("poly", "onecycle", "wsd")
 DEFAULT_ONECYCLE_PCT_START = 0.05  # released MASS config: 5k warm-up steps of 100k
+WSD_DECAY_FRACTION = 0.2
 
 
 class PolyWithWarmup:
@@ -36,6 +40,22 @@ class PolyWithWarmup:
         return max(0.0, 1.0 - progress) ** self.power
 
 
+class WarmupStableDecay:
+    """Multiplier of the base lr at iteration `step` (0-based): the warm-up of PolyWithWarmup, then 1 until
+    `decay_steps` before the end, then a straight line down to 0 at total_steps."""
+
+    def __init__(self, total_steps: int, warmup_steps: int, decay_steps: int) -> None:
+        self.total_steps = total_steps
+        self.warmup_steps = warmup_steps
+        self.decay_steps = decay_steps
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / (self.warmup_steps + 1)
+        remaining = self.total_steps - step
+        return max(0.0, min(1.0, remaining / self.decay_steps))
+
+
 def _check_steps(total_steps: int, warmup_steps: int, power: float) -> None:
     if total_steps < 1:
         raise ValueError(f"total_steps must be >= 1, got {total_steps}")
@@ -50,12 +70,17 @@ def build_lr_scheduler(optimizer: Optimizer, kind: str, total_steps: int, warmup
     """A scheduler to step once per iteration over `total_steps` iterations, starting from each param group's lr.
 
     kind "poly": LambdaLR with PolyWithWarmup(total_steps, warmup_steps, power).
+    kind "wsd": LambdaLR with WarmupStableDecay, decaying over the last WSD_DECAY_FRACTION of the steps (at least
+    one step, and never into the warm-up).
     kind "onecycle": OneCycleLR peaking at the group's lr after warmup_steps (5% of the run when warmup_steps
     is 0), starting at lr / div_factor and ending at lr / (div_factor * final_div_factor); momentum is not cycled.
     """
     _check_steps(total_steps, warmup_steps, power)
     if kind == "poly":
         return LambdaLR(optimizer, PolyWithWarmup(total_steps, warmup_steps, power))
+    if kind == "wsd":
+        decay_steps = min(max(1, round(WSD_DECAY_FRACTION * total_steps)), total_steps - warmup_steps)
+        return LambdaLR(optimizer, WarmupStableDecay(total_steps, warmup_steps, decay_steps))
     if kind == "onecycle":
         pct_start = warmup_steps / total_steps if warmup_steps > 0 else DEFAULT_ONECYCLE_PCT_START
         if math.isclose(pct_start * total_steps, 1.0):
