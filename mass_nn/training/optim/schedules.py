@@ -3,8 +3,8 @@
 "poly" (the paper): linear warm-up, then base_lr * (1 - progress)^power down to 0.
 "onecycle" (the released MASS config): torch's OneCycleLR, cosine warm-up to the base lr and cosine decay.
 "wsd" (warm-up, stable, decay): the same warm-up as "poly", the base lr held, then a linear decay to 0 over the
-last WSD_DECAY_FRACTION of the steps. For short runs that are still far from converged, where poly's early decay
-starves them of lr (documentation/in_context_ablations.md, runs 27-28).
+last WSD_DECAY_FRACTION of the steps, so that a short run still far from converged trains at its peak lr for
+longer; in the CPU recipe's 600-step hour it did not beat poly (documentation/in_context_ablations.md, run 28).
 
 Build the scheduler on the freshly built optimiser, then load the optimiser's and the scheduler's state dicts
 to resume; both schedules then continue exactly where they stopped.
