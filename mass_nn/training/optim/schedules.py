@@ -7,11 +7,12 @@ last WSD_DECAY_FRACTION of the steps, so that a short run still far from converg
 longer; in the CPU recipe's 600-step hour it did not beat poly (documentation/in_context_ablations.md, run 28).
 
 Build the scheduler on the freshly built optimiser, then load the optimiser's and the scheduler's state dicts
-to resume; both schedules then continue exactly where they stopped.
+to resume; every schedule then continues exactly where it stopped.
 """
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
@@ -21,39 +22,48 @@ DEFAULT_ONECYCLE_PCT_START = 0.05  # released MASS config: 5k warm-up steps of 1
 WSD_DECAY_FRACTION = 0.2
 
 
-class PolyWithWarmup:
+class LinearWarmup(ABC):
     """Multiplier of the base lr at iteration `step` (0-based): (step + 1) / (warmup_steps + 1) during warm-up,
-    so the first iteration already moves a little, then (1 - progress)^power, reaching 0 at total_steps.
+    so the first iteration already moves a little, then what `after_warmup` gives.
 
-    A class rather than a closure so LambdaLR stores its settings in state_dict() as plain values.
+    Classes rather than closures so LambdaLR stores their settings in state_dict() as plain values.
     """
 
-    def __init__(self, total_steps: int, warmup_steps: int, power: float) -> None:
+    def __init__(self, total_steps: int, warmup_steps: int) -> None:
         self.total_steps = total_steps
         self.warmup_steps = warmup_steps
-        self.power = power
 
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:
             return (step + 1) / (self.warmup_steps + 1)
+        return self.after_warmup(step)
+
+    @abstractmethod
+    def after_warmup(self, step: int) -> float:
+        """The multiplier at a step after the warm-up."""
+
+
+class PolyWithWarmup(LinearWarmup):
+    """The warm-up, then (1 - progress)^power, reaching 0 at total_steps."""
+
+    def __init__(self, total_steps: int, warmup_steps: int, power: float) -> None:
+        super().__init__(total_steps, warmup_steps)
+        self.power = power
+
+    def after_warmup(self, step: int) -> float:
         progress = (step - self.warmup_steps) / (self.total_steps - self.warmup_steps)
         return max(0.0, 1.0 - progress) ** self.power
 
 
-class WarmupStableDecay:
-    """Multiplier of the base lr at iteration `step` (0-based): the warm-up of PolyWithWarmup, then 1 until
-    `decay_steps` before the end, then a straight line down to 0 at total_steps."""
+class WarmupStableDecay(LinearWarmup):
+    """The warm-up, then 1 until `decay_steps` before the end, then a straight line down to 0 at total_steps."""
 
     def __init__(self, total_steps: int, warmup_steps: int, decay_steps: int) -> None:
-        self.total_steps = total_steps
-        self.warmup_steps = warmup_steps
+        super().__init__(total_steps, warmup_steps)
         self.decay_steps = decay_steps
 
-    def __call__(self, step: int) -> float:
-        if step < self.warmup_steps:
-            return (step + 1) / (self.warmup_steps + 1)
-        remaining = self.total_steps - step
-        return max(0.0, min(1.0, remaining / self.decay_steps))
+    def after_warmup(self, step: int) -> float:
+        return max(0.0, min(1.0, (self.total_steps - step) / self.decay_steps))
 
 
 def _check_steps(total_steps: int, warmup_steps: int, power: float) -> None:
