@@ -221,7 +221,7 @@ class Trainer:
         o.lr = scaled_learning_rate(self.default_lr, o.global_batch_size, self.lr_reference_batch, o.lr_scaling)
 
     def _warmup_steps(self) -> int:
-        """The warm-up length in steps, kept inside what both schedules accept on very short runs."""
+        """The warm-up length in steps, kept inside what every schedule accepts on very short runs."""
         steps = min(int(round(self.options.warmup_fraction * self.total_steps)), self.total_steps - 1)
         if self.options.schedule == "onecycle" and steps < 2:
             steps = 2 if self.total_steps > 2 else 0  # OneCycleLR divides by (warm-up - 1)
