@@ -92,6 +92,9 @@ def _add_pretrain_parser(subparsers) -> None:
                                                     "val cases, besides the loss on held-out auto masks")
     p.add_argument("--val-batches", type=int, default=4, help="held-out batches per validation (default: %(default)s)")
     p.add_argument("--schedule", default="poly", choices=list(LR_SCHEDULES), help="default: %(default)s")
+    p.add_argument("--schedule-epochs", type=int, metavar="N",
+                   help="lay the lr schedule over N epochs and stop after --epochs: the first steps of the longer "
+                        "run, weights and lr as it has them there (default: over --epochs)")
     p.add_argument("--dice", default="adaptive_tversky", choices=["adaptive_tversky", "soft_dice"],
                    help="Dice term of the loss (default: %(default)s)")
     _add_run_arguments(p, "MASSPretrainer", "100")
@@ -110,7 +113,7 @@ def options_from_args(args) -> TrainingOptions:
     if args.lr is not None and args.lr_scaling is not None:
         raise MassError("--lr is used as given and --lr-scaling scales only the trainer's default lr; give one of "
                         "them")
-    mode_specific = {"PRETRAIN": ("masks", "val_dataset", "val_batches", "schedule", "dice"),
+    mode_specific = {"PRETRAIN": ("masks", "val_dataset", "val_batches", "schedule", "schedule_epochs", "dice"),
                      "FINETUNE": ("shots", "pretrained", "train_fraction", "patience")}[args.mode]
     return TrainingOptions(mode=args.mode, datasets=[str(d) for d in args.datasets], trainer=args.trainer,
                            configuration=args.configuration, plans_name=args.plans_name, epochs=args.epochs,

@@ -43,6 +43,9 @@ class TrainingOptions:
     val_every: int = 1
     val_batches: int = 4
     schedule: str = "poly"
+    # lay the lr schedule (warm-up included) over this many epochs and stop after `epochs`: the first steps of a
+    # longer run, weights and lr exactly as that run has them there (None: over `epochs`)
+    schedule_epochs: int | None = None
     warmup_fraction: float = 0.05
     dice: str = "adaptive_tversky"
     ema_decay: float = 0.99

@@ -145,8 +145,9 @@ class Trainer:
         return step_autocast(self.options.precision, self.device)
 
     @property
-    def total_steps(self) -> int:
-        return self.options.epochs * self.options.iters_per_epoch
+    def schedule_steps(self) -> int:
+        """The steps the lr schedule is laid out over: the run's own, or more with --schedule-epochs."""
+        return (self.options.schedule_epochs or self.options.epochs) * self.options.iters_per_epoch
 
     # ----------------------------------------------------------------- the loop
     def run(self) -> dict:
@@ -176,7 +177,7 @@ class Trainer:
     def _run_with_threads(self) -> dict:
         self.network.to(self.device)
         self.optimizer = self.build_optimizer()
-        self.scheduler = build_lr_scheduler(self.optimizer, self.options.schedule, total_steps=self.total_steps,
+        self.scheduler = build_lr_scheduler(self.optimizer, self.options.schedule, total_steps=self.schedule_steps,
                                            warmup_steps=self._warmup_steps())
         self.ema = ModelEMA(self.network, decay=self.options.ema_decay, warmup=self.ema_warmup)
         self._resume_or_start()
@@ -208,6 +209,9 @@ class Trainer:
         o.grad_clip = o.grad_clip if o.grad_clip is not None else self.default_grad_clip
         if o.epochs < 1 or o.iters_per_epoch < 1:
             raise MassError(f"--epochs and --iters-per-epoch must be at least 1 (got {o.epochs}, {o.iters_per_epoch})")
+        if o.schedule_epochs is not None and o.schedule_epochs < o.epochs:
+            raise MassError(f"--schedule-epochs {o.schedule_epochs} is shorter than --epochs {o.epochs}: the lr "
+                            "schedule must cover the whole run; give at least the epochs, or leave it out")
 
     def resolve_learning_rate(self) -> None:
         """The global batch (per-process batch x processes, known after setup) and the lr for it: an lr given
@@ -222,9 +226,10 @@ class Trainer:
 
     def _warmup_steps(self) -> int:
         """The warm-up length in steps, kept inside what every schedule accepts on very short runs."""
-        steps = min(int(round(self.options.warmup_fraction * self.total_steps)), self.total_steps - 1)
+        total = self.schedule_steps
+        steps = min(int(round(self.options.warmup_fraction * total)), total - 1)
         if self.options.schedule == "onecycle" and steps < 2:
-            steps = 2 if self.total_steps > 2 else 0  # OneCycleLR divides by (warm-up - 1)
+            steps = 2 if total > 2 else 0  # OneCycleLR divides by (warm-up - 1)
         return max(steps, 0)
 
     def _resolve_output_folder(self) -> Path:
