@@ -202,7 +202,8 @@ def report_markdown(curve, figures: list[Path], relative_to: Path) -> str:
         command = ("`python benchmarks/in_context_learning_curve.py --batch16 --bf16`: the batch-16 recipe above "
                    "(same pool, trainer, batch, lr and val references) with bf16 autocast (`--precision bf16`, "
                    "documentation/pretraining.md#bf16-on-cpu) and as many 60-step epochs as fit in 50 minutes of "
-                   "steps on this machine (timed first), its own datasets and weight-free masks from the current "
+                   "steps on this machine (timed first, at most 17) on the lr schedule of all 17 "
+                   "(`--schedule-epochs 17`), its own datasets and weight-free masks from the current "
                    "generator, on "
                    + machine_description() + ", with memory reuse on.")
     elif b.name == "cpu_batch16_bf16_6mm":

@@ -96,6 +96,9 @@ class CurveBudget:
     # before the pretraining starts, kept in state.json), at most pretrain_epochs and at least MIN_TIMED_EPOCHS
     pretrain_minutes: float | None = None
     preset: str | None = None  # None: the recipe's preset (RECIPE_PRESET)
+    # set: the lr schedule is laid out over this many epochs whatever the machine stops at (mass_train
+    # --schedule-epochs), so a slower machine trains the first epochs of the same run
+    schedule_epochs: int | None = None
 
     @property
     def pretrain_steps(self) -> int:
@@ -116,14 +119,16 @@ CPU_BATCH16 = CurveBudget("cpu_batch16", pretrain_epochs=10, pretrain_iters_per_
 # the machine at hand: 17 epochs (1,020 steps) took 49 min of steps and 52 min with validation on a 2-core AVX-512
 # EPYC (2.8 s per step, run 17 of documentation/in_context_ablations.md), while on a slower AVX-512 EPYC (sgemm 173-195
 # against 223 GFLOP/s, 3.8 s per step) the same 17 epochs would take about 73 min; 50 minutes of steps leave the
-# validations room inside the hour
-CPU_BATCH16_BF16 = replace(CPU_BATCH16, name="cpu_batch16_bf16", precision="bf16", pretrain_epochs=20,
-                           pretrain_minutes=50.0)
+# validations room inside the hour. The lr schedule is always the 17 epochs' (run 26's), wherever the machine stops:
+# stopped at 600 steps on its way, that run stood far above a schedule squeezed into the 600 (runs 27, 30 and 31 of
+# documentation/in_context_ablations.md)
+CPU_BATCH16_BF16 = replace(CPU_BATCH16, name="cpu_batch16_bf16", precision="bf16", pretrain_epochs=17,
+                           pretrain_minutes=50.0, schedule_epochs=17)
 # the bf16 hour on the 6 mm grid with a 32³ patch (preset cpu_in_context_6mm): the same 192 mm field of view at a third
 # of the voxels, 1.3 s per batch-16 step instead of 3.4 on a 2-core Xeon with AMX, so the hour holds 38 epochs (2,280
 # steps) instead of 17 (run 22 of documentation/in_context_ablations.md)
 CPU_BATCH16_BF16_6MM = replace(CPU_BATCH16_BF16, name="cpu_batch16_bf16_6mm", preset="cpu_in_context_6mm",
-                               pretrain_epochs=60)
+                               pretrain_epochs=60, schedule_epochs=None)
 MIN_TIMED_EPOCHS, TIMING_STEPS = 2, 4  # a curve needs two points; steps per epoch of the throw-away timing run
 QUICK = CurveBudget("quick", pretrain_epochs=2, pretrain_iters_per_epoch=2, finetune_epochs=1,
                     finetune_iters_per_epoch=2, seeds=(0,), pool_cases_per_source=2)
@@ -218,7 +223,7 @@ class LearningCurve:
                                iters_per_epoch=b.pretrain_iters_per_epoch, masks="supervoxel", tag="curve",
                                val_dataset=[datasets[key] for key in EVALUATION], continue_training=True,
                                batch_size=b.batch_size, lr_scaling=b.lr_scaling, precision=b.precision or "auto",
-                               extra={"val_reference_choices": 3})
+                               schedule_epochs=b.schedule_epochs, extra={"val_reference_choices": 3})
 
     def run_folder(self) -> Path:
         o = self._options_for(self.budget.pretrain_epochs)  # the folder does not depend on the epochs
@@ -337,7 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bf16", action="store_true",
                         help="with --batch16: pretrain with --precision bf16 (CPUs with native bf16) for as many "
                              "60-step epochs as fit in 50 minutes of steps here (timed first; 17 on a 2.8 s step), "
-                             "at most 20: the hour's worth, its own section")
+                             "at most 17, on the 17 epochs' lr schedule (--schedule-epochs 17): the hour's worth, "
+                             "its own section")
     parser.add_argument("--grid-6mm", action="store_true",
                         help="with --batch16 --bf16: on the 6 mm grid with a 32³ patch (preset cpu_in_context_6mm, "
                              "the same field of view at a third of the voxels), as many epochs as fit in the 50 "

@@ -45,21 +45,24 @@ def test_batch16_budget_is_the_gpu_batch_and_lr_in_its_own_workspace_and_exclude
 def test_bf16_budget_is_the_batch16_budget_in_bf16_sized_to_the_hour_only_with_batch16(tmp_path):
     assert CPU_BATCH16_BF16.precision == "bf16" and CPU_BATCH16.precision is None
     assert CPU_BATCH16_BF16.pretrain_minutes == 50 and CPU_BATCH16.pretrain_minutes is None
-    assert CPU_BATCH16_BF16.pretrain_steps == 1200 > CPU_BATCH16.pretrain_steps == 600  # the most it allows
-    differing = ("name", "precision", "pretrain_epochs", "pretrain_minutes")
+    assert CPU_BATCH16_BF16.pretrain_steps == 1020 > CPU_BATCH16.pretrain_steps == 600  # the most it allows
+    differing = ("name", "precision", "pretrain_epochs", "pretrain_minutes", "schedule_epochs")
     assert ({k: v for k, v in vars(CPU_BATCH16_BF16).items() if k not in differing}
             == {k: v for k, v in vars(CPU_BATCH16).items() if k not in differing})
     with pytest.raises(SystemExit, match="--bf16 goes with --batch16"):
         main(["--bf16", "--workspace", str(tmp_path), "--stages", "report"])
     curve = LearningCurve(tmp_path, tmp_path, CPU_BATCH16_BF16, None)
-    curve.save_state({"finished": [], "budget": None, "pretrain_epochs": 17,
+    curve.save_state({"finished": [], "budget": None, "pretrain_epochs": 10,
                       "datasets": {"pool": "712", "chaos_mr": "705", "mscmrseg": "706"}})
-    assert (curve.pretraining_options().precision, curve.pretraining_options().epochs) == ("bf16", 17)
+    options = curve.pretraining_options()  # a machine that fits 10 epochs trains them on the 17 epochs' lr schedule
+    assert (options.precision, options.epochs, options.schedule_epochs) == ("bf16", 10, 17)
+    assert CPU_BATCH16.schedule_epochs is None
     assert LearningCurve(tmp_path, tmp_path, CPU_BATCH16, None).pretraining_options().precision == "auto"
 
 
 def test_6mm_budget_is_the_bf16_hour_on_the_6mm_preset_only_with_bf16(tmp_path):
-    differing = ("name", "preset", "pretrain_epochs")
+    differing = ("name", "preset", "pretrain_epochs", "schedule_epochs")
+    assert CPU_BATCH16_BF16_6MM.schedule_epochs is None  # its epochs and schedule are the ones that fit
     assert ({k: v for k, v in vars(CPU_BATCH16_BF16_6MM).items() if k not in differing}
             == {k: v for k, v in vars(CPU_BATCH16_BF16).items() if k not in differing})
     assert CPU_BATCH16_BF16_6MM.pretrain_epochs == 60 and CPU_BATCH16_BF16.preset is None
@@ -81,18 +84,18 @@ def test_a_budget_in_minutes_is_timed_once_and_a_started_run_keeps_its_epochs(tm
 
     def timed(options, paths, steps):
         timings.append((options.batch_size, options.precision, steps))
-        return 2.8
+        return 3.2
 
     monkeypatch.setattr(curve_module, "timed_step_seconds", timed)
     curve = LearningCurve(tmp_path, tmp_path, CPU_BATCH16_BF16, None)
     curve.save_state({"finished": [], "budget": None, "datasets": {"pool": "712", "chaos_mr": "705",
                                                                   "mscmrseg": "706"}})
-    assert curve.pretrain_epochs() == 17  # 50 min / (60 steps x 2.8 s) = 17.9
-    assert curve.pretrain_epochs() == 17 and timings == [(16, "bf16", curve_module.TIMING_STEPS)]  # timed once
-    assert curve.state()["timed_step_seconds"] == 2.8
+    assert curve.pretrain_epochs() == 15  # 50 min / (60 steps x 3.2 s) = 15.6
+    assert curve.pretrain_epochs() == 15 and timings == [(16, "bf16", curve_module.TIMING_STEPS)]  # timed once
+    assert curve.state()["timed_step_seconds"] == 3.2
     save_run_config(replace(curve.pretraining_options(), epochs=13), curve.run_folder())
     assert curve.pretrain_epochs() == 13 and len(timings) == 1
-    for seconds, epochs in ((1.0, 20), (100.0, curve_module.MIN_TIMED_EPOCHS)):  # the bounds
+    for seconds, epochs in ((1.0, 17), (100.0, curve_module.MIN_TIMED_EPOCHS)):  # the bounds
         fresh = LearningCurve(tmp_path / str(seconds), tmp_path, CPU_BATCH16_BF16, None)
         fresh.workspace.mkdir()
         fresh.save_state({"finished": [], "budget": None, "datasets": curve.datasets()})
