@@ -10,8 +10,8 @@
                                                               # an hour on 2 AVX-512 cores); --bf16: in bf16, where
                                                               # the CPU has it natively, as many 60-step epochs
                                                               # as fit in 50 minutes of steps on this machine
-                                                              # (timed first; 17 on a 2.8 s step), at most 20;
-                                                              # each its own section
+                                                              # (timed first; 17 on a 2.8 s step), at most 17,
+                                                              # on the 17 epochs' lr schedule; each its own section
     python benchmarks/in_context_learning_curve.py --batch16 --bf16 --grid-6mm  # the bf16 hour on the 6 mm grid
                                                               # with a 32³ patch (preset cpu_in_context_6mm): 2.2x
                                                               # the steps in the same minutes here, at most 60
