@@ -120,8 +120,8 @@ CPU_BATCH16 = CurveBudget("cpu_batch16", pretrain_epochs=10, pretrain_iters_per_
 # EPYC (2.8 s per step, run 17 of documentation/in_context_ablations.md), while on a slower AVX-512 EPYC (sgemm 173-195
 # against 223 GFLOP/s, 3.8 s per step) the same 17 epochs would take about 73 min; 50 minutes of steps leave the
 # validations room inside the hour. The lr schedule is always the 17 epochs' (run 26's), wherever the machine stops:
-# stopped at 600 steps on its way, that run stood far above a schedule squeezed into the 600 (runs 27, 30 and 31 of
-# documentation/in_context_ablations.md)
+# stopped at 600 steps on its way, that run ended above a schedule squeezed into the 600 on the val patches and the
+# CHAOS test volumes (runs 27, 30 and 31 of documentation/in_context_ablations.md)
 CPU_BATCH16_BF16 = replace(CPU_BATCH16, name="cpu_batch16_bf16", precision="bf16", pretrain_epochs=17,
                            pretrain_minutes=50.0, schedule_epochs=17)
 # the bf16 hour on the 6 mm grid with a 32³ patch (preset cpu_in_context_6mm): the same 192 mm field of view at a third

@@ -44,7 +44,7 @@ class TrainingOptions:
     val_batches: int = 4
     schedule: str = "poly"
     # lay the lr schedule (warm-up included) over this many epochs and stop after `epochs`: the first steps of a
-    # longer run, weights and lr exactly as that run has them there (None: over `epochs`)
+    # longer run, the same batches and lr as that run has there (None: over `epochs`)
     schedule_epochs: int | None = None
     warmup_fraction: float = 0.05
     dice: str = "adaptive_tversky"
