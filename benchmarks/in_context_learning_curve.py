@@ -38,7 +38,7 @@ import json
 import logging
 import shutil
 import sys
-from dataclasses import asdict, dataclass, replace
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -96,9 +96,9 @@ class CurveBudget:
     # before the pretraining starts, kept in state.json), at most pretrain_epochs and at least MIN_TIMED_EPOCHS
     pretrain_minutes: float | None = None
     preset: str | None = None  # None: the recipe's preset (RECIPE_PRESET)
-    # set: the lr schedule is laid out over this many epochs whatever the machine stops at (mass_train
-    # --schedule-epochs), so a slower machine trains the first epochs of the same run
-    schedule_epochs: int | None = None
+    # the lr schedule laid out over pretrain_epochs whatever the machine stops at (mass_train --schedule-epochs), so
+    # a slower machine trains the first epochs of the same run; off: over the epochs trained
+    schedule_over_pretrain_epochs: bool = False
 
     @property
     def pretrain_steps(self) -> int:
@@ -123,12 +123,12 @@ CPU_BATCH16 = CurveBudget("cpu_batch16", pretrain_epochs=10, pretrain_iters_per_
 # stopped at 600 steps on its way, that run ended above a schedule squeezed into the 600 on the val patches and the
 # CHAOS test volumes (runs 27, 30 and 31 of documentation/in_context_ablations.md)
 CPU_BATCH16_BF16 = replace(CPU_BATCH16, name="cpu_batch16_bf16", precision="bf16", pretrain_epochs=17,
-                           pretrain_minutes=50.0, schedule_epochs=17)
+                           pretrain_minutes=50.0, schedule_over_pretrain_epochs=True)
 # the bf16 hour on the 6 mm grid with a 32³ patch (preset cpu_in_context_6mm): the same 192 mm field of view at a third
 # of the voxels, 1.3 s per batch-16 step instead of 3.4 on a 2-core Xeon with AMX, so the hour holds 38 epochs (2,280
 # steps) instead of 17 (run 22 of documentation/in_context_ablations.md)
 CPU_BATCH16_BF16_6MM = replace(CPU_BATCH16_BF16, name="cpu_batch16_bf16_6mm", preset="cpu_in_context_6mm",
-                               pretrain_epochs=60, schedule_epochs=None)
+                               pretrain_epochs=60, schedule_over_pretrain_epochs=False)
 MIN_TIMED_EPOCHS, TIMING_STEPS = 2, 4  # a curve needs two points; steps per epoch of the throw-away timing run
 QUICK = CurveBudget("quick", pretrain_epochs=2, pretrain_iters_per_epoch=2, finetune_epochs=1,
                     finetune_iters_per_epoch=2, seeds=(0,), pool_cases_per_source=2)
@@ -223,7 +223,8 @@ class LearningCurve:
                                iters_per_epoch=b.pretrain_iters_per_epoch, masks="supervoxel", tag="curve",
                                val_dataset=[datasets[key] for key in EVALUATION], continue_training=True,
                                batch_size=b.batch_size, lr_scaling=b.lr_scaling, precision=b.precision or "auto",
-                               schedule_epochs=b.schedule_epochs, extra={"val_reference_choices": 3})
+                               schedule_epochs=b.pretrain_epochs if b.schedule_over_pretrain_epochs else None,
+                               extra={"val_reference_choices": 3})
 
     def run_folder(self) -> Path:
         o = self._options_for(self.budget.pretrain_epochs)  # the folder does not depend on the epochs
@@ -302,8 +303,9 @@ class LearningCurve:
 
 
 def _set_fields(budget: dict) -> dict:
-    """The budget without its unset (None) fields: workspaces written before a field existed still match."""
-    return {key: value for key, value in budget.items() if value is not None}
+    """The budget without the fields left at their default: workspaces written before a field existed still match."""
+    defaults = {f.name: f.default for f in fields(CurveBudget) if f.default is not MISSING}
+    return {key: value for key, value in budget.items() if key not in defaults or value != defaults[key]}
 
 
 def _with_val_cases(pool: ReplicationDataset) -> ReplicationDataset:

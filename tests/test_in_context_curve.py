@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -46,7 +46,8 @@ def test_bf16_budget_is_the_batch16_budget_in_bf16_sized_to_the_hour_only_with_b
     assert CPU_BATCH16_BF16.precision == "bf16" and CPU_BATCH16.precision is None
     assert CPU_BATCH16_BF16.pretrain_minutes == 50 and CPU_BATCH16.pretrain_minutes is None
     assert CPU_BATCH16_BF16.pretrain_steps == 1020 > CPU_BATCH16.pretrain_steps == 600  # the most it allows
-    differing = ("name", "precision", "pretrain_epochs", "pretrain_minutes", "schedule_epochs")
+    differing = ("name", "precision", "pretrain_epochs", "pretrain_minutes",
+                 "schedule_over_pretrain_epochs")
     assert ({k: v for k, v in vars(CPU_BATCH16_BF16).items() if k not in differing}
             == {k: v for k, v in vars(CPU_BATCH16).items() if k not in differing})
     with pytest.raises(SystemExit, match="--bf16 goes with --batch16"):
@@ -56,13 +57,14 @@ def test_bf16_budget_is_the_batch16_budget_in_bf16_sized_to_the_hour_only_with_b
                       "datasets": {"pool": "712", "chaos_mr": "705", "mscmrseg": "706"}})
     options = curve.pretraining_options()  # a machine that fits 10 epochs trains them on the 17 epochs' lr schedule
     assert (options.precision, options.epochs, options.schedule_epochs) == ("bf16", 10, 17)
-    assert CPU_BATCH16.schedule_epochs is None
+    assert not CPU_BATCH16.schedule_over_pretrain_epochs
+    assert LearningCurve(tmp_path, tmp_path, CPU_BATCH16, None).pretraining_options().schedule_epochs is None
     assert LearningCurve(tmp_path, tmp_path, CPU_BATCH16, None).pretraining_options().precision == "auto"
 
 
 def test_6mm_budget_is_the_bf16_hour_on_the_6mm_preset_only_with_bf16(tmp_path):
-    differing = ("name", "preset", "pretrain_epochs", "schedule_epochs")
-    assert CPU_BATCH16_BF16_6MM.schedule_epochs is None  # its epochs and schedule are the ones that fit
+    differing = ("name", "preset", "pretrain_epochs", "schedule_over_pretrain_epochs")
+    assert not CPU_BATCH16_BF16_6MM.schedule_over_pretrain_epochs  # its epochs and schedule are the ones that fit
     assert ({k: v for k, v in vars(CPU_BATCH16_BF16_6MM).items() if k not in differing}
             == {k: v for k, v in vars(CPU_BATCH16_BF16).items() if k not in differing})
     assert CPU_BATCH16_BF16_6MM.pretrain_epochs == 60 and CPU_BATCH16_BF16.preset is None
@@ -157,3 +159,17 @@ def test_comparison_rows_add_each_structures_own_claim_below_its_label_map_row(t
     assert table["MASS finetuned"] == ["80.0 (0.0)", "–"]
     assert "MASS finetuned, each structure's own claim" not in table
     assert "MASS in context (no training), reference-calibrated thresholds, each structure's own claim" not in table
+
+
+def test_a_workspace_written_before_a_budget_field_existed_still_matches_its_budget(tmp_path):
+    stored = json.loads(json.dumps(asdict(CPU_BATCH16)))
+    del stored["schedule_over_pretrain_epochs"]  # the field's default, as a workspace from before it holds it
+    curve = LearningCurve(tmp_path, tmp_path, CPU_BATCH16, None)
+    curve.save_state({"finished": [], "budget": stored})
+    curve.run([], redo=False)
+    stored_bf16 = {**json.loads(json.dumps(asdict(CPU_BATCH16_BF16))), "schedule_over_pretrain_epochs": False}
+    old = LearningCurve(tmp_path / "bf16", tmp_path, CPU_BATCH16_BF16, None)
+    old.workspace.mkdir()
+    old.save_state({"finished": [], "budget": stored_bf16})
+    with pytest.raises(SystemExit, match="holds runs of budget"):  # a set field still tells budgets apart
+        old.run([], redo=False)
