@@ -13,11 +13,13 @@ import torch
 from mass_nn.cli.train import main as train_main
 from mass_nn.errors import MassError
 from mass_nn.model.checkpoint import load_checkpoint
+from mass_nn.planning.plans import load_plans
 from mass_nn.preprocessing.blosc2_storage import open_array
 from mass_nn.registry import TRAINERS
 from mass_nn.training.data.augmentation import ViewAugmentation
 from mass_nn.training.metrics_log import read_metrics
 from mass_nn.training.options import TrainingOptions
+from mass_nn.training.pretrain.validation import InContextValidation
 from mass_nn.training.run_training import run_training
 from mass_nn.training.trainer_settings import parse_settings
 
@@ -161,6 +163,21 @@ def test_in_context_validation_on_a_labelled_dataset(pretraining_roots):
     assert summary["best_metric_key"] == "val_dice"
     assert load_checkpoint(run_folder(pretraining_roots) / "checkpoint_best.pt").meta.best_metric == record["val_dice"]
 
+
+
+def test_in_context_validation_crops_to_the_networks_patch(pretraining_roots):
+    # a val dataset planned with a larger patch than the pool's (taller volumes) must still give references
+    # and queries the network accepts: the crops follow the pretraining plans' patch, not the val dataset's
+    plans_file = pretraining_roots.preprocessed / "Dataset990_PhantomCT" / "MassPlans.json"
+    pool_plans = load_plans(plans_file)
+    own_patch = pool_plans.configuration("3d_cpu").patch_size_zyx
+    smaller = [edge - 16 if edge > 32 else edge for edge in own_patch]
+    assert smaller != own_patch
+    pool_plans.configuration("3d_cpu").patch_size_zyx = smaller
+    validation = InContextValidation.from_dataset("990", pretraining_roots, pool_plans, "MassPlans", "3d_cpu")
+    crops = [crop for crops in validation.references.values() for crop in crops] + validation.queries
+    assert crops and {image.shape[1:] for image, _ in crops} == {tuple(smaller)}
+    assert {mask.shape for _, mask in crops} == {tuple(smaller)}
 
 def test_cpu_recipe_trainer_sets_its_defaults_and_keeps_overrides(pretraining_roots):
     summary = run_training(options(trainer="MASSCPUPretrainer", epochs=1, iters_per_epoch=1), pretraining_roots)

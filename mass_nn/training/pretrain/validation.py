@@ -107,7 +107,7 @@ class InContextValidation:
         and whose channel layout must be one of `pool_layouts` (the run's sources; default: `plans`' own).
 
         Per label, `reference_choices` train cases containing it (the first one when 1, else a seeded draw)
-        serve as references; the queries are the val split's labelled cases. A dataset without val cases is
+        serve as references; the queries are the val split's labelled cases; both are cropped to `plans`' patch. A dataset without val cases is
         refused: its test cases must stay unseen until the final evaluation.
         """
         source = resolve_source(dataset, paths, plans_name, configuration)
@@ -117,7 +117,10 @@ class InContextValidation:
                             f"data vs val dataset):\n  " + "\n  ".join(differences))
         labels = {n: v for n, v in (load_dataset_json(paths.preprocessed / source.dataset_name).labels or {}).items()
                   if v != 0}
-        patch = source.configuration.patch_size_zyx
+        # crops at the patch the network trains on (its positional maps' size): a val dataset planned with a
+        # larger patch, as the planner does for taller volumes than the pool's, would give references the
+        # network refuses
+        patch = plans.configuration(configuration).patch_size_zyx
         rng = np.random.default_rng(seed)
         references = {}
 
