@@ -164,7 +164,6 @@ def test_in_context_validation_on_a_labelled_dataset(pretraining_roots):
     assert load_checkpoint(run_folder(pretraining_roots) / "checkpoint_best.pt").meta.best_metric == record["val_dice"]
 
 
-
 def test_in_context_validation_crops_to_the_networks_patch(pretraining_roots):
     # a val dataset planned with a larger patch than the pool's (taller volumes) must still give references
     # and queries the network accepts: the crops follow the pretraining plans' patch, not the val dataset's
@@ -178,6 +177,7 @@ def test_in_context_validation_crops_to_the_networks_patch(pretraining_roots):
     crops = [crop for crops in validation.references.values() for crop in crops] + validation.queries
     assert crops and {image.shape[1:] for image, _ in crops} == {tuple(smaller)}
     assert {mask.shape for _, mask in crops} == {tuple(smaller)}
+
 
 def test_cpu_recipe_trainer_sets_its_defaults_and_keeps_overrides(pretraining_roots):
     summary = run_training(options(trainer="MASSCPUPretrainer", epochs=1, iters_per_epoch=1), pretraining_roots)

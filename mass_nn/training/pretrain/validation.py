@@ -107,8 +107,8 @@ class InContextValidation:
         and whose channel layout must be one of `pool_layouts` (the run's sources; default: `plans`' own).
 
         Per label, `reference_choices` train cases containing it (the first one when 1, else a seeded draw)
-        serve as references; the queries are the val split's labelled cases; both are cropped to `plans`' patch. A dataset without val cases is
-        refused: its test cases must stay unseen until the final evaluation.
+        serve as references; the queries are the val split's labelled cases; both are cropped to `plans`' patch.
+        A dataset without val cases is refused: its test cases must stay unseen until the final evaluation.
         """
         source = resolve_source(dataset, paths, plans_name, configuration)
         differences = pooled_model_differences(plans, configuration, pool_layouts or [], source.plans, configuration)
