@@ -14,7 +14,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["mass_nn", "mass_nn.*", "dataset_conversion", "dataset_conversion.*"]),
-    package_data={"mass_nn": ["VERSION"]},
+    package_data={"mass_nn": ["VERSION", "networks/native/*.cpp"]},
     data_files=[("share/mass_nn/plans", [str(p.relative_to(ROOT)) for p in sorted((ROOT / "plans").glob("*.json"))])],
     install_requires=[
         "torch>=2.5.1",

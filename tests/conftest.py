@@ -64,6 +64,18 @@ def make_raw_dataset(raw_root: Path, dataset_id: int = 900, name: str = "Tiny", 
     return dataset_dir
 
 
+@pytest.fixture(params=["compiled", "torch"])
+def stencil_path(request, monkeypatch):
+    """Run a test once on the compiled 3×3×3 stencil kernels and once on the torch path they replace."""
+    from mass_nn.networks import native_stencils
+    if request.param == "torch":
+        monkeypatch.setattr(native_stencils, "usable_for", lambda maps: False)
+    elif native_stencils.stencil_library() is None:
+        pytest.skip("the compiled stencil kernels could not be built here (no C++ compiler?); the torch path is "
+                    "tested")
+    return request.param
+
+
 @pytest.fixture
 def mass_roots(tmp_path):
     """Separate raw/preprocessed/results roots inside tmp_path."""

@@ -12,7 +12,7 @@ from torch import nn
 
 from mass_nn.networks.attention import attend, multi_head_attention
 from mass_nn.networks.conv_blocks import ResBlock3d
-from mass_nn.networks import kernel_gradients
+from mass_nn.networks import kernel_gradients, native_stencils
 from mass_nn.networks.in_context.config import InContextNetworkConfig
 from mass_nn.networks.in_context.in_context_model import InContextSegmenter
 from mass_nn.networks.in_context.shared_kernel_conv import shared_kernel_conv3d, shared_maps_conv3d
@@ -33,7 +33,7 @@ def _grads(module: nn.Module) -> list[torch.Tensor]:
     return [p.grad.clone() for p in module.parameters()]
 
 
-def test_shared_kernel_conv_matches_grouped_convolution_and_its_gradients():
+def test_shared_kernel_conv_matches_grouped_convolution_and_its_gradients(stencil_path):
     torch.manual_seed(0)
     maps = torch.randn(5, 6, 7, 9, dtype=torch.float64, requires_grad=True)
     kernel = torch.randn(3, 3, 3, dtype=torch.float64, requires_grad=True)
@@ -49,7 +49,7 @@ def test_shared_kernel_conv_matches_grouped_convolution_and_its_gradients():
                                                            kernel.detach().requires_grad_()))
 
 
-def test_shared_kernel_weight_gradient_in_float32_at_training_size():
+def test_shared_kernel_weight_gradient_in_float32_at_training_size(stencil_path):
     torch.manual_seed(1)
     maps, grad_out = torch.relu(torch.randn(6, 32, 24, 24)), torch.randn(6, 32, 24, 24)
     kernel = torch.zeros(1, 1, 3, 3, 3, requires_grad=True)
@@ -64,7 +64,7 @@ def test_shared_kernel_conv_rejects_wrong_shapes():
         shared_kernel_conv3d(torch.zeros(1, 2, 4, 4, 4), torch.zeros(3, 3, 3))
 
 
-def test_shared_maps_conv_equals_one_convolution_per_kernel_with_same_gradients():
+def test_shared_maps_conv_equals_one_convolution_per_kernel_with_same_gradients(stencil_path):
     torch.manual_seed(5)
     maps = torch.randn(4, 5, 6, 7, dtype=torch.float64, requires_grad=True)
     kernels = torch.randn(3, 3, 3, 3, dtype=torch.float64, requires_grad=True)
@@ -87,6 +87,7 @@ def test_shared_maps_weight_gradients_are_the_same_block_by_block(monkeypatch, b
     # 37 positions: one plane per block; 500: two whole maps (rows of 7), one map (12) or slabs of planes (17, 32)
     # per block; 10**6: one block for all maps. Rows of 7, 12, 17 and 32 voxels are cut into chunks of 7, 12, 1, 16
     monkeypatch.setattr(kernel_gradients, "BLOCK_POSITIONS", block_positions)
+    monkeypatch.setattr(native_stencils, "usable_for", lambda maps: False)  # the torch path's blocks
     torch.manual_seed(7)
     maps = torch.relu(torch.randn(3, 6, 5, width, dtype=torch.float64))
     kernels = torch.randn(3, 3, 3, 3, dtype=torch.float64, requires_grad=True)
@@ -97,7 +98,7 @@ def test_shared_maps_weight_gradients_are_the_same_block_by_block(monkeypatch, b
     assert torch.allclose(actual, expected, rtol=1e-12, atol=1e-12)
 
 
-def test_task_encoder_with_shared_mask_path_equals_its_stages_one_by_one():
+def test_task_encoder_with_shared_mask_path_equals_its_stages_one_by_one(stencil_path):
     torch.manual_seed(6)
     config = InContextNetworkConfig(in_channels=1, channels=[4, 8, 16, 32], num_blocks=[1, 1, 1],
                                     input_size_zyx=[16, 16, 16], num_queries=2, task_depth=1, head_dim=8)
@@ -132,7 +133,7 @@ def test_res_block_equals_plain_composition_with_same_gradients(in_channels, out
     assert all(_close(a, e) for a, e in zip(fast_grads, _grads(block)))
 
 
-def test_mask_merge_gradients_equal_convolution_of_concatenated_pairs():
+def test_mask_merge_gradients_equal_convolution_of_concatenated_pairs(stencil_path):
     torch.manual_seed(3)
     merge = MaskMerge()
     shared = torch.randn(2, 1, 8, 8, 8)

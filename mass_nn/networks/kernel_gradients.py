@@ -12,12 +12,16 @@ the FLOPs the 27 sums need, but as a matrix product with 9 (w + 2) columns it ru
 rate, where the 27 sums' [27, positions] × [positions, S] product (the earlier form of this module) is bound by
 memory: 2.1× faster for three kernels on 208 maps of 48³ in bf16 on a 2-core Xeon (487 → 230 ms), and it never
 builds a padded fp32 copy of the gradients (S × the maps), whose page faults a training step paid on top.
+On the CPU the compiled stencil kernels (`native_stencils`) replace the matrix products where they are built: one
+pass over the maps and gradients, 3.1× faster again for three kernels on 256 maps of 48³ (399 → 129 ms in bf16).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from mass_nn.networks import native_stencils
 
 KERNEL = 3
 TAPS_IN_PLANE = KERNEL * KERNEL
@@ -52,6 +56,8 @@ def _summing_dtype(dtype: torch.dtype) -> torch.dtype:
 def kernel_weight_gradients(maps: Tensor, grads: Tensor | list[Tensor] | tuple[Tensor, ...]) -> Tensor:
     """The S kernels' gradients [S, 3, 3, 3] from maps [N, D, H, W] and one output gradient [N, D, H, W] per
     kernel ([S, N, D, H, W] or S tensors, any strides), summed in fp32 or wider (see the module docstring)."""
+    if native_stencils.usable_for(maps):
+        return native_stencils.stencil_weight_gradient(maps, list(grads)).to(_summing_dtype(maps.dtype))
     count, depth, height, width = maps.shape
     kernels, dtype, w = len(grads), _summing_dtype(maps.dtype), _chunk_width(width)
     chunks, columns = width // w, TAPS_IN_PLANE * (w + 2)

@@ -4,9 +4,10 @@ The task encoder's mask merge convolves B·K one-channel maps with the same 3×3
 and the maps (the normalised task masks) are the same in every stage. As a depthwise (grouped) convolution the
 forward pass is fast on CPU, but the weight gradient of a depthwise convolution is one of oneDNN's slow paths
 (about 150 ms for 26 maps of 64×48×48, against 18 ms for the forward). The weight gradient is only 27 numbers per
-kernel; with S kernels on the same maps, `kernel_gradients.kernel_weight_gradients` pads the maps once and
-computes the S gradients of all 27 offsets from one matrix product per block of positions, in fp32 or wider.
-That is what the backward here uses.
+kernel; with S kernels on the same maps, `kernel_gradients.kernel_weight_gradients` computes the S gradients of
+all 27 offsets in one pass, in fp32 or wider. That is what the backward here uses. On the CPU both directions run
+the compiled stencil kernels where they are built (`native_stencils`): the forward 4.8-6.4× faster than oneDNN's
+depthwise path at batch 16 (which spends most of its time reordering the maps), with the torch path as fallback.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mass_nn.networks import native_stencils
 from mass_nn.networks.kernel_gradients import KERNEL, kernel_weight_gradients
 
 
@@ -30,6 +32,8 @@ class _SharedMapsConv3d(torch.autograd.Function):
     @staticmethod
     def forward(ctx, maps: Tensor, kernels: Tensor) -> tuple[Tensor, ...]:
         ctx.save_for_backward(maps, kernels)
+        if native_stencils.usable_for(maps):
+            return tuple(native_stencils.stencil_forward(maps, kernels))
         return tuple(_grouped_conv(maps, kernel) for kernel in kernels)
 
     @staticmethod

@@ -65,9 +65,9 @@ class MaskMerge(nn.Module):
 
     InstanceNorm and convolution act channel by channel, so the shared map's part is computed once per image and
     broadcast over the K tasks instead of being copied K times: same result, K× less work and memory for it, and
-    no gradient computation for the mask channel. Both parts are `shared_kernel_conv3d` calls: a depthwise
-    (grouped) convolution forward, which CPU kernels run several times faster than a batch of 1-channel maps, and a
-    weight gradient of 27 dot products instead of oneDNN's slow depthwise weight gradient. The mask part depends
+    no gradient computation for the mask channel. Both parts are `shared_kernel_conv3d` calls: on the CPU the
+    compiled stencil kernels (`native_stencils`), elsewhere a depthwise (grouped) convolution forward and a weight
+    gradient of 27 sums instead of the slow depthwise weight gradient. The mask part depends
     on the masks and this merge's mask kernel only, so a task encoder stage takes its two halves apart
     (`shared_part` here, `mask_parts` for all stages at once) instead of calling this module.
     """
