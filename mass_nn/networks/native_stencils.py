@@ -5,7 +5,7 @@ gradient, cost a few FLOPs per byte; torch runs them through oneDNN's depthwise 
 reordering the maps (forward) or takes a slow generic path (weight gradient). The C++ source does each in one pass
 over the maps, in fp32 (fp64 for fp64 maps), vectorised for the processor it is built on.
 
-Building needs a C++ compiler (g++ or clang) and takes about a minute, once per machine: the library is cached
+Building needs a C++ compiler (g++ or clang) and takes about 30 s, once per machine: the library is cached
 under ~/.cache/mass_nn/native (or $MASS_NATIVE_CACHE), in a folder named by a hash of the source, torch's version,
 the compiler flags and the processor's model and instruction sets, so a cache shared between different machines
 never hands one a library built for another. When the build fails, one warning says why and the torch path runs
