@@ -11,6 +11,7 @@ forward + backward at the CPU recipe's batch-16 bf16 shape and at 3d_cpu, with e
 from __future__ import annotations
 
 import contextlib
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -58,7 +59,7 @@ def both_paths(function, repeats: int) -> tuple[float, float]:
         with torch_path():
             reference.append(median_seconds(function, 1))
         compiled.append(median_seconds(function, 1))
-    return sorted(reference)[len(reference) // 2], sorted(compiled)[len(compiled) // 2]
+    return statistics.median(reference), statistics.median(compiled)
 
 
 def measure_operations(repeats: int) -> list[tuple[str, str, float, float]]:
