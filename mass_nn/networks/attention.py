@@ -3,12 +3,19 @@
 
 Heads always have `head_dim` channels; dropout is 0. Self-attention and FFN sub-layers use one LayerNorm with
 eps 1e-4; cross-attention normalises queries and keys with two separate LayerNorms (default eps), as in Iris.
+Where a few query tokens read many context tokens (the task encoder), cross-attention folds the key and value
+projections into the queries (`attend_normalised_context`) instead of projecting every context token.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from mass_nn.networks.conv_blocks import autocast_disabled
+from mass_nn.networks.standardised_attention import standardised_attention
 
 PRE_NORM_EPS = 1e-4
 
@@ -50,6 +57,54 @@ def _scaled_dot_product(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         return F.scaled_dot_product_attention(q, k, v)
     with torch.autocast(device_type="cpu", enabled=False):
         return F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(q.dtype)
+
+
+def folding_is_cheaper(attention: nn.MultiheadAttention, num_queries: int, num_context: int) -> bool:
+    """Whether `attend_normalised_context` is the faster form: when the scores [heads·T, L] are at most half the
+    size of the context [L, C] (its passes over them replace the context's projection) and there are at least C
+    context tokens (below that both forms are a handful of small operations and the folded one has more).
+
+    Measured forward + backward at batch 16 in bf16 on a 2-core AVX-512 EPYC: the task encoder's 11 tokens over
+    12³ tokens of 32 channels 60 against 140 ms, over 6³ of 64 (2 heads) 27 against 44 ms, over 3³ of 128
+    (4 heads) 24 against 16 ms; the decoder's 176 task tokens over 12³ image tokens of 32 channels 43 against
+    26 ms."""
+    dim, heads = attention.embed_dim, attention.num_heads
+    return 2 * heads * num_queries <= dim <= num_context
+
+
+def attend_normalised_context(attention: nn.MultiheadAttention, query: Tensor, context: Tensor,
+                              norm: nn.LayerNorm) -> Tensor:
+    """`attend(attention, query, norm(context))` without normalising or projecting the context tokens one by one.
+
+    For one head, q·k_l = q·(W_k LN(x_l) + b_k) = ((W_kᵀ q) ∘ γ)·x̂_l + (terms that do not depend on l), and the
+    softmax ignores the latter; the weighted sum of the values is W_v (γ ∘ Σ_l p_l x̂_l + β) + b_v because the
+    weights sum to 1. So the queries are mapped into the context's channels (W_kᵀ q ∘ γ, per head), attend over
+    the standardised context x̂_l = (x_l - μ_l) / σ_l (`standardised_attention`, which never materialises it),
+    and the pooled context is projected afterwards: per context token the cost is heads·C multiply-adds for
+    each query instead of the 2·C² of the key and value projections, and the context is read in whatever layout
+    it comes (the task encoder's is channel-first), without copies. Same result up to rounding; b_k gets no
+    gradient (its true gradient is zero).
+
+    query [N, T, C] (already normalised), context [N, L, C] → [N, T, C]. In the parameters' precision (at least
+    fp32) under autocast, like `attend`'s attention (these are small products); the output projection follows
+    autocast.
+    """
+    dim, heads = attention.embed_dim, attention.num_heads
+    head_dim = dim // heads
+    num_queries = query.shape[1]
+    w_query, w_key, w_value = attention.in_proj_weight.chunk(3)
+    b_query, _, b_value = attention.in_proj_bias.chunk(3)  # b_key shifts all scores of a query alike
+    gamma = norm.weight if norm.weight is not None else torch.ones_like(w_query[0])
+    dtype = torch.promote_types(w_query.dtype, torch.float32)
+    with autocast_disabled(query.device):
+        queries = F.linear(query.to(dtype), w_query, b_query).unflatten(-1, (heads, head_dim))
+        folded = torch.einsum("nthd,hdc->nhtc", queries, w_key.view(heads, head_dim, dim))
+        folded = (folded * (gamma / math.sqrt(head_dim))).flatten(1, 2)  # [N, heads·T, C]
+        pooled = standardised_attention(folded, context.to(dtype).transpose(1, 2), norm.eps)
+        pooled = pooled * gamma if norm.bias is None else torch.addcmul(norm.bias, pooled, gamma)
+        values = torch.einsum("nhtc,hdc->nthd", pooled.unflatten(1, (heads, num_queries)),
+                              w_value.view(heads, head_dim, dim)).flatten(2) + b_value
+    return attention.out_proj(values.to(query.dtype))
 
 
 class FeedForward(nn.Sequential):
@@ -95,7 +150,10 @@ class PreNormCrossAttention(nn.Module):
         self.attention = multi_head_attention(dim, head_dim)
 
     def forward(self, x: Tensor, context: Tensor) -> Tensor:
-        """x [N, L, C] attends to context [N, M, C]; returns [N, L, C]."""
+        """x [N, L, C] attends to context [N, M, C]; returns [N, L, C]. The key and value projections are folded
+        into the queries where that is cheaper (`folding_is_cheaper`: few queries, many context tokens)."""
+        if folding_is_cheaper(self.attention, x.shape[1], context.shape[1]):
+            return x + attend_normalised_context(self.attention, self.norm_query(x), context, self.norm_context)
         return x + attend(self.attention, self.norm_query(x), self.norm_context(context))
 
 
