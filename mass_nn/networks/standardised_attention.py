@@ -12,12 +12,14 @@ context a few times through batched matrix products, and the LayerNorm-style sta
 corrections. Autograd through the same formula in torch ops spends most of its time in `var_mean` over the channel
 axis and its backward (a strided reduction), hence the explicit backward:
 
-    dp = G x̂ᵀ-products, ds = p ∘ (dp - Σ_l p dp),
-    dq = ds x̂,  dx̂ = qᵀ ds + Gᵀ p = Aᵀ B with A = [q; G], B = [ds; p],
+    dp = G x̂ (the output gradient G [M, C] against each standardised token), ds = p ∘ (dp - Σ_l p dp),
+    dq = ds x̂ᵀ,  dx̂ = qᵀ ds + Gᵀ p = Aᵀ B with A = [q; G], B = [ds; p],
     dx = r (dx̂ - mean_c dx̂ - x̂ mean_c(dx̂ ∘ x̂)),
 
-where both channel means come from products that are already at hand (Σ_c A_mc and A x̂ = [s; dp]), so the
-backward reads the context three times and writes its gradient once.
+where r = 1 / sqrt(σ² + eps) and both channel means come from products that are already at hand (Σ_c A_mc and
+A x̂ = [s; dp]), so the backward reads the context three times and writes its gradient once. The variance is
+E[x²] - μ² (clamped at 0), computed in the inputs' precision: its relative error grows as (μ/σ)² times the unit
+roundoff, about 6e-4 in fp32 for a token whose channel mean lies 100 standard deviations from 0.
 """
 from __future__ import annotations
 
