@@ -9,9 +9,13 @@
     python benchmarks/in_context_learning_curve.py --batch16 [--bf16]  # batch 16 on the CPU for 600 steps (about
                                                               # an hour on 2 AVX-512 cores); --bf16: in bf16, where
                                                               # the CPU has it natively, as many 60-step epochs
-                                                              # as fit in 50 minutes of steps on this machine
-                                                              # (timed first; 17 on a 2.8 s step), at most 17,
+                                                              # as fit in 50 minutes of steps and loading on
+                                                              # this machine (timed first), at most 17,
                                                               # on the 17 epochs' lr schedule; each its own section
+    python benchmarks/in_context_learning_curve.py --batch8 --bf16  # the bf16 hour at batch 8: 120-step epochs,
+                                                              # about twice the steps of --batch16 --bf16 in the
+                                                              # same minutes, at most 17 epochs on their schedule;
+                                                              # its own section
     python benchmarks/in_context_learning_curve.py --batch16 --bf16 --grid-6mm  # the bf16 hour on the 6 mm grid
                                                               # with a 32³ patch (preset cpu_in_context_6mm): 2.2x
                                                               # the steps in the same minutes here, at most 60
@@ -118,7 +122,8 @@ CPU_BATCH16 = CurveBudget("cpu_batch16", pretrain_epochs=10, pretrain_iters_per_
 # the same on a CPU with native bf16 (--precision bf16, documentation/pretraining.md#bf16-on-cpu), sized to the hour on
 # the machine at hand: 17 epochs (1,020 steps) took 49 min of steps and 52 min with validation on a 2-core AVX-512
 # EPYC (2.8 s per step, run 17 of documentation/in_context_ablations.md), while on a slower AVX-512 EPYC (sgemm 173-195
-# against 223 GFLOP/s, 3.8 s per step) the same 17 epochs would take about 73 min; 50 minutes of steps leave the
+# against 223 GFLOP/s, 3.8 s per step) the same 17 epochs would take about 73 min; 50 minutes of steps and their
+# loading (timed together since run 36: runs 34 and 35, timed on the steps alone, took 58 and 61 min) leave the
 # validations room inside the hour. The lr schedule is always the 17 epochs' (run 26's), wherever the machine stops:
 # stopped at 600 steps on its way, that run ended above a schedule squeezed into the 600 on the val patches and the
 # CHAOS test volumes (runs 27, 30 and 31 of documentation/in_context_ablations.md)
@@ -129,6 +134,11 @@ CPU_BATCH16_BF16 = replace(CPU_BATCH16, name="cpu_batch16_bf16", precision="bf16
 # steps) instead of 17 (run 22 of documentation/in_context_ablations.md)
 CPU_BATCH16_BF16_6MM = replace(CPU_BATCH16_BF16, name="cpu_batch16_bf16_6mm", preset="cpu_in_context_6mm",
                                pretrain_epochs=60, schedule_over_pretrain_epochs=False)
+# the bf16 hour at half the batch: the same samples per epoch in twice the steps (a batch-8 step costs 0.51-0.54 of a
+# batch-16 one plus its loading, about 8 % more per sample), so twice the updates in the same minutes at the same lr
+# (LAMB's updates are relative to each layer's weights; 2e-3 is the release's lr at batch 32 and the recipe's at 2 and
+# 16) and the same number of validations; the schedule is the 17 epochs' at this batch, 2,040 steps
+CPU_BATCH8_BF16 = replace(CPU_BATCH16_BF16, name="cpu_batch8_bf16", batch_size=8, pretrain_iters_per_epoch=120)
 MIN_TIMED_EPOCHS, TIMING_STEPS = 2, 4  # a curve needs two points; steps per epoch of the throw-away timing run
 QUICK = CurveBudget("quick", pretrain_epochs=2, pretrain_iters_per_epoch=2, finetune_epochs=1,
                     finetune_iters_per_epoch=2, seeds=(0,), pool_cases_per_source=2)
@@ -207,12 +217,14 @@ class LearningCurve:
             return load_run_config(folder).epochs
         state = self.state()
         if "pretrain_epochs" not in state:
-            seconds = timed_step_seconds(self._options_for(b.pretrain_epochs), self.paths, TIMING_STEPS)
+            seconds = timed_step_seconds(self._options_for(b.pretrain_epochs), self.paths, TIMING_STEPS,
+                                         with_loading=True)
             state.update(pretrain_epochs=epochs_that_fit(seconds, b.pretrain_iters_per_epoch, b.pretrain_minutes,
                                                          MIN_TIMED_EPOCHS, b.pretrain_epochs),
                          timed_step_seconds=seconds)
             self.save_state(state)
-            logger.info("%.2f s per step: %d epochs of %d steps fit %g minutes", seconds, state["pretrain_epochs"],
+            logger.info("%.2f s per step with its loading: %d epochs of %d steps fit %g minutes", seconds,
+                        state["pretrain_epochs"],
                         b.pretrain_iters_per_epoch, b.pretrain_minutes)
         return state["pretrain_epochs"]
 
@@ -341,11 +353,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch16", action="store_true",
                         help="the GPU budget's batch 16 on the CPU: 600 steps (about an hour on a 2-core AVX-512 "
                              "machine), its own section")
+    parser.add_argument("--batch8", action="store_true",
+                        help="with --bf16: the bf16 hour at batch 8 in 120-step epochs (twice the steps of "
+                             "--batch16 --bf16 in the same minutes), its own section")
     parser.add_argument("--bf16", action="store_true",
-                        help="with --batch16: pretrain with --precision bf16 (CPUs with native bf16) for as many "
-                             "60-step epochs as fit in 50 minutes of steps here (timed first; 17 on a 2.8 s step), "
-                             "at most 17, on the 17 epochs' lr schedule (--schedule-epochs 17): the hour's worth, "
-                             "its own section")
+                        help="with --batch16 or --batch8: pretrain with --precision bf16 (CPUs with native bf16) for "
+                             "as many epochs as fit in 50 minutes of steps and loading here (timed first), at most "
+                             "17, on the 17 epochs' lr schedule (--schedule-epochs 17): the hour's worth, its own "
+                             "section")
     parser.add_argument("--grid-6mm", action="store_true",
                         help="with --batch16 --bf16: on the 6 mm grid with a 32³ patch (preset cpu_in_context_6mm, "
                              "the same field of view at a third of the voxels), as many epochs as fit in the 50 "
@@ -355,14 +370,17 @@ def main(argv: list[str] | None = None) -> int:
                              "data: identical arrays) instead of running them again")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    if args.quick + args.gpu + args.batch16 > 1:
-        raise SystemExit("--quick, --gpu and --batch16 are three budgets: pass one")
-    if args.bf16 and not args.batch16:
-        raise SystemExit("--bf16 goes with --batch16 (the GPU budget already trains in bf16)")
-    if args.grid_6mm and not args.bf16:
+    if args.quick + args.gpu + args.batch16 + args.batch8 > 1:
+        raise SystemExit("--quick, --gpu, --batch16 and --batch8 are four budgets: pass one")
+    if args.bf16 and not (args.batch16 or args.batch8):
+        raise SystemExit("--bf16 goes with --batch16 or --batch8 (the GPU budget already trains in bf16)")
+    if args.batch8 and not args.bf16:
+        raise SystemExit("--batch8 goes with --bf16 (the batch-8 hour is a bf16 budget)")
+    if args.grid_6mm and not (args.bf16 and args.batch16):
         raise SystemExit("--grid-6mm goes with --batch16 --bf16")
     budget = (QUICK if args.quick else GPU if args.gpu else CPU_BATCH16_BF16_6MM if args.grid_6mm
-              else CPU_BATCH16_BF16 if args.bf16 else CPU_BATCH16 if args.batch16 else FULL)
+              else CPU_BATCH8_BF16 if args.batch8 else CPU_BATCH16_BF16 if args.bf16
+              else CPU_BATCH16 if args.batch16 else FULL)
     suffix = "" if budget is FULL else f"_{budget.name}"
     workspace = args.workspace or REPOSITORY / "benchmarks" / "_work" / f"in_context_curve{suffix}"
     workspace.mkdir(parents=True, exist_ok=True)

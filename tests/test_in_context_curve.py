@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.in_context_learning_curve import (CPU_BATCH16, CPU_BATCH16_BF16, CPU_BATCH16_BF16_6MM, FULL, GPU,
-                                                  QUICK, RECIPE_PRESET, LearningCurve, _few_per_source, main)
+from benchmarks.in_context_learning_curve import (CPU_BATCH8_BF16, CPU_BATCH16, CPU_BATCH16_BF16,
+                                                  CPU_BATCH16_BF16_6MM, FULL, GPU, QUICK, RECIPE_PRESET,
+                                                  LearningCurve, _few_per_source, main)
 from mass_nn.training.options import save_run_config
 from tests.conftest import requires_shared_data, shared_data_dir
 
@@ -34,8 +35,8 @@ def test_workspaces_from_before_the_batch_fields_still_match_and_budgets_stay_ap
 def test_batch16_budget_is_the_gpu_batch_and_lr_in_its_own_workspace_and_excludes_other_budgets(tmp_path):
     assert (CPU_BATCH16.batch_size, CPU_BATCH16.lr_scaling) == (GPU.batch_size, GPU.lr_scaling)
     assert CPU_BATCH16.pretrain_steps == 600 and len(CPU_BATCH16.seeds) >= 3
-    for flags in (["--batch16", "--gpu"], ["--batch16", "--quick"]):
-        with pytest.raises(SystemExit, match="three budgets"):
+    for flags in (["--batch16", "--gpu"], ["--batch16", "--quick"], ["--batch8", "--batch16", "--bf16"]):
+        with pytest.raises(SystemExit, match="four budgets"):
             main([*flags, "--workspace", str(tmp_path), "--stages", "report"])
     LearningCurve(tmp_path, tmp_path, FULL, None).run([], redo=False)
     with pytest.raises(SystemExit, match="holds runs of budget"):
@@ -50,7 +51,7 @@ def test_bf16_budget_is_the_batch16_budget_in_bf16_sized_to_the_hour_only_with_b
                  "schedule_over_pretrain_epochs")
     assert ({k: v for k, v in vars(CPU_BATCH16_BF16).items() if k not in differing}
             == {k: v for k, v in vars(CPU_BATCH16).items() if k not in differing})
-    with pytest.raises(SystemExit, match="--bf16 goes with --batch16"):
+    with pytest.raises(SystemExit, match="--bf16 goes with --batch16 or --batch8"):
         main(["--bf16", "--workspace", str(tmp_path), "--stages", "report"])
     curve = LearningCurve(tmp_path, tmp_path, CPU_BATCH16_BF16, None)
     curve.save_state({"finished": [], "budget": None, "pretrain_epochs": 10,
@@ -60,6 +61,25 @@ def test_bf16_budget_is_the_batch16_budget_in_bf16_sized_to_the_hour_only_with_b
     assert not CPU_BATCH16.schedule_over_pretrain_epochs
     assert LearningCurve(tmp_path, tmp_path, CPU_BATCH16, None).pretraining_options().schedule_epochs is None
     assert LearningCurve(tmp_path, tmp_path, CPU_BATCH16, None).pretraining_options().precision == "auto"
+
+
+def test_batch8_budget_is_the_bf16_hour_at_half_the_batch_in_twice_the_steps_only_with_bf16(tmp_path):
+    differing = ("name", "batch_size", "pretrain_iters_per_epoch")
+    assert ({k: v for k, v in vars(CPU_BATCH8_BF16).items() if k not in differing}
+            == {k: v for k, v in vars(CPU_BATCH16_BF16).items() if k not in differing})
+    assert (CPU_BATCH8_BF16.batch_size, CPU_BATCH8_BF16.pretrain_steps) == (8, 2 * CPU_BATCH16_BF16.pretrain_steps)
+    assert (CPU_BATCH8_BF16.batch_size * CPU_BATCH8_BF16.pretrain_iters_per_epoch
+            == CPU_BATCH16_BF16.batch_size * CPU_BATCH16_BF16.pretrain_iters_per_epoch)  # samples per epoch
+    with pytest.raises(SystemExit, match="--batch8 goes with --bf16"):
+        main(["--batch8", "--workspace", str(tmp_path), "--stages", "report"])
+    with pytest.raises(SystemExit, match="--grid-6mm goes with --batch16 --bf16"):
+        main(["--batch8", "--bf16", "--grid-6mm", "--workspace", str(tmp_path), "--stages", "report"])
+    curve = LearningCurve(tmp_path, tmp_path, CPU_BATCH8_BF16, None)
+    curve.save_state({"finished": [], "budget": None, "pretrain_epochs": 9,
+                      "datasets": {"pool": "712", "chaos_mr": "705", "mscmrseg": "706"}})
+    options = curve.pretraining_options()
+    assert (options.batch_size, options.iters_per_epoch, options.epochs, options.schedule_epochs, options.lr_scaling,
+            options.precision) == (8, 120, 9, 17, "none", "bf16")
 
 
 def test_6mm_budget_is_the_bf16_hour_on_the_6mm_preset_only_with_bf16(tmp_path):
@@ -84,8 +104,8 @@ def test_a_budget_in_minutes_is_timed_once_and_a_started_run_keeps_its_epochs(tm
     import benchmarks.in_context_learning_curve as curve_module
     timings = []
 
-    def timed(options, paths, steps):
-        timings.append((options.batch_size, options.precision, steps))
+    def timed(options, paths, steps, with_loading):
+        timings.append((options.batch_size, options.precision, steps, with_loading))
         return 3.2
 
     monkeypatch.setattr(curve_module, "timed_step_seconds", timed)
@@ -93,7 +113,7 @@ def test_a_budget_in_minutes_is_timed_once_and_a_started_run_keeps_its_epochs(tm
     curve.save_state({"finished": [], "budget": None, "datasets": {"pool": "712", "chaos_mr": "705",
                                                                   "mscmrseg": "706"}})
     assert curve.pretrain_epochs() == 15  # 50 min / (60 steps x 3.2 s) = 15.6
-    assert curve.pretrain_epochs() == 15 and timings == [(16, "bf16", curve_module.TIMING_STEPS)]  # timed once
+    assert curve.pretrain_epochs() == 15 and timings == [(16, "bf16", curve_module.TIMING_STEPS, True)]  # timed once
     assert curve.state()["timed_step_seconds"] == 3.2
     save_run_config(replace(curve.pretraining_options(), epochs=13), curve.run_folder())
     assert curve.pretrain_epochs() == 13 and len(timings) == 1
@@ -101,7 +121,8 @@ def test_a_budget_in_minutes_is_timed_once_and_a_started_run_keeps_its_epochs(tm
         fresh = LearningCurve(tmp_path / str(seconds), tmp_path, CPU_BATCH16_BF16, None)
         fresh.workspace.mkdir()
         fresh.save_state({"finished": [], "budget": None, "datasets": curve.datasets()})
-        monkeypatch.setattr(curve_module, "timed_step_seconds", lambda options, paths, steps, s=seconds: s)
+        monkeypatch.setattr(curve_module, "timed_step_seconds",
+                            lambda options, paths, steps, with_loading, s=seconds: s)
         assert fresh.pretrain_epochs() == epochs
 
 

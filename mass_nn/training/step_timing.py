@@ -41,14 +41,16 @@ def timing_steps(steps: int) -> int:
     return (1 + TIMED_EPOCHS) * steps
 
 
-def timed_step_seconds(options: TrainingOptions, paths: MassPaths, steps: int) -> float:
+def timed_step_seconds(options: TrainingOptions, paths: MassPaths, steps: int, with_loading: bool = False) -> float:
     """Median over TIMED_EPOCHS epochs of `steps` steps of their mean seconds per step, after one warm-up epoch
     (allocation, the loader's start), of a run with `options` without in-context validation, in a temporary
-    results folder under paths.results that is removed afterwards."""
+    results folder under paths.results that is removed afterwards. with_loading: each step's wait for its batch
+    counted too (the loader runs in the training process on 2 cores, so the run's wall time is both)."""
     timing = replace(options, epochs=1 + TIMED_EPOCHS, iters_per_epoch=steps, val_dataset=None,
                      continue_training=False, val_every=1 + TIMED_EPOCHS, val_batches=1, extra=dict(options.extra))
     paths.results.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="step_timing_", dir=paths.results) as scratch:
         scratch_paths = MassPaths(raw=paths.raw, preprocessed=paths.preprocessed, results=Path(scratch))
         records = read_metrics(run_training(timing, scratch_paths)["output_folder"])
-        return float(statistics.median(record["step_seconds"] for record in records[1:]))
+        return float(statistics.median(record["step_seconds"] + (record["data_seconds"] if with_loading else 0.0)
+                                       for record in records[1:]))
