@@ -111,3 +111,16 @@ def test_folded_attention_under_cpu_autocast_computes_in_fp32_and_returns_like_t
     assert error < 2e-2 and error <= 2 * plain_error + 1e-3
     actual.float().sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in block.parameters() if p.grad is not None)
+
+
+def test_standardised_attention_backward_called_under_autocast_gives_the_same_gradients():
+    torch.manual_seed(5)
+    queries = torch.randn(3, 4, 16, requires_grad=True)
+    context = (torch.randn(3, 16, 50) * 2 + 1).requires_grad_()
+    upstream = torch.randn(3, 4, 16)
+    expected = torch.autograd.grad(standardised_attention(queries, context, 1e-5), (queries, context), upstream)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # backward inside the autocast region, as some loops do
+        actual = torch.autograd.grad(standardised_attention(queries, context, 1e-5), (queries, context), upstream)
+    for got, want in zip(actual, expected):
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, want, rtol=0, atol=0)

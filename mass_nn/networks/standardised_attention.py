@@ -26,6 +26,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from mass_nn.networks.conv_blocks import autocast_disabled
+
 
 def _standardise_products(products: Tensor, left_sums: Tensor, mean: Tensor, inverse_std: Tensor) -> Tensor:
     """In place: left x [N, M, L] → left x̂ = (left x - (Σ_c left) μ) r, with left_sums = Σ_c left [N, M, 1]."""
@@ -56,6 +58,13 @@ class _StandardisedAttention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_pooled: Tensor):
+        # in the saved tensors' dtype whatever autocast the caller's backward runs under: its products would
+        # otherwise come out in the autocast dtype beside saved fp32 tensors (the softmax backward rejects the mix)
+        with autocast_disabled(grad_pooled.device):
+            return _StandardisedAttention._backward(ctx, grad_pooled)
+
+    @staticmethod
+    def _backward(ctx, grad_pooled: Tensor):
         queries, context, mean, inverse_std, scores, weights = ctx.saved_tensors
         batch, num_queries, channels = queries.shape
         grad_pooled = grad_pooled.contiguous()
@@ -82,9 +91,10 @@ class _StandardisedAttention(torch.autograd.Function):
 def standardised_attention(queries: Tensor, context: Tensor, eps: float) -> Tensor:
     """Σ_l softmax_l(q_m · x̂_l) x̂_l for queries [N, M, C] and context [N, C, L] of one floating dtype, x̂ the
     context standardised over its C channels per token (LayerNorm without affine, `eps` added to the variance):
-    [N, M, C]. Differentiable in both inputs."""
+    [N, M, C]. Differentiable in both inputs; both directions compute in the inputs' dtype, autocast or not."""
     if queries.dim() != 3 or context.dim() != 3 or queries.shape[0] != context.shape[0] \
             or queries.shape[2] != context.shape[1]:
         raise ValueError(f"expected queries [N, M, C] and context [N, C, L], got {list(queries.shape)} and "
                          f"{list(context.shape)}")
-    return _StandardisedAttention.apply(queries, context, eps)
+    with autocast_disabled(queries.device):
+        return _StandardisedAttention.apply(queries, context, eps)
