@@ -82,6 +82,13 @@ def test_batch8_budget_is_the_bf16_hour_at_half_the_batch_in_twice_the_steps_onl
             options.precision) == (8, 120, 9, 17, "none", "bf16")
 
 
+def test_every_budget_but_the_full_one_reports_into_a_section_of_its_own(tmp_path):
+    from benchmarks.in_context_curve_report import _suffix
+    budgets = (FULL, GPU, CPU_BATCH16, CPU_BATCH16_BF16, CPU_BATCH16_BF16_6MM, CPU_BATCH8_BF16)
+    suffixes = [_suffix(LearningCurve(tmp_path / b.name, tmp_path, b, None)) for b in budgets]
+    assert suffixes[0] == "" and all(suffixes[1:]) and len(set(suffixes)) == len(budgets)
+
+
 def test_6mm_budget_is_the_bf16_hour_on_the_6mm_preset_only_with_bf16(tmp_path):
     differing = ("name", "preset", "pretrain_epochs", "schedule_over_pretrain_epochs")
     assert not CPU_BATCH16_BF16_6MM.schedule_over_pretrain_epochs  # its epochs and schedule are the ones that fit
