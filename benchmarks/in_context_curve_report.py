@@ -201,7 +201,7 @@ def report_markdown(curve, figures: list[Path], relative_to: Path) -> str:
         title = "## In-context learning curve on organ-level MR (the CPU recipe at batch 16, bf16)"
         command = ("`python benchmarks/in_context_learning_curve.py --batch16 --bf16`: the batch-16 recipe above "
                    "(same pool, trainer, batch, lr and val references) with bf16 autocast (`--precision bf16`, "
-                   "documentation/pretraining.md#bf16-on-cpu) and as many 60-step epochs as fit in 50 minutes of "
+                   "documentation/pretraining.md#bf16-on-cpu) and as many 60-step epochs as fit in 55 minutes of "
                    "steps and their loading on this machine (timed first, at most 17) on the lr schedule of all 17 "
                    "(`--schedule-epochs 17`), its own datasets and weight-free masks from the current "
                    "generator, on "
@@ -211,13 +211,13 @@ def report_markdown(curve, figures: list[Path], relative_to: Path) -> str:
         command = ("`python benchmarks/in_context_learning_curve.py --batch16 --bf16 --grid-6mm`: the bf16 hour above "
                    "(same pool, trainer, batch, lr and val references) on the 6 mm grid with a 32³ patch (preset "
                    "`cpu_in_context_6mm`: the same 192 mm field of view at a third of the voxels), as many 60-step "
-                   "epochs as fit in 50 minutes of steps and their loading on this machine (timed first), its own "
+                   "epochs as fit in 55 minutes of steps and their loading on this machine (timed first), its own "
                    "datasets and weight-free masks, on " + machine_description() + ", with memory reuse on.")
     elif b.name == "cpu_batch8_bf16":
         title = "## In-context learning curve on organ-level MR (the CPU recipe at batch 8, bf16)"
         command = ("`python benchmarks/in_context_learning_curve.py --batch8 --bf16`: the bf16 hour above (same "
                    "pool, trainer, lr and val references) at batch 8 in 120-step epochs, the same samples per epoch "
-                   "in twice the steps, as many epochs as fit in 50 minutes of steps and their loading on this "
+                   "in twice the steps, as many epochs as fit in 55 minutes of steps and their loading on this "
                    "machine (timed first, at most 17) on the lr schedule of all 17, its own datasets and "
                    "weight-free masks, on " + machine_description() + ", with memory reuse on.")
     else:

@@ -9,7 +9,7 @@
     python benchmarks/in_context_learning_curve.py --batch16 [--bf16]  # batch 16 on the CPU for 600 steps (about
                                                               # an hour on 2 AVX-512 cores); --bf16: in bf16, where
                                                               # the CPU has it natively, as many 60-step epochs
-                                                              # as fit in 50 minutes of steps and loading on
+                                                              # as fit in 55 minutes of steps and loading on
                                                               # this machine (timed first), at most 17,
                                                               # on the 17 epochs' lr schedule; each its own section
     python benchmarks/in_context_learning_curve.py --batch8 --bf16  # the bf16 hour at batch 8: 120-step epochs,
@@ -122,13 +122,13 @@ CPU_BATCH16 = CurveBudget("cpu_batch16", pretrain_epochs=10, pretrain_iters_per_
 # the same on a CPU with native bf16 (--precision bf16, documentation/pretraining.md#bf16-on-cpu), sized to the hour on
 # the machine at hand: 17 epochs (1,020 steps) took 49 min of steps and 52 min with validation on a 2-core AVX-512
 # EPYC (2.8 s per step, run 17 of documentation/in_context_ablations.md), while on a slower AVX-512 EPYC (sgemm 173-195
-# against 223 GFLOP/s, 3.8 s per step) the same 17 epochs would take about 73 min; 50 minutes of steps and their
-# loading (timed together since run 36: runs 34 and 35, timed on the steps alone, took 58 and 61 min) leave the
-# validations room inside the hour. The lr schedule is always the 17 epochs' (run 26's), wherever the machine stops:
+# against 223 GFLOP/s, 3.8 s per step) the same 17 epochs would take about 73 min; 55 minutes of steps and their
+# loading (timed together since run 36; before, 50 minutes of steps alone, and runs 34 and 35 took 58 and 61 min)
+# leave the timing run and the validations (about 20 s each) room inside the hour. The lr schedule is always the 17 epochs' (run 26's), wherever the machine stops:
 # stopped at 600 steps on its way, that run ended above a schedule squeezed into the 600 on the val patches and the
 # CHAOS test volumes (runs 27, 30 and 31 of documentation/in_context_ablations.md)
 CPU_BATCH16_BF16 = replace(CPU_BATCH16, name="cpu_batch16_bf16", precision="bf16", pretrain_epochs=17,
-                           pretrain_minutes=50.0, schedule_over_pretrain_epochs=True)
+                           pretrain_minutes=55.0, schedule_over_pretrain_epochs=True)
 # the bf16 hour on the 6 mm grid with a 32³ patch (preset cpu_in_context_6mm): the same 192 mm field of view at a third
 # of the voxels, 1.3 s per batch-16 step instead of 3.4 on a 2-core Xeon with AMX, so the hour holds 38 epochs (2,280
 # steps) instead of 17 (run 22 of documentation/in_context_ablations.md)
@@ -359,12 +359,12 @@ def main(argv: list[str] | None = None) -> int:
                              "--batch16 --bf16 in the same minutes), its own section")
     parser.add_argument("--bf16", action="store_true",
                         help="with --batch16 or --batch8: pretrain with --precision bf16 (CPUs with native bf16) for "
-                             "as many epochs as fit in 50 minutes of steps and loading here (timed first), at most "
+                             "as many epochs as fit in 55 minutes of steps and loading here (timed first), at most "
                              "17, on the 17 epochs' lr schedule (--schedule-epochs 17): the hour's worth, its own "
                              "section")
     parser.add_argument("--grid-6mm", action="store_true",
                         help="with --batch16 --bf16: on the 6 mm grid with a 32³ patch (preset cpu_in_context_6mm, "
-                             "the same field of view at a third of the voxels), as many epochs as fit in the 50 "
+                             "the same field of view at a third of the voxels), as many epochs as fit in the 55 "
                              "minutes, at most 60; its own section")
     parser.add_argument("--reuse-datasets-from", type=Path, metavar="WORKSPACE",
                         help="copy the finished datasets and masks stages of another workspace (same code, same "

@@ -45,7 +45,7 @@ def test_batch16_budget_is_the_gpu_batch_and_lr_in_its_own_workspace_and_exclude
 
 def test_bf16_budget_is_the_batch16_budget_in_bf16_sized_to_the_hour_only_with_batch16(tmp_path):
     assert CPU_BATCH16_BF16.precision == "bf16" and CPU_BATCH16.precision is None
-    assert CPU_BATCH16_BF16.pretrain_minutes == 50 and CPU_BATCH16.pretrain_minutes is None
+    assert CPU_BATCH16_BF16.pretrain_minutes == 55 and CPU_BATCH16.pretrain_minutes is None
     assert CPU_BATCH16_BF16.pretrain_steps == 1020 > CPU_BATCH16.pretrain_steps == 600  # the most it allows
     differing = ("name", "precision", "pretrain_epochs", "pretrain_minutes",
                  "schedule_over_pretrain_epochs")
@@ -113,15 +113,15 @@ def test_a_budget_in_minutes_is_timed_once_and_a_started_run_keeps_its_epochs(tm
 
     def timed(options, paths, steps, with_loading):
         timings.append((options.batch_size, options.precision, steps, with_loading))
-        return 3.2
+        return 3.6
 
     monkeypatch.setattr(curve_module, "timed_step_seconds", timed)
     curve = LearningCurve(tmp_path, tmp_path, CPU_BATCH16_BF16, None)
     curve.save_state({"finished": [], "budget": None, "datasets": {"pool": "712", "chaos_mr": "705",
                                                                   "mscmrseg": "706"}})
-    assert curve.pretrain_epochs() == 15  # 50 min / (60 steps x 3.2 s) = 15.6
+    assert curve.pretrain_epochs() == 15  # 55 min / (60 steps x 3.6 s) = 15.3
     assert curve.pretrain_epochs() == 15 and timings == [(16, "bf16", curve_module.TIMING_STEPS, True)]  # timed once
-    assert curve.state()["timed_step_seconds"] == 3.2
+    assert curve.state()["timed_step_seconds"] == 3.6
     save_run_config(replace(curve.pretraining_options(), epochs=13), curve.run_folder())
     assert curve.pretrain_epochs() == 13 and len(timings) == 1
     for seconds, epochs in ((1.0, 17), (100.0, curve_module.MIN_TIMED_EPOCHS)):  # the bounds
