@@ -124,9 +124,10 @@ CPU_BATCH16 = CurveBudget("cpu_batch16", pretrain_epochs=10, pretrain_iters_per_
 # EPYC (2.8 s per step, run 17 of documentation/in_context_ablations.md), while on a slower AVX-512 EPYC (sgemm 173-195
 # against 223 GFLOP/s, 3.8 s per step) the same 17 epochs would take about 73 min; 55 minutes of steps and their
 # loading (timed together since run 36; before, 50 minutes of steps alone, and runs 34 and 35 took 58 and 61 min)
-# leave the timing run and the validations (about 20 s each) room inside the hour. The lr schedule is always the 17 epochs' (run 26's), wherever the machine stops:
-# stopped at 600 steps on its way, that run ended above a schedule squeezed into the 600 on the val patches and the
-# CHAOS test volumes (runs 27, 30 and 31 of documentation/in_context_ablations.md)
+# leave the timing run and the validations (about 20 s each) room inside the hour. The lr schedule is always the 17
+# epochs' (run 26's), wherever the machine stops: stopped at 600 steps on its way, that run ended above a schedule
+# squeezed into the 600 on the val patches and the CHAOS test volumes (runs 27, 30 and 31 of
+# documentation/in_context_ablations.md)
 CPU_BATCH16_BF16 = replace(CPU_BATCH16, name="cpu_batch16_bf16", precision="bf16", pretrain_epochs=17,
                            pretrain_minutes=55.0, schedule_over_pretrain_epochs=True)
 # the bf16 hour on the 6 mm grid with a 32³ patch (preset cpu_in_context_6mm): the same 192 mm field of view at a third
@@ -136,9 +137,9 @@ CPU_BATCH16_BF16_6MM = replace(CPU_BATCH16_BF16, name="cpu_batch16_bf16_6mm", pr
                                pretrain_epochs=60, schedule_over_pretrain_epochs=False)
 # the bf16 hour at half the batch: the same samples per epoch in twice the steps (a batch-8 step took 2.22 against
 # 4.35 s at batch 16 on a 2-core AVX-512 EPYC, about 8 % more per sample with loading), so nearly twice the updates
-# in the same minutes at the same lr
-# (LAMB's updates are relative to each layer's weights; 2e-3 is the release's lr at batch 32 and the recipe's at 2 and
-# 16) and the same number of validations; the schedule is the 17 epochs' at this batch, 2,040 steps
+# in the same minutes at the same lr (LAMB's updates are relative to each layer's weights; 2e-3 is the release's lr
+# at batch 32 and the recipe's at 2 and 16) and the same number of validations; the schedule is the 17 epochs' at
+# this batch, 2,040 steps
 CPU_BATCH8_BF16 = replace(CPU_BATCH16_BF16, name="cpu_batch8_bf16", batch_size=8, pretrain_iters_per_epoch=120)
 MIN_TIMED_EPOCHS, TIMING_STEPS = 2, 4  # a curve needs two points; steps per epoch of the throw-away timing run
 QUICK = CurveBudget("quick", pretrain_epochs=2, pretrain_iters_per_epoch=2, finetune_epochs=1,
@@ -225,8 +226,7 @@ class LearningCurve:
                          timed_step_seconds=seconds)
             self.save_state(state)
             logger.info("%.2f s per step with its loading: %d epochs of %d steps fit %g minutes", seconds,
-                        state["pretrain_epochs"],
-                        b.pretrain_iters_per_epoch, b.pretrain_minutes)
+                        state["pretrain_epochs"], b.pretrain_iters_per_epoch, b.pretrain_minutes)
         return state["pretrain_epochs"]
 
     def _options_for(self, epochs: int) -> TrainingOptions:
