@@ -182,7 +182,8 @@ def report_markdown(curve, figures: list[Path], relative_to: Path) -> str:
                   "overlaps kept, as the release's in-context evaluator does "
                   "(documentation/in_context_segmentation.md#scoring-each-structures-own-claim)."
                   if any(row[0].endswith(ALONE_SUFFIX) for row in compare_rows) else "")
-    seconds = sum(r.get("epoch_seconds", 0.0) for r in records)
+    # the run's own count (steps, loading, validation) where it keeps one; before that, the epochs' steps and loading
+    minutes = records[-1].get("trained_minutes", sum(r.get("epoch_seconds", 0.0) for r in records) / 60)
     untrained_note = " Step 0 is the same network untrained." if records[0]["global_step"] == 0 else ""
     if b.name == "gpu":
         title = "## In-context learning curve on organ-level MR (the CPU recipe on a GPU)"
@@ -201,31 +202,30 @@ def report_markdown(curve, figures: list[Path], relative_to: Path) -> str:
         title = "## In-context learning curve on organ-level MR (the CPU recipe at batch 16, bf16)"
         command = ("`python benchmarks/in_context_learning_curve.py --batch16 --bf16`: the batch-16 recipe above "
                    "(same pool, trainer, batch, lr and val references) with bf16 autocast (`--precision bf16`, "
-                   "documentation/pretraining.md#bf16-on-cpu) and as many 60-step epochs as fit in 55 minutes of "
-                   "steps and their loading on this machine (timed first, at most 17) on the lr schedule of all 17 "
-                   "(`--schedule-epochs 17`), its own datasets and weight-free masks from the current "
-                   "generator, on "
+                   "documentation/pretraining.md#bf16-on-cpu) and as many 60-step epochs as fit in 58 minutes of "
+                   "training on this machine (`--max-minutes 58`: steps, loading, validation; at most 17) on the lr "
+                   "schedule of all 17, its own datasets and weight-free masks from the current generator, on "
                    + machine_description() + ", with memory reuse on.")
     elif b.name == "cpu_batch16_bf16_6mm":
         title = "## In-context learning curve on organ-level MR (the CPU recipe at batch 16, bf16, 6 mm)"
         command = ("`python benchmarks/in_context_learning_curve.py --batch16 --bf16 --grid-6mm`: the bf16 hour above "
                    "(same pool, trainer, batch, lr and val references) on the 6 mm grid with a 32³ patch (preset "
                    "`cpu_in_context_6mm`: the same 192 mm field of view at a third of the voxels), as many 60-step "
-                   "epochs as fit in 55 minutes of steps and their loading on this machine (timed first), its own "
+                   "epochs as fit in 58 minutes of training on this machine (`--max-minutes 58`, at most 40), its own "
                    "datasets and weight-free masks, on " + machine_description() + ", with memory reuse on.")
     elif b.name == "cpu_batch8_bf16":
         title = "## In-context learning curve on organ-level MR (the CPU recipe at batch 8, bf16)"
         command = ("`python benchmarks/in_context_learning_curve.py --batch8 --bf16`: the bf16 hour above (same "
                    "pool, trainer, lr and val references) at batch 8 in 120-step epochs, the same samples per epoch "
-                   "in twice the steps, as many epochs as fit in 55 minutes of steps and their loading on this "
-                   "machine (timed first, at most 17) on the lr schedule of all 17, its own datasets and "
-                   "weight-free masks, on " + machine_description() + ", with memory reuse on.")
+                   "in twice the steps, as many epochs as fit in 58 minutes of training on this machine "
+                   "(`--max-minutes 58`: steps, loading, validation; at most 17) on the lr schedule of all 17, its "
+                   "own datasets and weight-free masks, on " + machine_description() + ", with memory reuse on.")
     else:
         title = "## In-context learning curve on organ-level MR (CPU recipe)"
         command = f"`python benchmarks/in_context_learning_curve.py` ({machine_description()})."
     steps = records[-1]["global_step"]
     lines = [title, "", f"{command} Trainer "
-             f"`MASSCPUPretrainer`, preset `{curve.preset}`, {steps} steps in {seconds / 60:.0f} min of pretraining"
+             f"`MASSCPUPretrainer`, preset `{curve.preset}`, {steps} steps in {minutes:.0f} min of pretraining"
              f" on the MR pool ({state['splits']['pool']['train']} volumes, weight-free masks). Splits: "
              + ", ".join(f"{TITLES[k]} {s['train']} train / {s['val']} val / {s['test']} test patients"
                          for k, s in state["splits"].items() if k in TITLES) + "; only train patients are pooled.", "",

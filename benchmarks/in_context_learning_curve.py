@@ -9,16 +9,16 @@
     python benchmarks/in_context_learning_curve.py --batch16 [--bf16]  # batch 16 on the CPU for 600 steps (about
                                                               # an hour on 2 AVX-512 cores); --bf16: in bf16, where
                                                               # the CPU has it natively, as many 60-step epochs
-                                                              # as fit in 55 minutes of steps and loading on
-                                                              # this machine (timed first), at most 17,
-                                                              # on the 17 epochs' lr schedule; each its own section
+                                                              # as fit in 58 minutes of training on this
+                                                              # machine (--max-minutes), at most 17, on the
+                                                              # 17 epochs' lr schedule; each its own section
     python benchmarks/in_context_learning_curve.py --batch8 --bf16  # the bf16 hour at batch 8: 120-step epochs,
                                                               # about twice the steps of --batch16 --bf16 in the
                                                               # same minutes, at most 17 epochs on their schedule;
                                                               # its own section
     python benchmarks/in_context_learning_curve.py --batch16 --bf16 --grid-6mm  # the bf16 hour on the 6 mm grid
                                                               # with a 32³ patch (preset cpu_in_context_6mm): 2.2x
-                                                              # the steps in the same minutes here, at most 60
+                                                              # the steps in the same minutes here, at most 40
                                                               # epochs; its own section
 
 Stages (each resumable; re-running the command skips what is finished, an interrupted pretraining continues):
@@ -67,11 +67,10 @@ from mass_nn.model.checkpoint import save_untrained_copy  # noqa: E402
 from mass_nn.paths import MassPaths  # noqa: E402
 from mass_nn.planning.planner_settings import load_preset  # noqa: E402
 from mass_nn.preprocessing.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess  # noqa: E402
-from mass_nn.training.options import TrainingOptions, load_run_config  # noqa: E402
+from mass_nn.training.options import TrainingOptions  # noqa: E402
 from mass_nn.training.pretrain.validation import InContextValidation, PretrainingValidation  # noqa: E402
 from mass_nn.training.run_folder import run_folder  # noqa: E402
 from mass_nn.training.run_training import run_training  # noqa: E402
-from mass_nn.training.step_timing import epochs_that_fit, timed_step_seconds  # noqa: E402
 
 logger = logging.getLogger("in_context_curve")
 STAGES = ("datasets", "masks", "pretrain", "compare", "report")
@@ -96,13 +95,12 @@ class CurveBudget:
     batch_size: int | None = None  # None: the plans' (2)
     lr_scaling: str | None = None  # None: the trainer's rule
     precision: str | None = None  # None: mass_train's default (fp32 on CPU)
-    # set: pretrain as many epochs as fit in this many minutes of steps on this machine (timed by a throw-away run
-    # before the pretraining starts, kept in state.json), at most pretrain_epochs and at least MIN_TIMED_EPOCHS
+    # set: pretrain as many whole epochs as fit in this many minutes of training on this machine (mass_train
+    # --max-minutes: steps, loading and validation; the run stops before an epoch that would end past it), at most
+    # pretrain_epochs, on the lr schedule of all pretrain_epochs: a slower machine trains the first epochs of the
+    # same run
     pretrain_minutes: float | None = None
     preset: str | None = None  # None: the recipe's preset (RECIPE_PRESET)
-    # the lr schedule laid out over pretrain_epochs whatever the machine stops at (mass_train --schedule-epochs), so
-    # a slower machine trains the first epochs of the same run; off: over the epochs trained
-    schedule_over_pretrain_epochs: bool = False
 
     @property
     def pretrain_steps(self) -> int:
@@ -122,26 +120,26 @@ CPU_BATCH16 = CurveBudget("cpu_batch16", pretrain_epochs=10, pretrain_iters_per_
 # the same on a CPU with native bf16 (--precision bf16, documentation/pretraining.md#bf16-on-cpu), sized to the hour on
 # the machine at hand: 17 epochs (1,020 steps) took 49 min of steps and 52 min with validation on a 2-core AVX-512
 # EPYC (2.8 s per step, run 17 of documentation/in_context_ablations.md), while on a slower AVX-512 EPYC (sgemm 173-195
-# against 223 GFLOP/s, 3.8 s per step) the same 17 epochs would take about 73 min; 55 minutes of steps and their
-# loading (timed together since run 36; before, 50 minutes of steps alone, and runs 34 and 35 took 58 and 61 min)
-# leave the timing run and the validations (about 20 s each) room inside the hour. The lr schedule is always the 17
+# against 223 GFLOP/s, 3.8 s per step) the same 17 epochs would take about 73 min; 58 minutes of training, validations
+# included, leave the start-up (under a minute) room inside the hour. The run itself stops when the next epoch would
+# not fit (--max-minutes; until run 37 a throw-away timing run chose the epochs beforehand and read 10-20 % slow:
+# runs 36 and 37 ended after 46 and 48 of their 55 minutes). The lr schedule is always the 17
 # epochs' (run 26's), wherever the machine stops: stopped at 600 steps on its way, that run ended above a schedule
 # squeezed into the 600 on the val patches and the CHAOS test volumes (runs 27, 30 and 31 of
 # documentation/in_context_ablations.md)
 CPU_BATCH16_BF16 = replace(CPU_BATCH16, name="cpu_batch16_bf16", precision="bf16", pretrain_epochs=17,
-                           pretrain_minutes=55.0, schedule_over_pretrain_epochs=True)
+                           pretrain_minutes=58.0)
 # the bf16 hour on the 6 mm grid with a 32³ patch (preset cpu_in_context_6mm): the same 192 mm field of view at a third
 # of the voxels, 1.3 s per batch-16 step instead of 3.4 on a 2-core Xeon with AMX, so the hour holds 38 epochs (2,280
-# steps) instead of 17 (run 22 of documentation/in_context_ablations.md)
+# steps) instead of 17 (run 22 of documentation/in_context_ablations.md); its schedule is laid out over 40
 CPU_BATCH16_BF16_6MM = replace(CPU_BATCH16_BF16, name="cpu_batch16_bf16_6mm", preset="cpu_in_context_6mm",
-                               pretrain_epochs=60, schedule_over_pretrain_epochs=False)
+                               pretrain_epochs=40)
 # the bf16 hour at half the batch: the same samples per epoch in twice the steps (a batch-8 step took 2.22 against
 # 4.35 s at batch 16 on a 2-core AVX-512 EPYC, about 8 % more per sample with loading), so nearly twice the updates
 # in the same minutes at the same lr (LAMB's updates are relative to each layer's weights; 2e-3 is the release's lr
 # at batch 32 and the recipe's at 2 and 16) and the same number of validations; the schedule is the 17 epochs' at
 # this batch, 2,040 steps
 CPU_BATCH8_BF16 = replace(CPU_BATCH16_BF16, name="cpu_batch8_bf16", batch_size=8, pretrain_iters_per_epoch=120)
-MIN_TIMED_EPOCHS, TIMING_STEPS = 2, 4  # a curve needs two points; steps per epoch of the throw-away timing run
 QUICK = CurveBudget("quick", pretrain_epochs=2, pretrain_iters_per_epoch=2, finetune_epochs=1,
                     finetune_iters_per_epoch=2, seeds=(0,), pool_cases_per_source=2)
 
@@ -206,41 +204,18 @@ class LearningCurve:
                                              plans_name=self.plans_name, num_processes=2, progress=False))
 
     def pretraining_options(self) -> TrainingOptions:
-        return self._options_for(self.pretrain_epochs())
-
-    def pretrain_epochs(self) -> int:
-        """The budget's epochs; for a budget in minutes, the epochs of the run already started, else those sized
-        once on this machine and kept in state.json (the timing run is the throw-away one of `step_timing`)."""
-        b = self.budget
-        if b.pretrain_minutes is None:
-            return b.pretrain_epochs
-        folder = self.run_folder()
-        if (folder / "run_config.json").is_file():
-            return load_run_config(folder).epochs
-        state = self.state()
-        if "pretrain_epochs" not in state:
-            seconds = timed_step_seconds(self._options_for(b.pretrain_epochs), self.paths, TIMING_STEPS,
-                                         with_loading=True)
-            state.update(pretrain_epochs=epochs_that_fit(seconds, b.pretrain_iters_per_epoch, b.pretrain_minutes,
-                                                         MIN_TIMED_EPOCHS, b.pretrain_epochs),
-                         timed_step_seconds=seconds)
-            self.save_state(state)
-            logger.info("%.2f s per step with its loading: %d epochs of %d steps fit %g minutes", seconds,
-                        state["pretrain_epochs"], b.pretrain_iters_per_epoch, b.pretrain_minutes)
-        return state["pretrain_epochs"]
-
-    def _options_for(self, epochs: int) -> TrainingOptions:
+        """The recipe's pretraining at this budget; a budget in minutes stops where its time runs out
+        (--max-minutes), on the lr schedule of all its epochs."""
         b, datasets = self.budget, self.datasets()
         return TrainingOptions(mode="PRETRAIN", datasets=[datasets["pool"]], trainer=RECIPE_TRAINER,
-                               configuration=CONFIGURATION, plans_name=self.plans_name, epochs=epochs,
+                               configuration=CONFIGURATION, plans_name=self.plans_name, epochs=b.pretrain_epochs,
                                iters_per_epoch=b.pretrain_iters_per_epoch, masks="supervoxel", tag="curve",
                                val_dataset=[datasets[key] for key in EVALUATION], continue_training=True,
                                batch_size=b.batch_size, lr_scaling=b.lr_scaling, precision=b.precision or "auto",
-                               schedule_epochs=b.pretrain_epochs if b.schedule_over_pretrain_epochs else None,
-                               extra={"val_reference_choices": 3})
+                               max_minutes=b.pretrain_minutes, extra={"val_reference_choices": 3})
 
     def run_folder(self) -> Path:
-        o = self._options_for(self.budget.pretrain_epochs)  # the folder does not depend on the epochs
+        o = self.pretraining_options()
         return run_folder(self.paths.results, o.datasets[0], o.trainer, o.plans_name, o.configuration, o.tag)
 
     def stage_pretrain(self) -> None:
@@ -359,13 +334,13 @@ def main(argv: list[str] | None = None) -> int:
                              "--batch16 --bf16 in the same minutes), its own section")
     parser.add_argument("--bf16", action="store_true",
                         help="with --batch16 or --batch8: pretrain with --precision bf16 (CPUs with native bf16) for "
-                             "as many epochs as fit in 55 minutes of steps and loading here (timed first), at most "
-                             "17, on the 17 epochs' lr schedule (--schedule-epochs 17): the hour's worth, its own "
-                             "section")
+                             "as many epochs as fit in 58 minutes of training here (mass_train --max-minutes 58: "
+                             "steps, loading, validation), at most 17, on the 17 epochs' lr schedule: the hour's "
+                             "worth, its own section")
     parser.add_argument("--grid-6mm", action="store_true",
                         help="with --batch16 --bf16: on the 6 mm grid with a 32³ patch (preset cpu_in_context_6mm, "
-                             "the same field of view at a third of the voxels), as many epochs as fit in the 55 "
-                             "minutes, at most 60; its own section")
+                             "the same field of view at a third of the voxels), as many epochs as fit in the 58 "
+                             "minutes, at most 40; its own section")
     parser.add_argument("--reuse-datasets-from", type=Path, metavar="WORKSPACE",
                         help="copy the finished datasets and masks stages of another workspace (same code, same "
                              "data: identical arrays) instead of running them again")

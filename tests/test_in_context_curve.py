@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -12,7 +12,6 @@ import pytest
 from benchmarks.in_context_learning_curve import (CPU_BATCH8_BF16, CPU_BATCH16, CPU_BATCH16_BF16,
                                                   CPU_BATCH16_BF16_6MM, FULL, GPU, QUICK, RECIPE_PRESET,
                                                   LearningCurve, _few_per_source, main)
-from mass_nn.training.options import save_run_config
 from tests.conftest import requires_shared_data, shared_data_dir
 
 
@@ -45,22 +44,20 @@ def test_batch16_budget_is_the_gpu_batch_and_lr_in_its_own_workspace_and_exclude
 
 def test_bf16_budget_is_the_batch16_budget_in_bf16_sized_to_the_hour_only_with_batch16(tmp_path):
     assert CPU_BATCH16_BF16.precision == "bf16" and CPU_BATCH16.precision is None
-    assert CPU_BATCH16_BF16.pretrain_minutes == 55 and CPU_BATCH16.pretrain_minutes is None
+    assert CPU_BATCH16_BF16.pretrain_minutes == 58 and CPU_BATCH16.pretrain_minutes is None
     assert CPU_BATCH16_BF16.pretrain_steps == 1020 > CPU_BATCH16.pretrain_steps == 600  # the most it allows
-    differing = ("name", "precision", "pretrain_epochs", "pretrain_minutes",
-                 "schedule_over_pretrain_epochs")
+    differing = ("name", "precision", "pretrain_epochs", "pretrain_minutes")
     assert ({k: v for k, v in vars(CPU_BATCH16_BF16).items() if k not in differing}
             == {k: v for k, v in vars(CPU_BATCH16).items() if k not in differing})
     with pytest.raises(SystemExit, match="--bf16 goes with --batch16 or --batch8"):
         main(["--bf16", "--workspace", str(tmp_path), "--stages", "report"])
     curve = LearningCurve(tmp_path, tmp_path, CPU_BATCH16_BF16, None)
-    curve.save_state({"finished": [], "budget": None, "pretrain_epochs": 10,
+    curve.save_state({"finished": [], "budget": None,
                       "datasets": {"pool": "712", "chaos_mr": "705", "mscmrseg": "706"}})
-    options = curve.pretraining_options()  # a machine that fits 10 epochs trains them on the 17 epochs' lr schedule
-    assert (options.precision, options.epochs, options.schedule_epochs) == ("bf16", 10, 17)
-    assert not CPU_BATCH16.schedule_over_pretrain_epochs
-    assert LearningCurve(tmp_path, tmp_path, CPU_BATCH16, None).pretraining_options().schedule_epochs is None
-    assert LearningCurve(tmp_path, tmp_path, CPU_BATCH16, None).pretraining_options().precision == "auto"
+    options = curve.pretraining_options()  # all 17 epochs' schedule, cut where the machine's 58 minutes run out
+    assert (options.precision, options.epochs, options.schedule_epochs, options.max_minutes) == ("bf16", 17, None, 58)
+    steps_budget = LearningCurve(tmp_path, tmp_path, CPU_BATCH16, None).pretraining_options()
+    assert (steps_budget.precision, steps_budget.epochs, steps_budget.max_minutes) == ("auto", 10, None)
 
 
 def test_batch8_budget_is_the_bf16_hour_at_half_the_batch_in_twice_the_steps_only_with_bf16(tmp_path):
@@ -75,11 +72,11 @@ def test_batch8_budget_is_the_bf16_hour_at_half_the_batch_in_twice_the_steps_onl
     with pytest.raises(SystemExit, match="--grid-6mm goes with --batch16 --bf16"):
         main(["--batch8", "--bf16", "--grid-6mm", "--workspace", str(tmp_path), "--stages", "report"])
     curve = LearningCurve(tmp_path, tmp_path, CPU_BATCH8_BF16, None)
-    curve.save_state({"finished": [], "budget": None, "pretrain_epochs": 9,
+    curve.save_state({"finished": [], "budget": None,
                       "datasets": {"pool": "712", "chaos_mr": "705", "mscmrseg": "706"}})
     options = curve.pretraining_options()
-    assert (options.batch_size, options.iters_per_epoch, options.epochs, options.schedule_epochs, options.lr_scaling,
-            options.precision) == (8, 120, 9, 17, "none", "bf16")
+    assert (options.batch_size, options.iters_per_epoch, options.epochs, options.max_minutes, options.lr_scaling,
+            options.precision) == (8, 120, 17, 58, "none", "bf16")
 
 
 def test_every_budget_but_the_full_one_reports_into_a_section_of_its_own(tmp_path):
@@ -90,47 +87,20 @@ def test_every_budget_but_the_full_one_reports_into_a_section_of_its_own(tmp_pat
 
 
 def test_6mm_budget_is_the_bf16_hour_on_the_6mm_preset_only_with_bf16(tmp_path):
-    differing = ("name", "preset", "pretrain_epochs", "schedule_over_pretrain_epochs")
-    assert not CPU_BATCH16_BF16_6MM.schedule_over_pretrain_epochs  # its epochs and schedule are the ones that fit
+    differing = ("name", "preset", "pretrain_epochs")
     assert ({k: v for k, v in vars(CPU_BATCH16_BF16_6MM).items() if k not in differing}
             == {k: v for k, v in vars(CPU_BATCH16_BF16).items() if k not in differing})
-    assert CPU_BATCH16_BF16_6MM.pretrain_epochs == 60 and CPU_BATCH16_BF16.preset is None
+    assert CPU_BATCH16_BF16_6MM.pretrain_epochs == 40 and CPU_BATCH16_BF16.preset is None
     with pytest.raises(SystemExit, match="--grid-6mm goes with --batch16 --bf16"):
         main(["--batch16", "--grid-6mm", "--workspace", str(tmp_path), "--stages", "report"])
     assert LearningCurve(tmp_path, tmp_path, CPU_BATCH16_BF16, None).preset == RECIPE_PRESET
     curve = LearningCurve(tmp_path, tmp_path, CPU_BATCH16_BF16_6MM, None)
-    curve.save_state({"finished": [], "budget": None, "pretrain_epochs": 38,
+    curve.save_state({"finished": [], "budget": None,
                       "datasets": {"pool": "712", "chaos_mr": "705", "mscmrseg": "706"}})
     assert (curve.preset, curve.plans_name) == ("cpu_in_context_6mm", "MassPlansInContextCPU6mm")
     assert (curve.pretraining_options().plans_name, curve.pretraining_options().epochs) == (
-        "MassPlansInContextCPU6mm", 38)
+        "MassPlansInContextCPU6mm", 40)
     assert "MassPlansInContextCPU6mm" in curve.run_folder().name
-
-
-def test_a_budget_in_minutes_is_timed_once_and_a_started_run_keeps_its_epochs(tmp_path, monkeypatch):
-    import benchmarks.in_context_learning_curve as curve_module
-    timings = []
-
-    def timed(options, paths, steps, with_loading):
-        timings.append((options.batch_size, options.precision, steps, with_loading))
-        return 3.6
-
-    monkeypatch.setattr(curve_module, "timed_step_seconds", timed)
-    curve = LearningCurve(tmp_path, tmp_path, CPU_BATCH16_BF16, None)
-    curve.save_state({"finished": [], "budget": None, "datasets": {"pool": "712", "chaos_mr": "705",
-                                                                  "mscmrseg": "706"}})
-    assert curve.pretrain_epochs() == 15  # 55 min / (60 steps x 3.6 s) = 15.3
-    assert curve.pretrain_epochs() == 15 and timings == [(16, "bf16", curve_module.TIMING_STEPS, True)]  # timed once
-    assert curve.state()["timed_step_seconds"] == 3.6
-    save_run_config(replace(curve.pretraining_options(), epochs=13), curve.run_folder())
-    assert curve.pretrain_epochs() == 13 and len(timings) == 1
-    for seconds, epochs in ((1.0, 17), (100.0, curve_module.MIN_TIMED_EPOCHS)):  # the bounds
-        fresh = LearningCurve(tmp_path / str(seconds), tmp_path, CPU_BATCH16_BF16, None)
-        fresh.workspace.mkdir()
-        fresh.save_state({"finished": [], "budget": None, "datasets": curve.datasets()})
-        monkeypatch.setattr(curve_module, "timed_step_seconds",
-                            lambda options, paths, steps, with_loading, s=seconds: s)
-        assert fresh.pretrain_epochs() == epochs
 
 
 def test_quick_pool_keeps_the_first_cases_of_every_source():
@@ -191,11 +161,11 @@ def test_comparison_rows_add_each_structures_own_claim_below_its_label_map_row(t
 
 def test_a_workspace_written_before_a_budget_field_existed_still_matches_its_budget(tmp_path):
     stored = json.loads(json.dumps(asdict(CPU_BATCH16)))
-    del stored["schedule_over_pretrain_epochs"]  # the field's default, as a workspace from before it holds it
+    del stored["preset"]  # the field's default, as a workspace from before it holds it
     curve = LearningCurve(tmp_path, tmp_path, CPU_BATCH16, None)
     curve.save_state({"finished": [], "budget": stored})
     curve.run([], redo=False)
-    stored_bf16 = {**json.loads(json.dumps(asdict(CPU_BATCH16_BF16))), "schedule_over_pretrain_epochs": False}
+    stored_bf16 = {**json.loads(json.dumps(asdict(CPU_BATCH16_BF16))), "pretrain_minutes": 55.0}
     old = LearningCurve(tmp_path / "bf16", tmp_path, CPU_BATCH16_BF16, None)
     old.workspace.mkdir()
     old.save_state({"finished": [], "budget": stored_bf16})

@@ -106,6 +106,41 @@ def test_sigterm_then_continue_equals_an_uninterrupted_run(pretraining_roots, mo
     assert metrics_a[1]["train_loss"] == pytest.approx(metrics_b[1]["train_loss"], abs=1e-5)
 
 
+def test_max_minutes_stops_before_the_epoch_that_would_not_fit_and_resumes_its_count(pretraining_roots,
+                                                                                     monkeypatch):
+    from types import SimpleNamespace
+
+    import mass_nn.training.trainer as trainer_module
+    from mass_nn.training.pretrain.mass_pretrainer import MASSPretrainer
+    clock = [1000.0]  # each step costs 20 s of a fake clock, so an epoch of 3 steps is one minute
+    monkeypatch.setattr(trainer_module, "time", SimpleNamespace(time=lambda: clock[0]))
+    original = MASSPretrainer.compute_loss
+
+    def compute_loss(self, batch):
+        clock[0] += 20.0
+        return original(self, batch)
+    monkeypatch.setattr(MASSPretrainer, "compute_loss", compute_loss)
+    summary = run_training(options(epochs=5, max_minutes=2.5), pretraining_roots)
+    # after epoch 2 another minute would end at 3 > 2.5: a finished run of 2 epochs on the 5 epochs' schedule
+    assert (summary["epochs_done"], summary["global_step"], summary["stopped_early"]) == (2, 6, False)
+    assert summary["trained_minutes"] == pytest.approx(2.0)
+    folder = run_folder(pretraining_roots)
+    assert [r["trained_minutes"] for r in read_metrics(folder)] == pytest.approx([1.0, 2.0])
+    final = load_checkpoint(folder / "checkpoint_final.pt")
+    assert final.trainer_state["trained_seconds"] == pytest.approx(120.0)
+    assert final.scheduler["last_epoch"] == 6 and final.optimizer["param_groups"][0]["lr"] > 0
+    assert "time budget: 2 of 5 epochs (6 steps) in 2.0 of 2.5 minutes" in (folder / "training_log.txt").read_text()
+    resumed = run_training(options(epochs=5, max_minutes=2.5, continue_training=True), pretraining_roots)
+    assert (resumed["epochs_done"], resumed["global_step"]) == (2, 6)  # the spent minutes came back with the run
+    with pytest.raises(MassError, match="max_minutes: run has 2.5"):
+        run_training(options(epochs=5, max_minutes=10.0, continue_training=True), pretraining_roots)
+
+
+def test_max_minutes_must_be_positive(pretraining_roots, capsys):
+    assert cli(pretraining_roots, "--max-minutes", "0") != 0
+    assert "--max-minutes 0: give a positive number of minutes" in capsys.readouterr().err
+
+
 def test_existing_run_needs_continue_and_keeps_its_options(pretraining_roots):
     run_training(options(epochs=1, iters_per_epoch=1), pretraining_roots)
     with pytest.raises(MassError, match="--continue"):

@@ -27,7 +27,7 @@ def test_timing_run_measures_a_real_step_and_leaves_nothing_behind(pretraining_r
     options = TrainingOptions(mode="PRETRAIN", datasets=["990"], trainer="MASSPretrainer", configuration="3d_cpu",
                               plans_name="MassPlans", epochs=50, iters_per_epoch=100, device="cpu", num_workers=0,
                               val_dataset=["990"], continue_training=True, extra={"num_tasks": 4})
-    seconds = timed_step_seconds(options, pretraining_roots, steps=1, with_loading=True)
+    seconds = timed_step_seconds(options, pretraining_roots, steps=1)
     assert math.isfinite(seconds) and seconds > 0
     assert list(pretraining_roots.results.iterdir()) == []  # the throw-away run's folder is gone
     assert (options.epochs, options.iters_per_epoch, options.val_dataset, options.continue_training) == (
@@ -44,11 +44,10 @@ def test_timing_is_the_median_of_the_epochs_after_the_warm_up(monkeypatch, tmp_p
 
     # the warm-up epoch (9 s) is never counted, one disturbed epoch (5 s) does not move the median
     monkeypatch.setattr(step_timing, "run_training", fake_run)
-    records = [{"step_seconds": s, "data_seconds": d} for s, d in ((9.0, 1.0), (1.0, 0.5), (5.0, 0.5), (2.0, 0.25))]
+    records = [{"step_seconds": s} for s in (9.0, 1.0, 5.0, 2.0)]
     monkeypatch.setattr(step_timing, "read_metrics", lambda folder: records)
     options = TrainingOptions(mode="PRETRAIN", datasets=["990"], epochs=50, iters_per_epoch=100, extra={})
     paths = MassPaths(raw=tmp_path / "raw", preprocessed=tmp_path / "pre", results=tmp_path / "results")
     assert step_timing.timed_step_seconds(options, paths, steps=4) == 2.0
-    assert step_timing.timed_step_seconds(options, paths, steps=4, with_loading=True) == 2.25  # 1.5, 5.5, 2.25
     assert seen == {"epochs": 1 + step_timing.TIMED_EPOCHS, "steps": 4}
     assert step_timing.timing_steps(4) == 16

@@ -62,6 +62,10 @@ def _add_run_arguments(p, default_trainer: str, defaults: str) -> None:
                         "bf16 on a CPU pays off only with native bf16 (AVX-512 BF16, AMX; "
                         "documentation/pretraining.md) (default: %(default)s)")
     p.add_argument("--val-every", type=int, default=1, help="validate every N epochs (default: %(default)s)")
+    p.add_argument("--max-minutes", type=float, metavar="M",
+                   help="stop after the last whole epoch that fits in M minutes of training (steps, loading, "
+                        "validation), if that comes before --epochs; the lr schedule stays laid out over --epochs "
+                        "(or --schedule-epochs) (default: no limit)")
     p.add_argument("-s", "--setting", action="append", type=_parse_setting, default=[], metavar="KEY=VALUE",
                    help="trainer-specific setting (repeatable), e.g. -s num_tasks=8")
     add_path_arguments(p)
@@ -122,7 +126,7 @@ def options_from_args(args) -> TrainingOptions:
                            seed=args.seed, tag=args.tag, continue_training=args.continue_training,
                            num_workers=args.num_workers, threads=args.threads, device=args.device,
                            precision=args.precision,
-                           val_every=args.val_every, grad_clip=args.grad_clip,
+                           val_every=args.val_every, grad_clip=args.grad_clip, max_minutes=args.max_minutes,
                            extra=dict(args.setting), **{key: getattr(args, key) for key in mode_specific})
 
 
@@ -130,6 +134,8 @@ def _run(args) -> int:
     from mass_nn.training.run_training import run_training
     if args.val_every < 1:
         raise MassError("--val-every must be at least 1")
+    if args.max_minutes is not None and args.max_minutes <= 0:
+        raise MassError(f"--max-minutes {args.max_minutes:g}: give a positive number of minutes")
     summary = run_training(options_from_args(args), paths_from_args(args))
     exit_code = 130 if summary["stopped_early"] else 0  # a scheduler can tell a stopped run from a finished one
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports

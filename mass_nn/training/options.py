@@ -46,6 +46,9 @@ class TrainingOptions:
     # lay the lr schedule (warm-up included) over this many epochs and stop after `epochs`: the first steps of a
     # longer run, the same batches and lr as that run has there (None: over `epochs`)
     schedule_epochs: int | None = None
+    # stop after the last whole epoch that fits in this many minutes of training (each epoch's steps, loading and
+    # validation, summed over the run and its resumptions), before `epochs` if time runs out first (None: no limit)
+    max_minutes: float | None = None
     warmup_fraction: float = 0.05
     dice: str = "adaptive_tversky"
     ema_decay: float = 0.99

@@ -1,8 +1,9 @@
 """Sizing a run to a time budget: the step time of this machine, measured by a throw-away run, and the whole
 epochs that fit in the budget.
 
-A run given in minutes rather than steps (`mass_demo`'s ten minutes, the in-context learning curve's CPU hour)
-gets more steps on a faster processor; the same number of steps would break the budget on a slower one. The
+A run given in minutes rather than steps (`mass_demo`'s ten minutes) gets more steps on a faster processor; the
+same number of steps would break the budget on a slower one. (A run that may stop wherever its time runs out, on a
+fixed lr schedule, needs no timing: `mass_train --max-minutes`.) The
 throw-away run uses the real trainer, data and batch, so the time includes the loader, the loss and the
 optimiser, not only the network.
 """
@@ -41,16 +42,14 @@ def timing_steps(steps: int) -> int:
     return (1 + TIMED_EPOCHS) * steps
 
 
-def timed_step_seconds(options: TrainingOptions, paths: MassPaths, steps: int, with_loading: bool = False) -> float:
+def timed_step_seconds(options: TrainingOptions, paths: MassPaths, steps: int) -> float:
     """Median over TIMED_EPOCHS epochs of `steps` steps of their mean seconds per step, after one warm-up epoch
     (allocation, the loader's start), of a run with `options` without in-context validation, in a temporary
-    results folder under paths.results that is removed afterwards. with_loading: each step's wait for its batch
-    counted too (the loader runs in the training process on 2 cores, so the run's wall time is both)."""
+    results folder under paths.results that is removed afterwards."""
     timing = replace(options, epochs=1 + TIMED_EPOCHS, iters_per_epoch=steps, val_dataset=None,
                      continue_training=False, val_every=1 + TIMED_EPOCHS, val_batches=1, extra=dict(options.extra))
     paths.results.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="step_timing_", dir=paths.results) as scratch:
         scratch_paths = MassPaths(raw=paths.raw, preprocessed=paths.preprocessed, results=Path(scratch))
         records = read_metrics(run_training(timing, scratch_paths)["output_folder"])
-        return float(statistics.median(record["step_seconds"] + (record["data_seconds"] if with_loading else 0.0)
-                                       for record in records[1:]))
+        return float(statistics.median(record["step_seconds"] for record in records[1:]))

@@ -48,6 +48,9 @@ from mass_nn.training.stop_signal import StopRequest
 from mass_nn.training.trainer_settings import NoSettings, parse_settings
 
 logger = logging.getLogger(__name__)
+# options.max_minutes predicts the next epoch by the longest of this many recent ones: the first epoch (the loader's
+# start, the allocator's warm-up) runs 10-20 % over the later ones and would cost a whole epoch of a one-hour budget
+RECENT_EPOCHS = 3
 
 
 class Trainer:
@@ -89,6 +92,9 @@ class Trainer:
         self._epoch_sums: dict[str, float] = {}
         self._epoch_steps = 0
         self._validations_since_best = 0  # for early stopping (options.patience)
+        # wall time of the finished epochs (steps, loading, validation) and of the last few: for options.max_minutes
+        self._trained_seconds = 0.0
+        self._recent_epoch_seconds: list[float] = []
         self._start_message = ""
         self.thread_governor: ThreadGovernor | None = None
         self.memory_reuse: MemoryReuse | None = None
@@ -276,6 +282,8 @@ class Trainer:
         self._epoch_sums = dict(state.get("epoch_sums", {}))
         self._epoch_steps = int(state.get("epoch_steps", 0))
         self._validations_since_best = int(state.get("validations_since_best", 0))
+        self._trained_seconds = float(state.get("trained_seconds", 0.0))
+        self._recent_epoch_seconds = [float(s) for s in state.get("recent_epoch_seconds", [])]
         if int(state.get("world_size", 1)) != self.context.world_size:
             raise MassError(f"cannot continue with {self.context.world_size} process(es): the run was trained with "
                             f"{state.get('world_size', 1)}, and the process count decides the batches each process "
@@ -304,6 +312,8 @@ class Trainer:
                               trained_channel_layouts=self.trained_channel_layouts())
         state = {"epoch_sums": dict(self._epoch_sums), "epoch_steps": self._epoch_steps,
                  "validations_since_best": self._validations_since_best, "torch_rng": torch.get_rng_state(),
+                 "trained_seconds": self._trained_seconds,
+                 "recent_epoch_seconds": list(self._recent_epoch_seconds),
                  "world_size": self.context.world_size}
         return Checkpoint(meta=meta, model=self.network.state_dict(), ema=self.ema.state_dict(),
                           optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
@@ -335,13 +345,14 @@ class Trainer:
         """Runs the remaining epochs; returns True when a stop signal ended the run early."""
         loader = self.make_train_loader(start_batch=self.global_step)
         try:
-            while self.epoch < self.options.epochs and not self._patience_exhausted():
+            while (self.epoch < self.options.epochs and not self._patience_exhausted()
+                   and not self._out_of_time()):
                 epoch_start = time.time()
                 if self._train_one_epoch(loader, stop):
                     self.save("latest")
                     return True
                 self.epoch += 1
-                self._end_epoch(time.time() - epoch_start)
+                self._end_epoch(epoch_start)
         finally:
             loader.close()
         self._sync_check()
@@ -370,7 +381,8 @@ class Trainer:
                 return True
         return False
 
-    def _end_epoch(self, seconds: float) -> None:
+    def _end_epoch(self, epoch_start: float) -> None:
+        seconds = time.time() - epoch_start
         steps = max(self._epoch_steps, 1)
         train = {f"train_{k}" if not k.endswith("seconds") else k: v / steps for k, v in self._epoch_sums.items()
                  if k != "skipped_steps"}
@@ -382,6 +394,10 @@ class Trainer:
         if self.context.is_main and (self.epoch % self.options.val_every == 0 or self.epoch == self.options.epochs):
             record.update(self.validate())
             self._update_best(record)
+        epoch_wall = time.time() - epoch_start  # validation included: it spends the time budget too
+        self._trained_seconds += epoch_wall
+        self._recent_epoch_seconds = (self._recent_epoch_seconds + [epoch_wall])[-RECENT_EPOCHS:]
+        record["trained_minutes"] = self._trained_seconds / 60
         self.save("latest")
         if self.context.is_main:
             append_metrics(self.output_folder, record)
@@ -414,6 +430,19 @@ class Trainer:
                         self.best_metric_key, patience)
         return exhausted
 
+    def _out_of_time(self) -> bool:
+        """options.max_minutes: True (on every rank) once another epoch as long as the longest of the last
+        RECENT_EPOCHS would end past the budget; the run then ends with its final checkpoint, like one that trained
+        all its epochs."""
+        budget = self.options.max_minutes
+        out = (budget is not None and self.epoch > 0
+               and self._trained_seconds + max(self._recent_epoch_seconds, default=0.0) > 60 * budget)
+        out = any_rank(out, self.context)
+        if out and self.context.is_main and self.epoch < self.options.epochs:
+            logger.info("time budget: %d of %d epochs (%d steps) in %.1f of %g minutes; another would end past it",
+                        self.epoch, self.options.epochs, self.global_step, self._trained_seconds / 60, budget)
+        return out
+
     def _sync_check(self) -> None:
         """Record every rank's parameter checksum: replicas that drift apart are a bug, not noise."""
         checksums = parameter_checksums(self.network, self.context)
@@ -424,5 +453,6 @@ class Trainer:
 
     def _summary(self, stopped: bool) -> dict:
         return {"output_folder": str(self.output_folder), "epochs_done": self.epoch, "global_step": self.global_step,
-                "stopped_early": stopped, "best_metric": self.best_metric, "best_metric_key": self.best_metric_key}
+                "trained_minutes": self._trained_seconds / 60, "stopped_early": stopped,
+                "best_metric": self.best_metric, "best_metric_key": self.best_metric_key}
 
