@@ -136,9 +136,9 @@ def test_max_minutes_stops_before_the_epoch_that_would_not_fit_and_resumes_its_c
         run_training(options(epochs=5, max_minutes=10.0, continue_training=True), pretraining_roots)
 
 
-def test_max_minutes_must_be_positive(pretraining_roots, capsys):
-    assert cli(pretraining_roots, "--max-minutes", "0") != 0
-    assert "--max-minutes 0: give a positive number of minutes" in capsys.readouterr().err
+def test_max_minutes_must_be_positive(pretraining_roots):
+    with pytest.raises(MassError, match="--max-minutes 0: give a positive number of minutes"):
+        run_training(options(max_minutes=0.0), pretraining_roots)
 
 
 def test_existing_run_needs_continue_and_keeps_its_options(pretraining_roots):

@@ -134,8 +134,6 @@ def _run(args) -> int:
     from mass_nn.training.run_training import run_training
     if args.val_every < 1:
         raise MassError("--val-every must be at least 1")
-    if args.max_minutes is not None and args.max_minutes <= 0:
-        raise MassError(f"--max-minutes {args.max_minutes:g}: give a positive number of minutes")
     summary = run_training(options_from_args(args), paths_from_args(args))
     exit_code = 130 if summary["stopped_early"] else 0  # a scheduler can tell a stopped run from a finished one
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports

@@ -215,6 +215,8 @@ class Trainer:
         o.grad_clip = o.grad_clip if o.grad_clip is not None else self.default_grad_clip
         if o.epochs < 1 or o.iters_per_epoch < 1:
             raise MassError(f"--epochs and --iters-per-epoch must be at least 1 (got {o.epochs}, {o.iters_per_epoch})")
+        if o.max_minutes is not None and not o.max_minutes > 0:
+            raise MassError(f"--max-minutes {o.max_minutes:g}: give a positive number of minutes")
         if o.schedule_epochs is not None and o.schedule_epochs < o.epochs:
             raise MassError(f"--schedule-epochs {o.schedule_epochs} is shorter than --epochs {o.epochs}: the lr "
                             "schedule must cover the whole run; give at least the epochs, or leave it out")
