@@ -2,10 +2,9 @@
 epochs that fit in the budget.
 
 A run given in minutes rather than steps (`mass_demo`'s ten minutes) gets more steps on a faster processor; the
-same number of steps would break the budget on a slower one. (A run that may stop wherever its time runs out, on a
-fixed lr schedule, needs no timing: `mass_train --max-minutes`.) The
-throw-away run uses the real trainer, data and batch, so the time includes the loader, the loss and the
-optimiser, not only the network.
+same number of steps would break the budget on a slower one. The throw-away run uses the real trainer, data and
+batch, so the time includes the loader, the loss and the optimiser, not only the network. (A run that may stop
+wherever its time runs out, on a fixed lr schedule, needs no timing: `mass_train --max-minutes`.)
 """
 from __future__ import annotations
 
