@@ -184,6 +184,7 @@ def report_markdown(curve, figures: list[Path], relative_to: Path) -> str:
                   if any(row[0].endswith(ALONE_SUFFIX) for row in compare_rows) else "")
     # the run's own count (steps, loading, validation) where it keeps one; before that, the epochs' steps and loading
     minutes = records[-1].get("trained_minutes", sum(r.get("epoch_seconds", 0.0) for r in records) / 60)
+    minutes_cap = b.pretrain_minutes  # the budget's --max-minutes (None for budgets in steps)
     untrained_note = " Step 0 is the same network untrained." if records[0]["global_step"] == 0 else ""
     if b.name == "gpu":
         title = "## In-context learning curve on organ-level MR (the CPU recipe on a GPU)"
@@ -202,24 +203,27 @@ def report_markdown(curve, figures: list[Path], relative_to: Path) -> str:
         title = "## In-context learning curve on organ-level MR (the CPU recipe at batch 16, bf16)"
         command = ("`python benchmarks/in_context_learning_curve.py --batch16 --bf16`: the batch-16 recipe above "
                    "(same pool, trainer, batch, lr and val references) with bf16 autocast (`--precision bf16`, "
-                   "documentation/pretraining.md#bf16-on-cpu) and as many 60-step epochs as fit in 58 minutes of "
-                   "training on this machine (`--max-minutes 58`: steps, loading, validation; at most 17) on the lr "
-                   "schedule of all 17, its own datasets and weight-free masks from the current generator, on "
+                   f"documentation/pretraining.md#bf16-on-cpu) and as many 60-step epochs as fit in {minutes_cap:g} "
+                   f"minutes of training on this machine (`--max-minutes {minutes_cap:g}`: steps, loading, "
+                   f"validation; at most {b.pretrain_epochs}) on the lr schedule of all {b.pretrain_epochs}, its own "
+                   "datasets and weight-free masks from the current generator, on "
                    + machine_description() + ", with memory reuse on.")
     elif b.name == "cpu_batch16_bf16_6mm":
         title = "## In-context learning curve on organ-level MR (the CPU recipe at batch 16, bf16, 6 mm)"
         command = ("`python benchmarks/in_context_learning_curve.py --batch16 --bf16 --grid-6mm`: the bf16 hour above "
                    "(same pool, trainer, batch, lr and val references) on the 6 mm grid with a 32³ patch (preset "
                    "`cpu_in_context_6mm`: the same 192 mm field of view at a third of the voxels), as many 60-step "
-                   "epochs as fit in 58 minutes of training on this machine (`--max-minutes 58`, at most 40), its own "
-                   "datasets and weight-free masks, on " + machine_description() + ", with memory reuse on.")
+                   f"epochs as fit in {minutes_cap:g} minutes of training on this machine (`--max-minutes "
+                   f"{minutes_cap:g}`, at most {b.pretrain_epochs}), its own datasets and weight-free masks, on "
+                   + machine_description() + ", with memory reuse on.")
     elif b.name == "cpu_batch8_bf16":
         title = "## In-context learning curve on organ-level MR (the CPU recipe at batch 8, bf16)"
         command = ("`python benchmarks/in_context_learning_curve.py --batch8 --bf16`: the bf16 hour above (same "
                    "pool, trainer, lr and val references) at batch 8 in 120-step epochs, the same samples per epoch "
-                   "in twice the steps, as many epochs as fit in 58 minutes of training on this machine "
-                   "(`--max-minutes 58`: steps, loading, validation; at most 17) on the lr schedule of all 17, its "
-                   "own datasets and weight-free masks, on " + machine_description() + ", with memory reuse on.")
+                   f"in twice the steps, as many epochs as fit in {minutes_cap:g} minutes of training on this "
+                   f"machine (`--max-minutes {minutes_cap:g}`: steps, loading, validation; at most "
+                   f"{b.pretrain_epochs}) on the lr schedule of all {b.pretrain_epochs}, its own datasets and "
+                   "weight-free masks, on " + machine_description() + ", with memory reuse on.")
     else:
         title = "## In-context learning curve on organ-level MR (CPU recipe)"
         command = f"`python benchmarks/in_context_learning_curve.py` ({machine_description()})."
