@@ -1,15 +1,17 @@
 """A small-scale replication of MASS on the real volumes of `../shared/data`, end to end, with one command.
 
-    python benchmarks/replication.py            # the full run (about 2 h 15 min on 2 cores), writes benchmarks.md
-    python benchmarks/replication.py --quick    # every stage at a token budget (< 20 min), workspace report only
-    python benchmarks/replication.py --pretrain-epochs 40   # a larger budget, its own workspace and report.md
+    python benchmarks/replication.py            # the full run (about 4 h 30 min on 2 cores), writes benchmarks.md
+    python benchmarks/replication.py --quick    # every stage at a token budget (< 30 min), workspace report only
+    python benchmarks/replication.py --pretrain-minutes 40  # another budget, its own workspace and report.md
 
 Stages (each resumable; re-running the command skips what is finished):
   datasets  raw datasets + patient-level splits (benchmarks/replication_datasets.py), plans + preprocessing with
             the CPU recipe's `cpu_in_context` preset (4 mm, 48³ patch on every dataset)
   masks     weight-free (supervoxel) masks of the CT, MR and PET pretraining pools
-  pretrain  MASS (the CPU recipe's MASSCPUPretrainer) and every baseline on the pooled CT + MR + PET data, each for
-            the same number of optimiser steps
+  pretrain  MASS (the CPU recipe's MASSCPUPretrainer at its batch 8) and every baseline (its default batch) on the
+            pooled CT + MR + PET data, each for the same 20 minutes of training, one at a time on all cores, in bf16
+            where the CPU has it natively (benchmarks/replication_budget.py); --pretrain-epochs instead gives every
+            method the same optimiser steps at batch 2
   fewshot   mass_fewshot per method and evaluation set: 1-shot in context (MASS only), 1/5-shot finetuning and
             scratch, 3 seeds
   classify  frozen-encoder classification probe per method on the sarcoma size task
@@ -20,59 +22,33 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
 import threading
 import time
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 if str(REPOSITORY) not in sys.path:  # run as a script from anywhere: `python benchmarks/replication.py`
     sys.path.insert(0, str(REPOSITORY))
 
+from benchmarks.replication_budget import (FULL, MASS_RECIPE_FLAGS, MASS_RECIPE_ITERS_PER_EPOCH,  # noqa: E402
+                                           PROBE_EPOCHS, Budget, choose_budget, epochs_for_minutes,
+                                           pretrain_cores, probe_step_seconds)
 from benchmarks.replication_datasets import EVALUATION_IDS, build_replication_datasets, write_splits  # noqa: E402
 from benchmarks.replication_runs import (PRESET, PRETRAINERS, classification_job, fewshot_job,  # noqa: E402
-                                         pretraining_job, run_jobs)
+                                         pretraining_folder, pretraining_job, run_jobs)
+from mass_nn.io.artifact_layout import checkpoint_path  # noqa: E402
 from mass_nn.io.atomic import read_json, write_json_atomic  # noqa: E402
 from mass_nn.paths import MassPaths  # noqa: E402
 from mass_nn.planning.planner_settings import load_preset  # noqa: E402
 from mass_nn.schema import to_dict  # noqa: E402
+from mass_nn.training.metrics_log import read_metrics  # noqa: E402
 
 logger = logging.getLogger("replication")
 STAGES = ("datasets", "masks", "pretrain", "fewshot", "classify", "report", "stage_benchmarks")
 METHODS = (*PRETRAINERS, "scratch")
 CLASSIFICATION_DATASET = "sts_pet"
-
-
-@dataclass(frozen=True)
-class Budget:
-    """What each run gets. Pretraining: the same number of optimiser steps for every method (epochs x iters)."""
-
-    name: str
-    pretrain_epochs: int
-    pretrain_iters_per_epoch: int
-    finetune_epochs: int
-    finetune_iters_per_epoch: int
-    shots: tuple[int, ...]
-    seeds: tuple[int, ...]
-    classification_fractions: tuple[float, ...]
-    classification_epochs: int
-    parallel_jobs: int = 2
-    threads_per_job: int = 1
-
-    @property
-    def pretrain_steps(self) -> int:
-        return self.pretrain_epochs * self.pretrain_iters_per_epoch
-
-    @property
-    def finetune_steps(self) -> int:
-        return self.finetune_epochs * self.finetune_iters_per_epoch
-
-
-FULL = Budget("full", pretrain_epochs=5, pretrain_iters_per_epoch=60, finetune_epochs=2, finetune_iters_per_epoch=12,
-              shots=(1, 5), seeds=(0, 1, 2), classification_fractions=(0.5, 1.0), classification_epochs=20)
-QUICK = Budget("quick", pretrain_epochs=1, pretrain_iters_per_epoch=4, finetune_epochs=1, finetune_iters_per_epoch=3,
-               shots=(1,), seeds=(0,), classification_fractions=(1.0,), classification_epochs=3)
 
 
 class Replication:
@@ -137,18 +113,65 @@ class Replication:
             counts[dataset] = generate_masks(dataset, self.paths, options)
         return {"masks": counts}
 
-    def pretraining_jobs(self):
-        b = self.budget
-        return {m: pretraining_job(m, self.pool(), self.plans_name, self.paths, b.pretrain_epochs,
-                                   b.pretrain_iters_per_epoch, f"repl_{b.name}", self.logs) for m in PRETRAINERS}
+    def pretraining_tag(self) -> str:
+        return f"repl_{self.budget.name}"
+
+    def pretraining_folder(self, method: str) -> Path:
+        return pretraining_folder(method, self.pool(), self.plans_name, self.paths, self.pretraining_tag())
 
     def checkpoint(self, method: str) -> Path | None:
-        return None if method == "scratch" else self.pretraining_jobs()[method].done
+        return None if method == "scratch" else checkpoint_path(self.pretraining_folder(method), "final")
+
+    def sizing(self, method: str) -> dict | None:
+        """A budget in minutes: `method`'s probed step time, epochs, epoch length, precision and threads."""
+        return self.state().get("pretrain_sizing", {}).get(method)
+
+    @staticmethod
+    def method_flags(method: str, precision: str) -> tuple[str, ...]:
+        """mass_train flags of `method` in a budget in minutes: the recipe's batch for MASS, the precision."""
+        return (*(MASS_RECIPE_FLAGS if method == "MASS" else ()), "--precision", precision)
+
+    def pretraining_job(self, method: str):
+        b = self.budget
+        if not b.by_minutes:
+            return pretraining_job(method, self.pool(), self.plans_name, self.paths, b.pretrain_epochs,
+                                   b.pretrain_iters_per_epoch, self.pretraining_tag(), self.logs)
+        sizing = self.sizing(method)
+        flags = (*self.method_flags(method, sizing["precision"]), "--max-minutes", f"{b.pretrain_minutes:g}")
+        return pretraining_job(method, self.pool(), self.plans_name, self.paths, sizing["epochs"], sizing["iters"],
+                               self.pretraining_tag(), self.logs, flags)
+
+    def size_pretraining(self, method: str, cores: int) -> None:
+        """Probe `method`'s step time with a throw-away run of its command and record the epochs that fit."""
+        b = self.budget
+        precision = b.pretrain_precision()
+        iters = MASS_RECIPE_ITERS_PER_EPOCH if method == "MASS" else b.pretrain_iters_per_epoch
+        probe = pretraining_job(method, self.pool(), self.plans_name, self.paths, PROBE_EPOCHS, b.probe_iters,
+                                f"{self.pretraining_tag()}_probe", self.logs, self.method_flags(method, precision),
+                                purpose="probe")
+        folder = Path(probe.extra["run_folder"])
+        shutil.rmtree(folder, ignore_errors=True)  # an interrupted probe starts over
+        self._run([probe], parallel=1, threads=cores)
+        step_seconds = probe_step_seconds(read_metrics(folder), b.probe_iters)
+        shutil.rmtree(folder)
+        record = {"probe_step_seconds": round(step_seconds, 4), "iters": iters, "precision": precision,
+                  "threads": cores, "epochs": epochs_for_minutes(step_seconds, iters, b.pretrain_minutes)}
+        self.update_state(lambda state: state.setdefault("pretrain_sizing", {}).update({method: record}))
+        logger.info("%s: %.3f s per step in the probe -> %d epochs of %d steps for %g minutes", method,
+                    step_seconds, record["epochs"], iters, b.pretrain_minutes)
 
     def stage_pretrain(self) -> dict:
-        # the slowest (MASS) first so that the cheap baselines fill the other slot meanwhile
-        jobs = sorted(self.pretraining_jobs().values(), key=lambda j: j.name != "pretrain MASS")
-        self._run(jobs)
+        # MASS first: the slowest in a budget in steps (the cheap baselines fill the other slot meanwhile), the
+        # method the replication is about in a budget in minutes
+        methods = sorted(PRETRAINERS, key=lambda m: m != "MASS")
+        if not self.budget.by_minutes:
+            self._run([self.pretraining_job(m) for m in methods])
+            return {}
+        cores = pretrain_cores()  # one run at a time with every core: the minutes are the same for each method
+        for method in methods:
+            if self.sizing(method) is None:
+                self.size_pretraining(method, cores)
+            self._run([self.pretraining_job(method)], parallel=1, threads=self.sizing(method)["threads"])
         return {}
 
     def fewshot_output(self, dataset_key: str, method: str) -> Path:
@@ -196,8 +219,9 @@ class Replication:
             subprocess.run([sys.executable, str(REPOSITORY / "benchmarks" / script)], check=True)
         return {}
 
-    def _run(self, jobs) -> None:
-        failed = run_jobs(jobs, self.budget.parallel_jobs, self.budget.threads_per_job, self.timings)
+    def _run(self, jobs, parallel: int | None = None, threads: int | None = None) -> None:
+        failed = run_jobs(jobs, parallel or self.budget.parallel_jobs, threads or self.budget.threads_per_job,
+                          self.timings)
         if failed:
             names = "\n  ".join(f"{j.name}: log {j.log}" for j in failed)
             raise SystemExit(f"{len(failed)} run(s) failed; fix the cause and re-run to resume:\n  {names}")
@@ -254,19 +278,6 @@ class StageClock:
         self._save()  # a failed attempt keeps its time too; mark_finished drops the entry
 
 
-def choose_budget(quick: bool, pretrain_epochs: int | None, finetune_epochs: int | None) -> Budget:
-    """FULL or QUICK, or FULL with more (or fewer) epochs of the same length: a `custom` budget."""
-    if pretrain_epochs is None and finetune_epochs is None:
-        return QUICK if quick else FULL
-    if quick:
-        raise SystemExit("--quick has its own budget; leave out --pretrain-epochs/--finetune-epochs, or --quick")
-    for flag, value in (("--pretrain-epochs", pretrain_epochs), ("--finetune-epochs", finetune_epochs)):
-        if value is not None and value < 1:
-            raise SystemExit(f"{flag} must be at least 1, got {value}")
-    return replace(FULL, name="custom", pretrain_epochs=pretrain_epochs or FULL.pretrain_epochs,
-                   finetune_epochs=finetune_epochs or FULL.finetune_epochs)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="token budget (< 20 min); report in the workspace only")
@@ -276,9 +287,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stages", nargs="+", choices=STAGES, help="run only these stages (default: all; --quick "
                         "and a custom budget leave out stage_benchmarks)")
     parser.add_argument("--redo", action="store_true", help="run the chosen stages even if finished before")
-    parser.add_argument("--pretrain-epochs", type=int, help=f"pretraining epochs of {FULL.pretrain_iters_per_epoch} "
-                        f"steps for every method (default {FULL.pretrain_epochs}); this flag or --finetune-epochs "
-                        "makes a custom budget, run in benchmarks/_work/replication_custom with its report.md there")
+    parser.add_argument("--pretrain-minutes", type=float, help="minutes of pretraining for every method, one at a "
+                        f"time on all cores (default {FULL.pretrain_minutes:g}); this flag, --pretrain-epochs or "
+                        "--finetune-epochs makes a custom budget, run in benchmarks/_work/replication_custom with "
+                        "its report.md there")
+    parser.add_argument("--pretrain-epochs", type=int, help=f"instead of minutes: pretraining epochs of "
+                        f"{FULL.pretrain_iters_per_epoch} steps at batch 2 for every method (the same steps)")
     parser.add_argument("--finetune-epochs", type=int, help=f"finetuning epochs of {FULL.finetune_iters_per_epoch} "
                         f"steps (default {FULL.finetune_epochs})")
     return parser
@@ -287,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    budget = choose_budget(args.quick, args.pretrain_epochs, args.finetune_epochs)
+    budget = choose_budget(args.quick, args.pretrain_epochs, args.pretrain_minutes, args.finetune_epochs)
     default_workspace = REPOSITORY / "benchmarks" / "_work" / {"full": "replication"}.get(
         budget.name, f"replication_{budget.name}")
     workspace = Path(args.workspace) if args.workspace else default_workspace

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from benchmarks.measure import machine_description, replace_section
+from benchmarks.replication_budget import MASS_RECIPE_BATCH, PROBE_EPOCHS
 from benchmarks.replication_datasets import EVALUATION_IDS
 from benchmarks.replication_runs import CONFIGURATION, PRESET, PRETRAINERS, read_timings
 from mass_nn.datasets.labelled_data import resolve_labelled_dataset
@@ -98,13 +99,18 @@ def classification_rows(rep) -> tuple[list[str], list[tuple[str, list[list[float
 
 
 def pretraining_rows(rep) -> list[list[str]]:
+    """method, trainer, batch, precision, steps, minutes of training, wall minutes of the job, loss first -> last."""
     timings = read_timings(rep.timings)
     rows = []
-    for method, job in rep.pretraining_jobs().items():
-        folder = Path(job.extra["run_folder"])
-        losses = [r.get("train_loss") for r in read_metrics(folder)]
-        seconds = timings.get(job.name)
-        rows.append([method, PRETRAINERS[method], str(rep.budget.pretrain_steps),
+    for method in PRETRAINERS:
+        folder = rep.pretraining_folder(method)
+        records = read_metrics(folder)
+        config = read_json(folder / "run_config.json") if (folder / "run_config.json").is_file() else {}
+        losses = [r.get("train_loss") for r in records]
+        seconds = timings.get(f"pretrain {method}")
+        rows.append([method, PRETRAINERS[method], str(config.get("batch_size", "-")), str(config.get("precision", "-")),
+                     str(records[-1]["global_step"]) if records else "-",
+                     f"{records[-1]['trained_minutes']:.1f}" if records and "trained_minutes" in records[-1] else "-",
                      f"{seconds / 60:.1f}" if seconds else "-",
                      " → ".join(f"{x:.3f}" for x in (losses[0], losses[-1])) if len(losses) > 1 else "-"])
     return rows
@@ -159,8 +165,8 @@ def copy_figures(rep, out: Path) -> dict[str, list[Path]]:
     """progress.png of every pretraining run (redrawn from its metrics.jsonl) and one mask preview per pool,
     next to the page."""
     copied = {"progress": [], "masks": []}
-    for method, job in rep.pretraining_jobs().items():
-        records = read_metrics(Path(job.extra["run_folder"]))
+    for method in PRETRAINERS:
+        records = read_metrics(rep.pretraining_folder(method))
         if records:
             target = out / f"progress_{method}.png"
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -221,24 +227,48 @@ def _setup_text(rep) -> list[str]:
         f"patch on every dataset, ResUNet 8-128); MASS trains as the recipe's `{PRETRAINERS['MASS']}`; weight-free "
         f"`supervoxel` masks. The pools have no validation split "
         f"(every image trains) and the evaluation sets none either (no early stopping).",
-        f"Budget (`{b.name}`): every pretraining method gets the same number of optimiser steps, "
-        f"{b.pretrain_epochs} × {b.pretrain_iters_per_epoch} = {b.pretrain_steps} (batch 2; wall time differs by "
-        f"method and is reported); every finetuning run {b.finetune_epochs} × {b.finetune_iters_per_epoch} = "
+        f"Budget (`{b.name}`): {_pretraining_budget_text(rep)}; every finetuning run {b.finetune_epochs} × "
+        f"{b.finetune_iters_per_epoch} = "
         f"{b.finetune_steps} steps; k = {list(b.shots)}, seeds {list(b.seeds)} (k above a train split's size is "
         f"skipped); classification: {b.classification_epochs} epochs at train fractions "
         f"{list(b.classification_fractions)}. {b.parallel_jobs} runs at a time, {b.threads_per_job} torch thread "
-        f"each. Whole run: {minutes:.0f} min (stage wall time); its {len(run_seconds)} training and evaluation runs "
+        f"each{' (pretraining: one at a time)' if b.by_minutes else ''}. Whole run: {minutes:.0f} min (stage wall time); its {len(run_seconds)} training and evaluation runs "
         f"took {sum(run_seconds) / 60:.0f} min between them.",
         f"Machine: {machine_description()}. Versions: {versions()}. Produced by `python benchmarks/replication.py`"
         + _command_flags(b) + ".",
     ]
 
 
+def _pretraining_budget_text(rep) -> str:
+    b = rep.budget
+    if not b.by_minutes:
+        return (f"every pretraining method gets the same number of optimiser steps, {b.pretrain_epochs} × "
+                f"{b.pretrain_iters_per_epoch} = {b.pretrain_steps} (batch 2; wall time differs by method and is "
+                f"reported)")
+    sizing = rep.state().get("pretrain_sizing", {})
+    probes = ", ".join(f"{m} {v['probe_step_seconds']:.2f} s → {v['epochs']} × {v['iters']}"
+                       for m, v in sizing.items())
+    return (f"every pretraining method gets the same {b.pretrain_minutes:g} minutes of training, one run at a time "
+            f"on all cores, at its own batch (MASS: the CPU recipe's batch {MASS_RECIPE_BATCH} at the unscaled lr; "
+            f"the baselines: their trainers' default), every method in "
+            f"{'bf16 where the CPU computes it natively' if b.bf16_where_native else 'fp32'}; each method's lr "
+            f"schedule is laid over the epochs its step time fits in the minutes (a {PROBE_EPOCHS}-epoch probe of "
+            f"{b.probe_iters} steps per epoch: {probes}) and `mass_train --max-minutes` stops it by the clock "
+            f"should the probe have read the steps too fast")
+
+
 def _command_flags(b) -> str:
     """The flags of `benchmarks/replication.py` that give budget `b`."""
     if b.name == "custom":
-        return f" --pretrain-epochs {b.pretrain_epochs} --finetune-epochs {b.finetune_epochs}"
+        pretraining = (f" --pretrain-minutes {b.pretrain_minutes:g}" if b.by_minutes
+                       else f" --pretrain-epochs {b.pretrain_epochs}")
+        return pretraining + f" --finetune-epochs {b.finetune_epochs}"
     return " --quick" if b.name == "quick" else ""
+
+
+def _scale_text(b) -> str:
+    return (f"{b.pretrain_minutes:g} minutes each on the machine below (the paper: days on GPUs)" if b.by_minutes
+            else f"{b.pretrain_steps} steps at batch 2")
 
 
 def _reading(rep) -> list[str]:
@@ -246,7 +276,7 @@ def _reading(rep) -> list[str]:
     b = rep.budget
     return [
         f"- Scale: the pool holds tens of images (the paper: about 5,000 volumes), every method trains "
-        f"{b.pretrain_steps} steps at batch 2 on 48³ patches at 4 mm (the paper: 1.5 mm and 128³ on GPUs), and "
+        f"{_scale_text(b)} on 48³ patches at 4 mm (the paper: 1.5 mm and 128³ on GPUs), and "
         f"finetuning gets {b.finetune_steps} steps (the paper: 50 epochs of 100 steps). These tables show where the "
         f"methods stand at a CPU budget on real data and that the whole comparison runs end to end; they do not "
         f"test the paper's claims at its scale.",
@@ -281,7 +311,8 @@ def report_markdown(rep, figures: dict, relative_to: Path) -> str:
              "Does MASS beat the baselines here, on small real data? Every method is pretrained on the same pooled "
              "CT + MR + PET images, then evaluated with the step-4 protocol.", "",
              *(f"- {line}" for line in _setup_text(rep)), "",
-             "### Pretraining", "", markdown_table(["method", "trainer", "steps", "wall (min)",
+             "### Pretraining", "", markdown_table(["method", "trainer", "batch", "precision", "steps",
+                                                     "training (min)", "job wall (min)",
                                                      "train loss, first → last epoch"], pretraining_rows(rep)), "",
              "Losses are each method's own objective (not comparable across rows). Progress plots: "
              + _image_links(figures["progress"], relative_to), "",

@@ -52,17 +52,22 @@ def path_flags(paths: MassPaths) -> list[str]:
     return ["--raw", str(paths.raw), "--preprocessed", str(paths.preprocessed), "--results", str(paths.results)]
 
 
+def pretraining_folder(method: str, pool: list[str], plans_name: str, paths: MassPaths, tag: str) -> Path:
+    """The run folder of `method`'s pretraining on the pool: in the first pool dataset's results folder."""
+    return paths.results / pool[0] / f"{PRETRAINERS[method]}__{plans_name}__{CONFIGURATION}__{tag}"
+
+
 def pretraining_job(method: str, pool: list[str], plans_name: str, paths: MassPaths, epochs: int, iters: int,
-                    tag: str, logs: Path) -> Job:
-    """Pretrain `method` on the pool datasets; the checkpoint lands in the first pool dataset's results folder."""
-    trainer = PRETRAINERS[method]
-    folder = paths.results / pool[0] / f"{trainer}__{plans_name}__{CONFIGURATION}__{tag}"
-    argv = [*_cli("train"), "PRETRAIN", "-d", *pool, "-tr", trainer, "-c", CONFIGURATION, "-p", plans_name,
-            "--epochs", str(epochs),
-            "--iters-per-epoch", str(iters), "--tag", tag, "--continue", *path_flags(paths)]
+                    tag: str, logs: Path, extra_flags: tuple[str, ...] = (), purpose: str = "pretrain") -> Job:
+    """Pretrain `method` on the pool datasets (`purpose` names the job and its log: "pretrain", or "probe" for a
+    throw-away run that times the steps); `extra_flags` go to mass_train as they are."""
+    folder = pretraining_folder(method, pool, plans_name, paths, tag)
+    argv = [*_cli("train"), "PRETRAIN", "-d", *pool, "-tr", PRETRAINERS[method], "-c", CONFIGURATION,
+            "-p", plans_name, "--epochs", str(epochs), "--iters-per-epoch", str(iters), "--tag", tag, "--continue",
+            *extra_flags, *path_flags(paths)]
     if method == "MASS":
         argv += ["--masks", "supervoxel"]
-    return Job(f"pretrain {method}", argv, logs / f"pretrain_{method}.log", checkpoint_path(folder, "final"),
+    return Job(f"{purpose} {method}", argv, logs / f"{purpose}_{method}.log", checkpoint_path(folder, "final"),
                extra={"run_folder": str(folder)})
 
 

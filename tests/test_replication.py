@@ -64,27 +64,65 @@ def test_pool_images_exist_and_exclude_given_patients():
 
 
 @pytest.mark.parametrize("quick", [True, False])
-def test_budget_gives_every_pretraining_method_the_same_steps(quick):
-    from benchmarks.replication import FULL, QUICK
+def test_budgets_give_every_pretraining_method_the_same_minutes(quick):
+    from benchmarks.replication_budget import FULL, QUICK
     budget = QUICK if quick else FULL
-    assert budget.pretrain_steps == budget.pretrain_epochs * budget.pretrain_iters_per_epoch > 0
+    assert budget.by_minutes and budget.pretrain_minutes > 0 and budget.bf16_where_native
     assert budget.threads_per_job * budget.parallel_jobs <= 2
+    assert budget.pretrain_precision() in ("bf16", "fp32")
 
 
-def test_custom_budget_scales_epochs_and_refuses_mixing_with_quick():
-    from benchmarks.replication import FULL, choose_budget
-    custom = choose_budget(False, 40, None)
-    assert (custom.name, custom.pretrain_steps, custom.finetune_steps) == (
-        "custom", 40 * FULL.pretrain_iters_per_epoch, FULL.finetune_steps)
-    assert choose_budget(False, None, None) is FULL
+def test_custom_budget_takes_minutes_or_steps_and_refuses_mixing():
+    from benchmarks.replication_budget import FULL, choose_budget
+    assert choose_budget(False, None, None, None) is FULL
+    minutes = choose_budget(False, None, 40, None)
+    assert (minutes.name, minutes.pretrain_minutes, minutes.finetune_steps) == ("custom", 40, FULL.finetune_steps)
+    steps = choose_budget(False, 40, None, 3)
+    assert (steps.by_minutes, steps.pretrain_steps, steps.finetune_epochs) == (
+        False, 40 * FULL.pretrain_iters_per_epoch, 3)
+    assert choose_budget(False, None, None, 3).pretrain_minutes == FULL.pretrain_minutes
     with pytest.raises(SystemExit, match="--quick has its own budget"):
-        choose_budget(True, 40, None)
-    with pytest.raises(SystemExit, match="--finetune-epochs must be at least 1"):
-        choose_budget(False, None, 0)
+        choose_budget(True, 40, None, None)
+    with pytest.raises(SystemExit, match="give one of them"):
+        choose_budget(False, 40, 20, None)
+    with pytest.raises(SystemExit, match="--finetune-epochs must be positive"):
+        choose_budget(False, None, None, 0)
+    with pytest.raises(SystemExit, match="--pretrain-minutes must be positive"):
+        choose_budget(False, None, -1, None)
+
+
+def test_probe_step_time_and_the_epochs_it_fits():
+    from benchmarks.replication_budget import epochs_for_minutes, probe_step_seconds
+    records = [{"epoch_seconds": 30.0}, {"epoch_seconds": 10.0}, {"epoch_seconds": 12.0}, {"epoch_seconds": 50.0}]
+    assert probe_step_seconds(records, 5) == pytest.approx(12.0 / 5)  # the warm-up epoch is left out
+    assert epochs_for_minutes(2.4, 120, 20.0) == 4  # 1,200 s / 288 s per epoch
+    assert epochs_for_minutes(100.0, 60, 1.0) == 1  # at least one epoch
+    with pytest.raises(SystemExit, match="probe run wrote 1 epoch record"):
+        probe_step_seconds(records[:1], 5)
+
+
+def test_pretraining_commands_of_a_budget_in_minutes(tmp_path):
+    from benchmarks.replication import Replication
+    from benchmarks.replication_budget import FULL
+    replication = Replication(tmp_path, tmp_path, FULL)
+    replication.update_state(lambda state: state.update(
+        datasets={"pool_CT": "Dataset711_A", "pool_MR": "Dataset712_B", "pool_PET": "Dataset713_C"},
+        pretrain_sizing={m: {"probe_step_seconds": 1.0, "iters": i, "precision": "bf16", "threads": 2, "epochs": e}
+                         for m, i, e in (("MASS", 120, 4), ("MAE", 60, 17))}))
+    mass, mae = replication.pretraining_job("MASS"), replication.pretraining_job("MAE")
+    flags = lambda argv, name: argv[argv.index(name) + 1]  # noqa: E731
+    assert [flags(mass.argv, f) for f in ("--epochs", "--iters-per-epoch", "--batch-size", "--lr-scaling",
+                                          "--precision", "--max-minutes", "-d")] == [
+        "4", "120", "8", "none", "bf16", "20", "Dataset711_A"]
+    assert "--batch-size" not in mae.argv and "--masks" not in mae.argv
+    assert [flags(mae.argv, f) for f in ("--epochs", "--iters-per-epoch", "--precision")] == ["17", "60", "bf16"]
+    assert mass.done == replication.checkpoint("MASS") and mass.done.parent.name.endswith("__repl_full")
+    assert replication.checkpoint("scratch") is None
 
 
 def test_workspace_of_another_budget_is_refused(tmp_path):
-    from benchmarks.replication import FULL, QUICK, Replication
+    from benchmarks.replication import Replication
+    from benchmarks.replication_budget import FULL, QUICK
     Replication(tmp_path, tmp_path, FULL).mark_finished("datasets", 1.0)
     Replication(tmp_path, tmp_path, FULL).check_budget()  # same budget: resumes
     with pytest.raises(SystemExit, match="pass --workspace with a new folder"):
@@ -94,7 +132,8 @@ def test_workspace_of_another_budget_is_refused(tmp_path):
 def test_stage_clock_counts_the_time_of_an_interrupted_attempt(tmp_path):
     import time
 
-    from benchmarks.replication import FULL, Replication, StageClock
+    from benchmarks.replication import Replication, StageClock
+    from benchmarks.replication_budget import FULL
     replication = Replication(tmp_path, tmp_path, FULL)
     with StageClock(replication, "fewshot", every_s=0.02):  # an attempt that ends without finishing the stage
         time.sleep(0.15)
