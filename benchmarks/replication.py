@@ -34,7 +34,7 @@ if str(REPOSITORY) not in sys.path:  # run as a script from anywhere: `python be
 
 from benchmarks.replication_budget import (FULL, MASS_RECIPE_FLAGS, MASS_RECIPE_ITERS_PER_EPOCH,  # noqa: E402
                                            PROBE_EPOCHS, Budget, choose_budget, epochs_for_minutes,
-                                           pretrain_cores, probe_step_seconds)
+                                           iters_for_step, pretrain_cores, probe_step_seconds)
 from benchmarks.replication_datasets import EVALUATION_IDS, build_replication_datasets, write_splits  # noqa: E402
 from benchmarks.replication_runs import (PRESET, PRETRAINERS, classification_job, fewshot_job,  # noqa: E402
                                          pretraining_folder, pretraining_job, run_jobs)
@@ -145,7 +145,6 @@ class Replication:
         """Probe `method`'s step time with a throw-away run of its command and record the epochs that fit."""
         b = self.budget
         precision = b.pretrain_precision()
-        iters = MASS_RECIPE_ITERS_PER_EPOCH if method == "MASS" else b.pretrain_iters_per_epoch
         probe = pretraining_job(method, self.pool(), self.plans_name, self.paths, PROBE_EPOCHS, b.probe_iters,
                                 f"{self.pretraining_tag()}_probe", self.logs, self.method_flags(method, precision),
                                 purpose="probe")
@@ -154,6 +153,8 @@ class Replication:
         self._run([probe], parallel=1, threads=cores)
         step_seconds = probe_step_seconds(read_metrics(folder), b.probe_iters)
         shutil.rmtree(folder)
+        iters = iters_for_step(step_seconds, MASS_RECIPE_ITERS_PER_EPOCH if method == "MASS"
+                               else b.pretrain_iters_per_epoch)
         record = {"probe_step_seconds": round(step_seconds, 4), "iters": iters, "precision": precision,
                   "threads": cores, "epochs": epochs_for_minutes(step_seconds, iters, b.pretrain_minutes)}
         self.update_state(lambda state: state.setdefault("pretrain_sizing", {}).update({method: record}))

@@ -24,6 +24,9 @@ MASS_RECIPE_ITERS_PER_EPOCH = 120
 MASS_RECIPE_FLAGS = ("--batch-size", str(MASS_RECIPE_BATCH), "--lr-scaling", "none")
 # Epochs a probe runs: one warm-up (allocation, the loader's start) and the timed rest, whose median is read.
 PROBE_EPOCHS = 4
+# The shortest epoch of a budget in minutes: a baseline's step can take 40 ms, and every epoch ends with a
+# checkpoint written, so its epochs are lengthened to about a minute (the clock is read after each epoch).
+MIN_EPOCH_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -111,3 +114,9 @@ def epochs_for_minutes(step_seconds: float, iters_per_epoch: int, minutes: float
     """The length of a method's lr schedule in a budget in minutes: the whole epochs (at least one) of
     `iters_per_epoch` steps of `step_seconds` that fit in `minutes`."""
     return epochs_that_fit(step_seconds, iters_per_epoch, minutes, lowest=1, highest=10 ** 6)
+
+
+def iters_for_step(step_seconds: float, base_iters: int) -> int:
+    """Steps per epoch of a method in a budget in minutes: `base_iters`, or more where they would take less than
+    MIN_EPOCH_SECONDS."""
+    return max(base_iters, round(MIN_EPOCH_SECONDS / step_seconds))
