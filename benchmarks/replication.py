@@ -1,6 +1,6 @@
 """A small-scale replication of MASS on the real volumes of `../shared/data`, end to end, with one command.
 
-    python benchmarks/replication.py            # the full run (about 4 h 30 min on 2 cores), writes benchmarks.md
+    python benchmarks/replication.py            # the full run (about 4 h on 2 cores), writes benchmarks.md
     python benchmarks/replication.py --quick    # every stage at a token budget (< 30 min), workspace report only
     python benchmarks/replication.py --pretrain-minutes 40  # another budget, its own workspace and report.md
 
@@ -9,7 +9,7 @@ Stages (each resumable; re-running the command skips what is finished):
             the CPU recipe's `cpu_in_context` preset (4 mm, 48³ patch on every dataset)
   masks     weight-free (supervoxel) masks of the CT, MR and PET pretraining pools
   pretrain  MASS (the CPU recipe's MASSCPUPretrainer at its batch 8) and every baseline (its default batch) on the
-            pooled CT + MR + PET data, each for the same 20 minutes of training, one at a time on all cores, in bf16
+            pooled CT + MR + PET data, each for the same 15 minutes of training, one at a time on all cores, in bf16
             where the CPU has it natively (benchmarks/replication_budget.py); --pretrain-epochs instead gives every
             method the same optimiser steps at batch 2
   fewshot   mass_fewshot per method and evaluation set: 1-shot in context (MASS only), 1/5-shot finetuning and
@@ -32,7 +32,7 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 if str(REPOSITORY) not in sys.path:  # run as a script from anywhere: `python benchmarks/replication.py`
     sys.path.insert(0, str(REPOSITORY))
 
-from benchmarks.replication_budget import (FULL, MASS_RECIPE_FLAGS, MASS_RECIPE_ITERS_PER_EPOCH,  # noqa: E402
+from benchmarks.replication_budget import (FULL, MASS_RECIPE_FLAGS,  # noqa: E402
                                            PROBE_EPOCHS, Budget, choose_budget, epochs_for_minutes,
                                            iters_for_step, pretrain_cores, probe_step_seconds)
 from benchmarks.replication_datasets import EVALUATION_IDS, build_replication_datasets, write_splits  # noqa: E402
@@ -153,8 +153,8 @@ class Replication:
         self._run([probe], parallel=1, threads=cores)
         step_seconds = probe_step_seconds(read_metrics(folder), b.probe_iters)
         shutil.rmtree(folder)
-        iters = iters_for_step(step_seconds, MASS_RECIPE_ITERS_PER_EPOCH if method == "MASS"
-                               else b.pretrain_iters_per_epoch)
+        iters = iters_for_step(step_seconds, b.mass_iters_per_epoch if method == "MASS"
+                               else b.pretrain_iters_per_epoch, b.pretrain_minutes)
         record = {"probe_step_seconds": round(step_seconds, 4), "iters": iters, "precision": precision,
                   "threads": cores, "epochs": epochs_for_minutes(step_seconds, iters, b.pretrain_minutes)}
         self.update_state(lambda state: state.setdefault("pretrain_sizing", {}).update({method: record}))

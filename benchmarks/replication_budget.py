@@ -47,6 +47,7 @@ class Budget:
     threads_per_job: int = 1
     pretrain_minutes: float | None = None
     probe_iters: int = 5  # steps per probe epoch (budgets in minutes)
+    mass_iters_per_epoch: int = MASS_RECIPE_ITERS_PER_EPOCH  # MASS's shortest epoch in a budget in minutes
     bf16_where_native: bool = False  # pretrain every method in bf16 on CPUs that compute it natively
 
     @property
@@ -68,10 +69,10 @@ class Budget:
 
 FULL = Budget("full", pretrain_epochs=5, pretrain_iters_per_epoch=60, finetune_epochs=2, finetune_iters_per_epoch=12,
               shots=(1, 5), seeds=(0, 1, 2), classification_fractions=(0.5, 1.0), classification_epochs=20,
-              pretrain_minutes=20.0, bf16_where_native=True)
+              pretrain_minutes=15.0, bf16_where_native=True)
 QUICK = Budget("quick", pretrain_epochs=1, pretrain_iters_per_epoch=4, finetune_epochs=1, finetune_iters_per_epoch=3,
                shots=(1,), seeds=(0,), classification_fractions=(1.0,), classification_epochs=3,
-               pretrain_minutes=0.3, probe_iters=2, bf16_where_native=True)
+               pretrain_minutes=0.3, probe_iters=2, mass_iters_per_epoch=2, bf16_where_native=True)
 
 
 def choose_budget(quick: bool, pretrain_epochs: int | None, pretrain_minutes: float | None,
@@ -116,7 +117,7 @@ def epochs_for_minutes(step_seconds: float, iters_per_epoch: int, minutes: float
     return epochs_that_fit(step_seconds, iters_per_epoch, minutes, lowest=1, highest=10 ** 6)
 
 
-def iters_for_step(step_seconds: float, base_iters: int) -> int:
+def iters_for_step(step_seconds: float, base_iters: int, minutes: float) -> int:
     """Steps per epoch of a method in a budget in minutes: `base_iters`, or more where they would take less than
-    MIN_EPOCH_SECONDS."""
-    return max(base_iters, round(MIN_EPOCH_SECONDS / step_seconds))
+    MIN_EPOCH_SECONDS (or a quarter of the minutes, in a token budget)."""
+    return max(base_iters, round(min(MIN_EPOCH_SECONDS, 15 * minutes) / step_seconds))

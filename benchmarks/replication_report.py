@@ -234,8 +234,8 @@ def _setup_text(rep) -> list[str]:
         f"{list(b.classification_fractions)}. {b.parallel_jobs} runs at a time, {b.threads_per_job} torch thread "
         f"each{' (pretraining: one at a time)' if b.by_minutes else ''}. Whole run: {minutes:.0f} min (stage wall time); its {len(run_seconds)} training and evaluation runs "
         f"took {sum(run_seconds) / 60:.0f} min between them.",
-        f"Machine: {machine_description()}. Versions: {versions()}. Produced by `python benchmarks/replication.py`"
-        + _command_flags(b) + ".",
+        f"Machine: {machine_description()}. Versions: {versions()}. Produced by `python benchmarks/replication.py"
+        + _command_flags(b) + "`.",
     ]
 
 

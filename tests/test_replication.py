@@ -97,8 +97,9 @@ def test_probe_step_time_and_the_epochs_it_fits():
     assert probe_step_seconds(records, 5) == pytest.approx(12.0 / 5)  # the warm-up epoch is left out
     assert epochs_for_minutes(2.4, 120, 20.0) == 4  # 1,200 s / 288 s per epoch
     assert epochs_for_minutes(100.0, 60, 1.0) == 1  # at least one epoch
-    assert iters_for_step(2.4, 120) == 120  # MASS at the recipe's batch keeps its 120-step epochs
-    assert iters_for_step(0.04, 60) == 1500  # a 40 ms step: epochs of about a minute
+    assert iters_for_step(2.4, 120, 20.0) == 120  # MASS at the recipe's batch keeps its 120-step epochs
+    assert iters_for_step(0.04, 60, 20.0) == 1500  # a 40 ms step: epochs of about a minute
+    assert iters_for_step(0.04, 4, 0.3) == 112  # a token budget: a quarter of its minutes
     with pytest.raises(SystemExit, match="probe run wrote 1 epoch record"):
         probe_step_seconds(records[:1], 5)
 
@@ -115,7 +116,7 @@ def test_pretraining_commands_of_a_budget_in_minutes(tmp_path):
     flags = lambda argv, name: argv[argv.index(name) + 1]  # noqa: E731
     assert [flags(mass.argv, f) for f in ("--epochs", "--iters-per-epoch", "--batch-size", "--lr-scaling",
                                           "--precision", "--max-minutes", "-d")] == [
-        "4", "120", "8", "none", "bf16", "20", "Dataset711_A"]
+        "4", "120", "8", "none", "bf16", "15", "Dataset711_A"]
     assert "--batch-size" not in mae.argv and "--masks" not in mae.argv
     assert [flags(mae.argv, f) for f in ("--epochs", "--iters-per-epoch", "--precision")] == ["17", "60", "bf16"]
     assert mass.done == replication.checkpoint("MASS") and mass.done.parent.name.endswith("__repl_full")
