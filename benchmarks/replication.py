@@ -33,8 +33,8 @@ if str(REPOSITORY) not in sys.path:  # run as a script from anywhere: `python be
     sys.path.insert(0, str(REPOSITORY))
 
 from benchmarks.replication_budget import (FULL, MASS_RECIPE_FLAGS,  # noqa: E402
-                                           PROBE_EPOCHS, Budget, choose_budget, epochs_for_minutes,
-                                           iters_for_step, pretrain_cores, probe_step_seconds)
+                                           PROBE_EPOCHS, Budget, choose_budget, pretrain_cores,
+                                           probe_step_seconds, schedule_for_minutes)
 from benchmarks.replication_datasets import EVALUATION_IDS, build_replication_datasets, write_splits  # noqa: E402
 from benchmarks.replication_runs import (PRESET, PRETRAINERS, classification_job, fewshot_job,  # noqa: E402
                                          pretraining_folder, pretraining_job, run_jobs)
@@ -153,10 +153,9 @@ class Replication:
         self._run([probe], parallel=1, threads=cores)
         step_seconds = probe_step_seconds(read_metrics(folder), b.probe_iters)
         shutil.rmtree(folder)
-        iters = iters_for_step(step_seconds, b.mass_iters_per_epoch if method == "MASS"
-                               else b.pretrain_iters_per_epoch, b.pretrain_minutes)
-        record = {"probe_step_seconds": round(step_seconds, 4), "iters": iters, "precision": precision,
-                  "threads": cores, "epochs": epochs_for_minutes(step_seconds, iters, b.pretrain_minutes)}
+        epochs, iters = schedule_for_minutes(step_seconds, b.pretrain_minutes)
+        record = {"probe_step_seconds": round(step_seconds, 4), "epochs": epochs, "iters": iters,
+                  "precision": precision, "threads": cores}
         self.update_state(lambda state: state.setdefault("pretrain_sizing", {}).update({method: record}))
         logger.info("%s: %.3f s per step in the probe -> %d epochs of %d steps for %g minutes", method,
                     step_seconds, record["epochs"], iters, b.pretrain_minutes)

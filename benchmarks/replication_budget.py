@@ -3,7 +3,7 @@ epochs.
 
 A budget in minutes gives every pretraining method the same wall-clock minutes of training, alone on all cores,
 each at its own batch: MASS at the CPU recipe's (documentation/pretraining.md#the-cpu-recipe), the baselines at
-their trainers' defaults. The lr schedule of a method is laid over the epochs its step time fits in the minutes,
+their trainers' defaults. The lr schedule of a method is laid over the steps its step time fits in the minutes,
 measured by a short probe run of the same command, and `mass_train --max-minutes` stops it by the clock should
 the probe have read the steps too fast. A budget in steps (the custom `--pretrain-epochs`) gives every method the
 same optimiser steps at batch 2.
@@ -15,18 +15,17 @@ import statistics
 from dataclasses import dataclass, replace
 
 from mass_nn.training.precision import cpu_has_native_bf16
-from mass_nn.training.step_timing import epochs_that_fit
 
-# The CPU recipe's batch and epoch length for MASS in a budget in minutes (the in-context curve's batch-8 hour):
-# batch 8 at the unscaled lr, 120-step epochs. The baselines keep their defaults (batch 2 from the plans).
+# The CPU recipe's batch for MASS in a budget in minutes (the in-context curve's batch-8 hour): batch 8 at the
+# unscaled lr. The baselines keep their defaults (batch 2 from the plans).
 MASS_RECIPE_BATCH = 8
-MASS_RECIPE_ITERS_PER_EPOCH = 120
 MASS_RECIPE_FLAGS = ("--batch-size", str(MASS_RECIPE_BATCH), "--lr-scaling", "none")
 # Epochs a probe runs: one warm-up (allocation, the loader's start) and the timed rest, whose median is read.
-PROBE_EPOCHS = 4
-# The shortest epoch of a budget in minutes: a baseline's step can take 40 ms, and every epoch ends with a
-# checkpoint written, so its epochs are lengthened to about a minute (the clock is read after each epoch).
-MIN_EPOCH_SECONDS = 60.0
+PROBE_EPOCHS = 3
+# The epoch length of a budget in minutes: every epoch ends with a checkpoint written and the clock read
+# (--max-minutes stops after an epoch), so about a minute: a 40 ms step does not write a checkpoint every few
+# seconds, and a 2.5 s step does not leave minutes of the budget unused.
+EPOCH_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -46,8 +45,7 @@ class Budget:
     parallel_jobs: int = 2
     threads_per_job: int = 1
     pretrain_minutes: float | None = None
-    probe_iters: int = 5  # steps per probe epoch (budgets in minutes)
-    mass_iters_per_epoch: int = MASS_RECIPE_ITERS_PER_EPOCH  # MASS's shortest epoch in a budget in minutes
+    probe_iters: int = 10  # steps per probe epoch (budgets in minutes)
     bf16_where_native: bool = False  # pretrain every method in bf16 on CPUs that compute it natively
 
     @property
@@ -72,7 +70,7 @@ FULL = Budget("full", pretrain_epochs=5, pretrain_iters_per_epoch=60, finetune_e
               pretrain_minutes=15.0, bf16_where_native=True)
 QUICK = Budget("quick", pretrain_epochs=1, pretrain_iters_per_epoch=4, finetune_epochs=1, finetune_iters_per_epoch=3,
                shots=(1,), seeds=(0,), classification_fractions=(1.0,), classification_epochs=3,
-               pretrain_minutes=0.3, probe_iters=2, mass_iters_per_epoch=2, bf16_where_native=True)
+               pretrain_minutes=0.3, probe_iters=2, bf16_where_native=True)
 
 
 def choose_budget(quick: bool, pretrain_epochs: int | None, pretrain_minutes: float | None,
@@ -111,13 +109,12 @@ def probe_step_seconds(records: list[dict], iters_per_epoch: int) -> float:
 
 
 
-def epochs_for_minutes(step_seconds: float, iters_per_epoch: int, minutes: float) -> int:
-    """The length of a method's lr schedule in a budget in minutes: the whole epochs (at least one) of
-    `iters_per_epoch` steps of `step_seconds` that fit in `minutes`."""
-    return epochs_that_fit(step_seconds, iters_per_epoch, minutes, lowest=1, highest=10 ** 6)
 
-
-def iters_for_step(step_seconds: float, base_iters: int, minutes: float) -> int:
-    """Steps per epoch of a method in a budget in minutes: `base_iters`, or more where they would take less than
-    MIN_EPOCH_SECONDS (or a quarter of the minutes, in a token budget)."""
-    return max(base_iters, round(min(MIN_EPOCH_SECONDS, 15 * minutes) / step_seconds))
+def schedule_for_minutes(step_seconds: float, minutes: float) -> tuple[int, int]:
+    """(epochs, steps per epoch) of a method in a budget in minutes: the steps of `step_seconds` that fit in
+    `minutes`, in epochs of about EPOCH_SECONDS (a quarter of the minutes in a token budget)."""
+    if step_seconds <= 0 or minutes <= 0:
+        raise ValueError(f"schedule_for_minutes: step {step_seconds} s, {minutes} min: expected positive values")
+    total = max(1, int(60 * minutes / step_seconds))
+    iters = max(1, min(total, round(min(EPOCH_SECONDS, 15 * minutes) / step_seconds)))
+    return max(1, round(total / iters)), iters

@@ -91,15 +91,14 @@ def test_custom_budget_takes_minutes_or_steps_and_refuses_mixing():
         choose_budget(False, None, -1, None)
 
 
-def test_probe_step_time_and_the_epochs_it_fits():
-    from benchmarks.replication_budget import epochs_for_minutes, iters_for_step, probe_step_seconds
+def test_probe_step_time_and_the_schedule_it_fits():
+    from benchmarks.replication_budget import probe_step_seconds, schedule_for_minutes
     records = [{"epoch_seconds": 30.0}, {"epoch_seconds": 10.0}, {"epoch_seconds": 12.0}, {"epoch_seconds": 50.0}]
     assert probe_step_seconds(records, 5) == pytest.approx(12.0 / 5)  # the warm-up epoch is left out
-    assert epochs_for_minutes(2.4, 120, 20.0) == 4  # 1,200 s / 288 s per epoch
-    assert epochs_for_minutes(100.0, 60, 1.0) == 1  # at least one epoch
-    assert iters_for_step(2.4, 120, 20.0) == 120  # MASS at the recipe's batch keeps its 120-step epochs
-    assert iters_for_step(0.04, 60, 20.0) == 1500  # a 40 ms step: epochs of about a minute
-    assert iters_for_step(0.04, 4, 0.3) == 112  # a token budget: a quarter of its minutes
+    assert schedule_for_minutes(2.5, 15.0) == (15, 24)  # 360 steps of MASS in epochs of a minute
+    assert schedule_for_minutes(0.04, 15.0) == (15, 1500)  # a 40 ms step: 22,500 steps, still minute-long epochs
+    assert schedule_for_minutes(0.1, 0.3) == (4, 45)  # a token budget: epochs of a quarter of its minutes
+    assert schedule_for_minutes(100.0, 1.0) == (1, 1)  # at least one step
     with pytest.raises(SystemExit, match="probe run wrote 1 epoch record"):
         probe_step_seconds(records[:1], 5)
 
