@@ -142,7 +142,7 @@ class Replication:
                                self.pretraining_tag(), self.logs, flags)
 
     def size_pretraining(self, method: str, cores: int) -> None:
-        """Probe `method`'s step time with a throw-away run of its command and record the epochs that fit."""
+        """Probe `method`'s step time with a throw-away run of its command and record the schedule that fits."""
         b = self.budget
         precision = b.pretrain_precision()
         probe = pretraining_job(method, self.pool(), self.plans_name, self.paths, PROBE_EPOCHS, b.probe_iters,
@@ -158,7 +158,7 @@ class Replication:
                   "precision": precision, "threads": cores}
         self.update_state(lambda state: state.setdefault("pretrain_sizing", {}).update({method: record}))
         logger.info("%s: %.3f s per step in the probe -> %d epochs of %d steps for %g minutes", method,
-                    step_seconds, record["epochs"], iters, b.pretrain_minutes)
+                    step_seconds, epochs, iters, b.pretrain_minutes)
 
     def stage_pretrain(self) -> dict:
         # MASS first: the slowest in a budget in steps (the cheap baselines fill the other slot meanwhile), the

@@ -232,8 +232,9 @@ def _setup_text(rep) -> list[str]:
         f"{b.finetune_steps} steps; k = {list(b.shots)}, seeds {list(b.seeds)} (k above a train split's size is "
         f"skipped); classification: {b.classification_epochs} epochs at train fractions "
         f"{list(b.classification_fractions)}. {b.parallel_jobs} runs at a time, {b.threads_per_job} torch thread "
-        f"each{' (pretraining: one at a time)' if b.by_minutes else ''}. Whole run: {minutes:.0f} min (stage wall time); its {len(run_seconds)} training and evaluation runs "
-        f"took {sum(run_seconds) / 60:.0f} min between them.",
+        f"each{' (pretraining: one at a time)' if b.by_minutes else ''}. Whole run: {minutes:.0f} min (stage wall "
+        f"time); its {len(run_seconds)} training and evaluation runs took {sum(run_seconds) / 60:.0f} min between "
+        f"them.",
         f"Machine: {machine_description()}. Versions: {versions()}. Produced by `python benchmarks/replication.py"
         + _command_flags(b) + "`.",
     ]
@@ -252,9 +253,9 @@ def _pretraining_budget_text(rep) -> str:
             f"on all cores, at its own batch (MASS: the CPU recipe's batch {MASS_RECIPE_BATCH} at the unscaled lr; "
             f"the baselines: their trainers' default), every method in "
             f"{'bf16 where the CPU computes it natively' if b.bf16_where_native else 'fp32'}; each method's lr "
-            f"schedule is laid over the epochs its step time fits in the minutes (a {PROBE_EPOCHS}-epoch probe of "
-            f"{b.probe_iters} steps per epoch: {probes}) and `mass_train --max-minutes` stops it by the clock "
-            f"should the probe have read the steps too fast")
+            f"schedule is laid over the steps its step time fits in the minutes, in epochs of about a minute (a "
+            f"{PROBE_EPOCHS}-epoch probe of {b.probe_iters} steps per epoch: {probes}) and `mass_train "
+            f"--max-minutes` stops it by the clock should the probe have read the steps too fast")
 
 
 def _command_flags(b) -> str:
